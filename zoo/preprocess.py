@@ -1,0 +1,78 @@
+"""Torch-side preprocessing derived from an entry's input spec (torchvision transforms v2 for
+images, the entry's `tokenizers` file for text). `serve` reimplements the same steps in numpy;
+tests hold the two to 1e-4 on real photos."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence, Union
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from zoo.errors import InputError
+from zoo.schema import ImageInputSpec, TextInputSpec
+
+ImageLike = Union[str, Path, bytes, Image.Image]
+
+
+def open_image(source: ImageLike) -> Image.Image:
+    """An RGB PIL image with EXIF orientation applied; InputError for anything that is not an image."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image.load()
+        except FileNotFoundError:
+            raise InputError(f"image file {source} does not exist") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            name = "the given bytes" if isinstance(source, bytes) else str(source)
+            raise InputError(f"{name} is not a readable image (expected JPEG/PNG/...): {exc}") from None
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def image_transform(spec: ImageInputSpec):
+    """Resize (shorter side) -> center crop -> float in [0, 1] -> normalise, as torchvision v2."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    return v2.Compose([
+        v2.Resize(spec.resize, interpolation=InterpolationMode(spec.interpolation), antialias=True),
+        v2.CenterCrop(spec.crop),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(spec.mean), list(spec.std)),
+    ])
+
+
+def preprocess_images(spec: ImageInputSpec, images: Sequence[ImageLike]) -> torch.Tensor:
+    transform = image_transform(spec)
+    return torch.stack([transform(open_image(image)) for image in images])
+
+
+def load_tokenizer(path: Path, spec: TextInputSpec):
+    """The entry's tokenizer, truncating at `max_length` and padding to the longest text of a batch.
+    Bundles store it configured like this, so the runtime applies exactly the same settings."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    if tokenizer.padding:
+        pad_token, pad_id = tokenizer.padding["pad_token"], tokenizer.padding["pad_id"]
+    else:
+        pad_token = next((t for t in ("[PAD]", "<pad>") if tokenizer.token_to_id(t) is not None), None)
+        if pad_token is None:
+            raise InputError(f"{path.name}: no padding token ([PAD] or <pad>) in the vocabulary")
+        pad_id = tokenizer.token_to_id(pad_token)
+    tokenizer.enable_truncation(spec.max_length)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # no fixed length: pad to the longest
+    return tokenizer
+
+
+def tokenize(tokenizer, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` (int64), padded to the longest text."""
+    encodings = tokenizer.encode_batch(list(texts))
+    return {
+        "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.int64),
+        "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64),
+    }

@@ -1,0 +1,201 @@
+"""Load and validate registry.json, and look entries up by name or pattern."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+
+from zoo.errors import RegistryError, UnknownModelError
+from zoo.schema import (
+    FileSpec,
+    ImageInputSpec,
+    Metric,
+    ModelEntry,
+    OutputSpec,
+    Provenance,
+    Reference,
+    ReferenceCase,
+    SourceSpec,
+    TextInputSpec,
+)
+
+FORMAT_VERSION = 1
+REGISTRY_ENV = "ZOO_REGISTRY"
+
+
+def default_registry_path() -> Path:
+    """`$ZOO_REGISTRY` if set, else the registry shipped with the package."""
+    override = os.environ.get(REGISTRY_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path(str(resources.files("zoo") / "registry.json"))
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads((resources.files("zoo") / "registry.schema.json").read_text("utf-8"))
+
+
+def _location(document: dict[str, Any], path: Iterable[Any]) -> str:
+    """Render a JSON path, naming the model entry by its id: `models[3] ('resnet18').input.mean[2]`."""
+    parts: list[str] = []
+    node: Any = document
+    for key in path:
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+            node = node[key] if isinstance(node, list) and key < len(node) else None
+            if len(parts) == 2 and parts[0] == "models" and isinstance(node, dict) and "id" in node:
+                parts.append(f" ({node['id']!r})")
+        else:
+            parts.append(("." if parts else "") + str(key))
+            node = node.get(key) if isinstance(node, dict) else None
+    return "".join(parts) or "<document>"
+
+
+def validate_document(document: Any, origin: str = "registry") -> None:
+    """Raise RegistryError listing every schema violation with its exact location."""
+    if not isinstance(document, dict):
+        raise RegistryError(f"{origin}: expected a JSON object at the top level, found {type(document).__name__}")
+    version = document.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RegistryError(
+            f"{origin}: format_version {version!r} is not supported (this zoo reads version {FORMAT_VERSION}); "
+            "upgrade zoo or regenerate the registry"
+        )
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {_location(document, e.absolute_path)}: {_short(e)}" for e in errors[:20]]
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise RegistryError(f"{origin} does not match registry.schema.json:\n" + "\n".join(lines) + more)
+    _check_semantics(document, origin)
+
+
+def _short(error: jsonschema.ValidationError) -> str:
+    if error.validator == "oneOf" and error.context:
+        # Name the closest alternative instead of "is not valid under any of the given schemas".
+        best = jsonschema.exceptions.best_match(error.context)
+        return best.message
+    return error.message
+
+
+def _check_semantics(document: dict[str, Any], origin: str) -> None:
+    seen: set[str] = set()
+    for index, model in enumerate(document["models"]):
+        where = f"{origin}: models[{index}] ({model['id']!r})"
+        if model["id"] in seen:
+            raise RegistryError(f"{where}: duplicate id; every entry needs a unique id")
+        seen.add(model["id"])
+        names = {f["name"] for f in model["files"]}
+        if len(names) != len(model["files"]):
+            raise RegistryError(f"{where}.files: duplicate file names")
+        if sum(f["role"] == "weights" for f in model["files"]) != 1:
+            raise RegistryError(f"{where}.files: expected exactly one file with role 'weights'")
+        spec = model["input"]
+        if spec["kind"] != model["modality"]:
+            raise RegistryError(f"{where}.input.kind: {spec['kind']!r} does not match modality {model['modality']!r}")
+        if spec["kind"] == "image" and spec["size"] != [spec["crop"], spec["crop"]]:
+            raise RegistryError(f"{where}.input.size: {spec['size']} must equal [crop, crop] = [{spec['crop']}, {spec['crop']}]")
+        if spec["kind"] == "text" and spec["tokenizer"] not in names:
+            raise RegistryError(f"{where}.input.tokenizer: {spec['tokenizer']!r} is not one of the entry's files {sorted(names)}")
+        labels = model["output"].get("labels")
+        if labels is not None and labels not in document["label_sets"]:
+            raise RegistryError(
+                f"{where}.output.labels: unknown label set {labels!r}; known: {sorted(document['label_sets'])}"
+            )
+
+
+def _entry(model: dict[str, Any], label_sets: dict[str, list[str]]) -> ModelEntry:
+    spec = dict(model["input"])
+    if spec["kind"] == "image":
+        input_spec: ImageInputSpec | TextInputSpec = ImageInputSpec(
+            size=tuple(spec["size"]), resize=spec["resize"], crop=spec["crop"],
+            interpolation=spec["interpolation"], mean=tuple(spec["mean"]), std=tuple(spec["std"]),
+        )
+    else:
+        input_spec = TextInputSpec(tokenizer=spec["tokenizer"], max_length=spec["max_length"])
+    out = model["output"]
+    label_set = out.get("labels")
+    output = OutputSpec(
+        kind=out["kind"], labels=tuple(label_sets[label_set]) if label_set else (), label_set=label_set,
+        dim=out.get("dim"), pooling=out.get("pooling"), normalize=out.get("normalize", False),
+    )
+    reference = None
+    if "reference" in model:
+        ref = model["reference"]
+        reference = Reference(
+            producer=ref["producer"], atol=ref["atol"],
+            cases=tuple(
+                ReferenceCase(input=c["input"], output=tuple(tuple(row) for row in c["output"]),
+                              texts=tuple(c.get("texts", ())), top1_label=c.get("top1_label"))
+                for c in ref["cases"]
+            ),
+        )
+    return ModelEntry(
+        id=model["id"], modality=model["modality"], task=model["task"], architecture=model["architecture"],
+        builder=model["builder"], builder_args=dict(model["builder_args"]), weights_format=model["weights_format"],
+        files=tuple(FileSpec(**f) for f in model["files"]),
+        sources=tuple(SourceSpec(**s) for s in model["sources"]),
+        provenance=Provenance(**model["provenance"]), params=model["params"], input=input_spec, output=output,
+        metrics=tuple(Metric(**m) for m in model.get("metrics", ())), gflops=model.get("gflops"),
+        reference=reference, description=model.get("description", ""),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int) -> dict[str, ModelEntry]:
+    try:
+        document = json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"registry file {path} does not exist; unset ${REGISTRY_ENV} or point it at a registry.json") from None
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    validate_document(document, origin=path)
+    return {m["id"]: _entry(m, document["label_sets"]) for m in document["models"]}
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, ModelEntry]:
+    """All entries of a registry file, validated, keyed by id."""
+    resolved = Path(path) if path is not None else default_registry_path()
+    try:
+        mtime = resolved.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    return _load(str(resolved), mtime)
+
+
+def get_model(name: str, registry: dict[str, ModelEntry] | None = None) -> ModelEntry:
+    """The entry called `name`; an unknown name raises with the closest known names."""
+    entries = load_registry() if registry is None else registry
+    if name in entries:
+        return entries[name]
+    close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    raise UnknownModelError(f"unknown model {name!r}; {hint}run `zoo list` to see the {len(entries)} known models")
+
+
+def list_models(
+    include: str | Iterable[str] = "*",
+    exclude: str | Iterable[str] = (),
+    modality: str | None = None,
+    task: str | None = None,
+    registry: dict[str, ModelEntry] | None = None,
+) -> list[str]:
+    """Sorted ids matching any `include` fnmatch pattern and no `exclude` pattern."""
+    entries = load_registry() if registry is None else registry
+    includes = [include] if isinstance(include, str) else list(include)
+    excludes = [exclude] if isinstance(exclude, str) else list(exclude)
+    return sorted(
+        name for name, entry in entries.items()
+        if any(fnmatch.fnmatch(name, p) for p in includes)
+        and not any(fnmatch.fnmatch(name, p) for p in excludes)
+        and (modality is None or entry.modality == modality)
+        and (task is None or entry.task == task)
+    )

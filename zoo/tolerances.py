@@ -1,0 +1,13 @@
+"""Numeric tolerances, in one place: per comparison and dtype, overridable per entry (its
+reference `atol`) and per call (`--atol`)."""
+
+from __future__ import annotations
+
+# torch model vs an independent upstream implementation of the same weights (stored references).
+REFERENCE_ATOL = 1e-4
+# onnxruntime fp32 vs the torch model it was exported from.
+EXPORT_ATOL = {"float32": 1e-4}
+# serve's numpy preprocessing + onnxruntime vs torch preprocessing + torch, end to end.
+END_TO_END_ATOL = 1e-4
+# Minimum share of inputs whose top-1 class must agree (classifiers).
+MIN_TOP1_AGREEMENT = 1.0

@@ -1,0 +1,82 @@
+"""`zoo validate`: rebuild a model from its verified weights and compare it with the reference
+outputs stored in the registry (produced by an independent upstream implementation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.errors import ToleranceExceeded, ValidationError
+from zoo.factory import build, resolve
+from zoo.cache import fetch
+from zoo.preprocess import load_tokenizer, preprocess_images, tokenize
+from zoo.reference import Check, Comparison, asset_path, compare, synthetic_images
+from zoo.schema import ModelEntry, ReferenceCase, SourceSpec
+
+
+@dataclass
+class ValidationReport:
+    model: str
+    producer: str
+    comparisons: list[Comparison | Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
+
+    def lines(self) -> list[str]:
+        return [f"{self.model}: reference from {self.producer}", *[f"  {c.line()}" for c in self.comparisons],
+                *[f"  {n}" for n in self.notes]]
+
+    def raise_for_failures(self) -> None:
+        """ToleranceExceeded naming every failing output (after all were compared)."""
+        if not self.ok:
+            failing = [c.line() for c in self.comparisons if not c.ok]
+            raise ToleranceExceeded(f"{self.model}: {len(failing)} output(s) out of tolerance:\n  " + "\n  ".join(failing))
+
+
+def case_inputs(entry: ModelEntry, case: ReferenceCase, tokenizer=None) -> dict[str, torch.Tensor]:
+    """The exact model inputs a reference case was computed on."""
+    if case.input == "synthetic":
+        return {"pixel_values": synthetic_images(entry.input, batch=len(case.output))}
+    if case.input.startswith("asset:"):
+        return {"pixel_values": preprocess_images(entry.input, [asset_path(case.input.split(":", 1)[1])])}
+    return tokenize(tokenizer, case.texts)
+
+
+def run_model(model: nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    with torch.inference_mode():
+        output = model(*inputs.values())
+    return output.float().numpy()
+
+
+def validate(model: str | ModelEntry, atol: float | None = None, extra_sources: Sequence[SourceSpec] = ()) -> ValidationReport:
+    """Compare every stored reference case; the report lists each with max |diff| and top-1 agreement."""
+    entry = resolve(model)
+    if entry.reference is None:
+        raise ValidationError(
+            f"{entry.id} has no reference outputs in the registry (its weights were not reachable when the "
+            "registry was made); nothing to validate against"
+        )
+    reference = entry.reference
+    tolerance = reference.atol if atol is None else atol
+    torch_model = build(entry, pretrained=True, extra_sources=extra_sources)
+    tokenizer = None
+    if entry.modality == "text":
+        fetched = fetch(entry, extra_sources)
+        tokenizer = load_tokenizer(fetched.files[entry.input.tokenizer], entry.input)
+    report = ValidationReport(entry.id, reference.producer)
+    classifier = entry.output.kind == "logits"
+    for case in reference.cases:
+        actual = run_model(torch_model, case_inputs(entry, case, tokenizer))
+        report.comparisons.append(compare(case.input, actual, np.array(case.output), tolerance, classifier))
+        if case.top1_label is not None:
+            predicted = entry.output.labels[int(actual[0].argmax())]
+            report.comparisons.append(Check(f"{case.input}: top-1 is {predicted!r} (expected {case.top1_label!r})",
+                                            predicted == case.top1_label))
+    return report
