@@ -5,7 +5,10 @@ from __future__ import annotations
 
 
 class ZooError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose. `exit_code` is what the CLI
+    returns: 2 for user mistakes (the default), 1 for a check that ran and failed."""
+
+    exit_code = 2
 
 
 class RegistryError(ZooError):
@@ -35,6 +38,14 @@ class InputError(ZooError):
 class ValidationError(ZooError):
     """Numbers disagree with the reference beyond tolerance."""
 
+    exit_code = 1
+
+
+class NoReferenceError(ValidationError):
+    """The entry stores no reference outputs, so there is nothing to validate against."""
+
+    exit_code = 2
+
 
 class ToleranceExceeded(ValidationError):
     """At least one compared output is further from its reference than allowed."""
@@ -42,3 +53,5 @@ class ToleranceExceeded(ValidationError):
 
 class ExportError(ZooError):
     """An export could not be written or did not pass its own validation."""
+
+    exit_code = 1

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.errors import ToleranceExceeded, ValidationError
+from zoo.errors import NoReferenceError, ToleranceExceeded
 from zoo.factory import build, resolve
 from zoo.cache import fetch
 from zoo.preprocess import load_tokenizer, preprocess_images, tokenize
@@ -59,7 +59,7 @@ def validate(model: str | ModelEntry, atol: float | None = None, extra_sources: 
     """Compare every stored reference case; the report lists each with max |diff| and top-1 agreement."""
     entry = resolve(model)
     if entry.reference is None:
-        raise ValidationError(
+        raise NoReferenceError(
             f"{entry.id} has no reference outputs in the registry (its weights were not reachable when the "
             "registry was made); nothing to validate against"
         )

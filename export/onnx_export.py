@@ -1,0 +1,65 @@
+"""torch -> ONNX with the dynamo exporter: named dynamic axes, onnx.checker and shape inference.
+
+The legacy TorchScript exporter baked a traced sequence length into a Reshape of a transformer
+encoder; `dynamo=True` with `dynamic_shapes` keeps the axes symbolic. Example inputs never use a
+size-1 axis that is meant to be dynamic (torch.export specialises sizes 0 and 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoo.errors import ExportError
+
+DEFAULT_OPSET = 18
+
+
+def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]],
+                output_name: str, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Export `model(*example.values())` to `path`, then run onnx.checker (full) and shape inference."""
+    import onnx
+
+    for name, tensor in example.items():
+        for axis in dynamic_axes.get(name, {}):
+            if tensor.shape[axis] < 2:
+                raise ExportError(f"example input {name} has size {tensor.shape[axis]} on dynamic axis {axis}; "
+                                  "use at least 2 so the exporter keeps the axis symbolic")
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic_shapes = tuple(
+        {axis: dims.setdefault(label, torch.export.Dim(label, min=1)) for axis, label in dynamic_axes.get(name, {}).items()}
+        for name in example
+    )
+    quiet = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, tuple(example.values()), str(path), input_names=list(example), output_names=[output_name],
+                opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, external_data=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
+    except Exception as exc:
+        raise ExportError(f"exported graph failed onnx.checker / shape inference: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

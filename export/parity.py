@@ -1,0 +1,60 @@
+"""Exported model vs the torch model it came from, on the same inputs: batch 1 and batch >= 4,
+several sequence lengths for text, a real photo for images. Every case is reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.preprocess import preprocess_images, tokenize
+from zoo.reference import SENTENCES, Comparison, asset_path, compare, synthetic_images
+from zoo.schema import ModelEntry
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    label: str
+    inputs: dict[str, torch.Tensor]
+
+
+def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
+    """Inputs that exercise every dynamic axis at sizes other than the export example's."""
+    if entry.modality == "image":
+        return [
+            ParityCase("synthetic batch 1", {"pixel_values": synthetic_images(entry.input, 1)}),
+            ParityCase("synthetic batch 5", {"pixel_values": synthetic_images(entry.input, 5)}),
+            ParityCase("photos batch 2", {"pixel_values": preprocess_images(
+                entry.input, [asset_path("flower.jpg"), asset_path("china.jpg")])}),
+        ]
+    long_text = " ".join(SENTENCES * 60)  # past max_length: exercises truncation and the longest sequence
+    cases = [("1 text, 3 tokens", [SENTENCES[3]]), ("1 text", [SENTENCES[1]]),
+             ("4 texts, mixed lengths (padded)", list(SENTENCES)), ("2 texts, truncated at max_length", [long_text, SENTENCES[0]])]
+    return [ParityCase(f"{label}: seq {t['input_ids'].shape[1]}", t)
+            for label, texts in cases for t in [tokenize(tokenizer, texts)]]
+
+
+def check_parity(model: nn.Module, session: Any, entry: ModelEntry, cases: list[ParityCase], atol: float,
+                 output_name: str) -> list[Comparison]:
+    """onnxruntime vs torch for every case (max |diff|, top-1 agreement for classifiers)."""
+    results = []
+    for case in cases:
+        with torch.inference_mode():
+            expected = model(*case.inputs.values()).float().numpy()
+        feeds = {name: tensor.numpy() for name, tensor in case.inputs.items()}
+        actual = session.run([output_name], feeds)[0]
+        results.append(compare(case.label, actual, expected, atol, classifier=entry.output.kind == "logits"))
+    return results
+
+
+def comparison_record(c: Comparison) -> dict[str, Any]:
+    return {"case": c.label, "max_abs_diff": c.max_abs_diff, "atol": c.atol, "top1_agreement": c.top1_agreement,
+            "ok": c.ok}
+
+
+def summary(results: list[Comparison]) -> dict[str, Any]:
+    return {"ok": all(c.ok for c in results), "max_abs_diff": max((c.max_abs_diff for c in results), default=np.nan),
+            "cases": [comparison_record(c) for c in results]}

@@ -1,0 +1,206 @@
+"""The bundle manifest: the one format shared by the exporter (writes it) and the runtime
+(reads it). Versioned; parsing names the exact field that is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from serve.errors import BundleError
+
+MANIFEST_NAME = "manifest.json"
+BUNDLE_FORMAT = "zoo-bundle"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: float32, int64, ...
+    shape: list[int | str]  # str = a named dynamic axis
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    resize: int
+    crop: int
+    interpolation: Literal["bilinear", "bicubic"]
+    mean: list[float]
+    std: list[float]
+    kind: Literal["image"] = "image"
+
+
+@dataclass(frozen=True)
+class TextPreprocessing:
+    tokenizer: str  # file in the bundle
+    max_length: int
+    pad_token: str
+    pad_id: int
+    kind: Literal["text"] = "text"
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    kind: Literal["classification", "embedding"]
+    labels: list[str] = field(default_factory=list)
+    pooling: str | None = None
+    normalized: bool = False
+    dim: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_id: str
+    task: str
+    modality: Literal["image", "text"]
+    model_file: str
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocessing: ImagePreprocessing | TextPreprocessing
+    postprocessing: Postprocessing
+    files: dict[str, str]  # every other bundle file -> sha256
+    source: dict[str, Any]  # upstream model: id, origin, licence, file hashes
+    producer: dict[str, str]  # package versions that made the bundle
+    bundle_format: str = BUNDLE_FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        document = asdict(self)
+        return json.dumps(document, indent=1) + "\n"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Write manifest.json atomically."""
+    path = directory / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(manifest.to_json())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a bundle is meant to be read by the serving user
+    os.replace(tmp, path)
+    return path
+
+
+class _Reader:
+    """Typed access to a JSON object that reports `manifest.json: <path>: expected ..., found ...`."""
+
+    def __init__(self, data: Any, path: str):
+        self.data, self.path = data, path
+        if not isinstance(data, dict):
+            self.fail("", f"expected an object, found {type(data).__name__}")
+
+    def fail(self, key: str, message: str) -> None:
+        where = f"{self.path}.{key}" if key else self.path
+        raise BundleError(f"{MANIFEST_NAME}: {where.lstrip('.') or '<top>'}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is not ...:
+                return default
+            self.fail(key, "missing field")
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            self.fail(key, f"expected {names}, found {type(value).__name__} {value!r:.40}")
+        return value
+
+    def child(self, key: str) -> "_Reader":
+        return _Reader(self.get(key, dict), f"{self.path}.{key}")
+
+
+def _tensors(reader: _Reader, key: str) -> list[TensorSpec]:
+    items = reader.get(key, list)
+    specs = []
+    for index, item in enumerate(items):
+        r = _Reader(item, f"{reader.path}.{key}[{index}]")
+        specs.append(TensorSpec(r.get("name", str), r.get("dtype", str), list(r.get("shape", list))))
+    if not specs:
+        reader.fail(key, "expected at least one tensor")
+    return specs
+
+
+def parse_manifest(data: Any) -> Manifest:
+    """A Manifest from parsed JSON; BundleError names the first wrong field."""
+    top = _Reader(data, "")
+    if top.get("bundle_format", str) != BUNDLE_FORMAT:
+        top.fail("bundle_format", f"expected {BUNDLE_FORMAT!r}; this folder was not written by zoo export")
+    version = top.get("format_version", int)
+    if version != FORMAT_VERSION:
+        top.fail("format_version", f"version {version} is not supported (this runtime reads {FORMAT_VERSION}); "
+                                   "re-export the bundle or upgrade serve")
+    pre = top.child("preprocessing")
+    modality = top.get("modality", str)
+    if modality not in ("image", "text"):
+        top.fail("modality", f"expected 'image' or 'text', found {modality!r}")
+    if pre.get("kind", str) != modality:
+        pre.fail("kind", f"expected {modality!r} to match the bundle's modality")
+    if modality == "image":
+        preprocessing: ImagePreprocessing | TextPreprocessing = ImagePreprocessing(
+            resize=pre.get("resize", int), crop=pre.get("crop", int), interpolation=pre.get("interpolation", str),
+            mean=[float(v) for v in pre.get("mean", list)], std=[float(v) for v in pre.get("std", list)])
+        if preprocessing.interpolation not in ("bilinear", "bicubic"):
+            pre.fail("interpolation", f"expected 'bilinear' or 'bicubic', found {preprocessing.interpolation!r}")
+        if len(preprocessing.mean) != 3 or len(preprocessing.std) != 3 or min(preprocessing.std) <= 0:
+            pre.fail("mean", "expected three means and three positive stds")
+    else:
+        preprocessing = TextPreprocessing(tokenizer=pre.get("tokenizer", str), max_length=pre.get("max_length", int),
+                                          pad_token=pre.get("pad_token", str), pad_id=pre.get("pad_id", int))
+    post = top.child("postprocessing")
+    kind = post.get("kind", str)
+    if kind not in ("classification", "embedding"):
+        post.fail("kind", f"expected 'classification' or 'embedding', found {kind!r}")
+    postprocessing = Postprocessing(kind=kind, labels=list(post.get("labels", list, [])),
+                                    pooling=post.get("pooling", (str, type(None)), None),
+                                    normalized=post.get("normalized", bool, False),
+                                    dim=post.get("dim", (int, type(None)), None))
+    files = top.get("files", dict)
+    for name, digest in files.items():
+        if not isinstance(digest, str) or len(digest) != 64:
+            top.fail(f"files.{name}", "expected a sha256 hex digest")
+    return Manifest(
+        model_id=top.get("model_id", str), task=top.get("task", str), modality=modality,
+        model_file=top.get("model_file", str), opset=top.get("opset", int),
+        inputs=_tensors(top, "inputs"), outputs=_tensors(top, "outputs"),
+        preprocessing=preprocessing, postprocessing=postprocessing, files=dict(files),
+        source=top.get("source", dict), producer=top.get("producer", dict),
+    )
+
+
+def read_manifest(directory: Path, verify: bool = True) -> Manifest:
+    """Parse `directory/manifest.json`; with `verify`, every listed file must match its sha256."""
+    path = Path(directory) / MANIFEST_NAME
+    if not Path(directory).is_dir():
+        raise BundleError(f"{directory} is not a folder; expected a bundle written by `zoo export`")
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{directory} has no {MANIFEST_NAME}; expected a bundle written by `zoo export`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from None
+    manifest = parse_manifest(data)
+    if manifest.model_file not in manifest.files:
+        raise BundleError(f"{MANIFEST_NAME}: files: the model file {manifest.model_file!r} has no sha256 entry")
+    for name, digest in manifest.files.items():
+        target = (Path(directory) / name).resolve()
+        if Path(directory).resolve() not in target.parents:
+            raise BundleError(f"{MANIFEST_NAME}: files: {name!r} points outside the bundle folder")
+        if not target.is_file():
+            raise BundleError(f"bundle {directory} is missing {name} (listed in {MANIFEST_NAME}); re-export it")
+        if verify and sha256_file(target) != digest:
+            raise BundleError(f"{name} in {directory} does not match the sha256 in {MANIFEST_NAME}: the bundle was "
+                              "modified after export; re-export it (or load with verify=False for development only)")
+    return manifest

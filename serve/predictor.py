@@ -1,0 +1,95 @@
+"""The predictor production apps embed: bundle in, preprocessing exactly as exported, batched
+onnxruntime calls, top-k labels or embeddings out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from serve.errors import InputError
+from serve.manifest import ImagePreprocessing, Manifest, read_manifest
+from serve.preprocess import TextEncoder, describe, preprocess_images
+from serve.providers import SessionChoice, create_session
+
+log = logging.getLogger("serve")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Predictor:
+    """Runs one bundle. `predict` takes raw inputs (image paths/bytes/PIL/arrays or strings)."""
+
+    def __init__(self, directory: Path, manifest: Manifest, choice: SessionChoice):
+        self.directory = directory
+        self.manifest = manifest
+        self.session = choice.session
+        self.provider = choice.provider
+        self.provider_line = choice.line
+        self.input_names = [spec.name for spec in manifest.inputs]
+        self.output_name = manifest.outputs[0].name
+        self._text = None
+        if manifest.modality == "text":
+            self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.manifest.postprocessing.kind == "classification"
+
+    def preprocess(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Model inputs for a batch of raw inputs, exactly as the bundle's manifest describes."""
+        if len(items) == 0:
+            raise InputError("no inputs given; expected at least one")
+        if isinstance(self.manifest.preprocessing, ImagePreprocessing):
+            return {self.input_names[0]: preprocess_images(self.manifest.preprocessing, items)}
+        return self._text(items)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The model's raw output for already-preprocessed inputs."""
+        return self.session.run([self.output_name], {name: feeds[name] for name in self.input_names})[0]
+
+    def predict(self, items: Sequence[Any], top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
+        """One result per input: `{"input", "top_k": [{"index", "label", "score"}]}` for classifiers,
+        `{"input", "embedding": [...]}` for embedding models."""
+        if isinstance(items, (str, bytes, Path)) or not isinstance(items, Sequence):
+            items = [items]
+        if top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        results: list[dict[str, Any]] = []
+        for batch in _batches(list(items), batch_size):
+            output = self.run(self.preprocess(batch))
+            for item, row in zip(batch, output):
+                results.append({"input": describe(item), **self._postprocess(row, top_k)})
+        return results
+
+    def _postprocess(self, row: np.ndarray, top_k: int) -> dict[str, Any]:
+        if not self.is_classifier:
+            return {"embedding": [float(v) for v in row]}
+        probabilities = softmax(row.astype(np.float64))
+        labels = self.manifest.postprocessing.labels
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        return {"top_k": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i),
+                           "score": float(probabilities[i])} for i in order]}
+
+
+def load(directory: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True) -> Predictor:
+    """A Predictor for the bundle in `directory`. Every bundle file is checked against the manifest's
+    sha256 first (`verify=False` skips that, for development only)."""
+    path = Path(directory)
+    manifest = read_manifest(path, verify=verify)
+    choice = create_session(path / manifest.model_file, device=device, threads=threads)
+    log.info(choice.line)
+    return Predictor(path, manifest, choice)

@@ -1,0 +1,104 @@
+"""Preprocessing in numpy/PIL that reproduces the training-side torchvision pipeline step for step:
+EXIF transpose -> RGB -> resize shorter side (PIL, antialiased) -> center crop (torchvision's
+rounding) -> float32 / 255 -> (x - mean) / std, NCHW. Text: the bundle's `tokenizers` file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serve.errors import InputError
+from serve.manifest import ImagePreprocessing, TextPreprocessing
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def describe(item: Any) -> str:
+    """How an input is named in results: the path or text itself, else its kind."""
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, (bytes, bytearray)):
+        return f"<{len(item)} bytes>"
+    if isinstance(item, Image.Image):
+        return f"<PIL image {item.size[0]}x{item.size[1]}>"
+    if isinstance(item, np.ndarray):
+        return f"<array {item.shape}>"
+    return f"<{type(item).__name__}>"
+
+
+def to_rgb_image(item: Any) -> Image.Image:
+    """Path, bytes, PIL image or HxW(x3|4) uint8 array -> RGB PIL image with EXIF orientation applied."""
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (3, 4)):
+            raise InputError(f"array input {item.dtype} {item.shape}: expected a uint8 image of shape HxW, HxWx3 or HxWx4")
+        return Image.fromarray(item).convert("RGB")
+    if isinstance(item, Image.Image):
+        image = item
+    elif isinstance(item, (str, Path, bytes, bytearray)):
+        try:
+            image = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
+            image.load()
+        except FileNotFoundError:
+            raise InputError(f"image file {item} does not exist") from None
+        except IsADirectoryError:
+            raise InputError(f"{item} is a folder; expected an image file") from None
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise InputError(f"{describe(item)} is not a readable image (expected JPEG, PNG, ...): {exc}") from None
+    else:
+        raise InputError(f"unsupported image input {describe(item)}: expected a path, bytes, PIL image or uint8 array")
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def _resize_shorter(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    return image.resize((new_w, new_h), resample)
+
+
+def _center_crop(image: Image.Image, crop: int) -> Image.Image:
+    width, height = image.size
+    if width < crop or height < crop:
+        raise InputError(f"image of {width}x{height} is smaller than the {crop}x{crop} crop after resizing")
+    top = int(round((height - crop) / 2.0))
+    left = int(round((width - crop) / 2.0))
+    return image.crop((left, top, left + crop, top + crop))
+
+
+def preprocess_image(spec: ImagePreprocessing, item: Any) -> np.ndarray:
+    """One CHW float32 array."""
+    image = _center_crop(_resize_shorter(to_rgb_image(item), spec.resize, _RESAMPLE[spec.interpolation]), spec.crop)
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return ((pixels - mean) / std).transpose(2, 0, 1)
+
+
+def preprocess_images(spec: ImagePreprocessing, items: Sequence[Any]) -> np.ndarray:
+    return np.stack([preprocess_image(spec, item) for item in items])
+
+
+class TextEncoder:
+    """The bundle's tokenizer with its manifest settings: truncation at max_length, padding to the longest."""
+
+    def __init__(self, path: Path, spec: TextPreprocessing):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer.enable_truncation(spec.max_length)
+        self.tokenizer.enable_padding(pad_id=spec.pad_id, pad_token=spec.pad_token)
+
+    def __call__(self, texts: Sequence[Any]) -> dict[str, np.ndarray]:
+        for text in texts:
+            if not isinstance(text, str):
+                raise InputError(f"text input {describe(text)}: expected a str")
+        encodings = self.tokenizer.encode_batch(list(texts))
+        return {
+            "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+        }

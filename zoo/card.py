@@ -1,0 +1,54 @@
+"""The model card shown by `zoo info`: the registry entry, readable, without the bulky parts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from zoo.schema import ModelEntry
+
+
+def card_dict(entry: ModelEntry) -> dict[str, Any]:
+    card = asdict(entry)
+    card.pop("extra", None)
+    card["output"].pop("labels")
+    card["output"]["num_labels"] = len(entry.output.labels)
+    if entry.reference:
+        card["reference"] = {"producer": entry.reference.producer, "atol": entry.reference.atol,
+                             "cases": [c.input for c in entry.reference.cases]}
+    card["builder_args"].pop("config", None)
+    return card
+
+
+def card_lines(entry: ModelEntry) -> list[str]:
+    spec = entry.input
+    if spec.kind == "image":
+        pre = (f"resize {spec.resize} ({spec.interpolation}) -> center crop {spec.crop}, "
+               f"mean {[round(v, 4) for v in spec.mean]}, std {[round(v, 4) for v in spec.std]}")
+    else:
+        pre = f"tokenizer {spec.tokenizer}, max length {spec.max_length}"
+    out = entry.output
+    head = (f"{len(out.labels)} classes ({out.label_set})" if out.kind == "logits"
+            else f"{out.dim}-d embedding, {out.pooling} pooling" + (", L2-normalised" if out.normalize else ""))
+    lines = [
+        f"{entry.id}: {entry.description}",
+        f"  task          {entry.task} ({entry.modality})",
+        f"  architecture  {entry.architecture} (builder {entry.builder})",
+        f"  parameters    {entry.params:,}" + (f", {entry.gflops} GFLOPS" if entry.gflops else ""),
+        f"  input         {pre}",
+        f"  output        {head}",
+        f"  licence       {entry.provenance.license}",
+        f"  origin        {entry.provenance.origin}",
+    ]
+    if entry.provenance.paper:
+        lines.append(f"  paper         {entry.provenance.paper}")
+    lines += [f"  metric        {m.name} = {m.value} ({m.source})" for m in entry.metrics]
+    lines += [f"  file          {f.name} [{f.role}] sha256 {f.expected_digest}" + ("" if f.sha256 else " (prefix)")
+              for f in entry.files]
+    lines += [f"  source {i + 1}      {s.describe()}" for i, s in enumerate(entry.sources)]
+    if entry.reference:
+        lines.append(f"  reference     {len(entry.reference.cases)} case(s), atol {entry.reference.atol:g}, "
+                     f"from {entry.reference.producer}")
+    else:
+        lines.append("  reference     none (weights not reachable when the registry was made)")
+    return lines

@@ -1,0 +1,173 @@
+"""The `zoo` command line: a thin layer over the library. Heavy modules load inside commands.
+
+Exit codes: 0 success, 1 a check ran and failed (validation, export parity), 2 a user mistake
+(unknown model, missing file, bad input, bad flag), always with a one-line message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from zoo.errors import ZooError
+
+
+def _sources(source_dir: tuple[str, ...]):
+    from zoo.schema import SourceSpec
+
+    for folder in source_dir:
+        if not Path(folder).is_dir():
+            raise click.BadParameter(f"{folder} is not a folder", param_hint="--source-dir")
+    return [SourceSpec(kind="path", path=str(Path(folder).resolve())) for folder in source_dir]
+
+
+source_dir_option = click.option("--source-dir", multiple=True, metavar="DIR",
+                                 help="Folder holding the model's files; tried before the registry's sources.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="zoo")
+def cli() -> None:
+    """Pretrained backbones: fetch, validate, export to ONNX, predict without torch."""
+
+
+@cli.command("list")
+@click.argument("patterns", nargs=-1)
+@click.option("--modality", type=click.Choice(["image", "text"]), help="Only image or text models.")
+@click.option("--task", help="Only this task (image-classification, sentence-embedding, feature-extraction).")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out ids matching this fnmatch pattern.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of ids.")
+def list_command(patterns: tuple[str, ...], modality: str | None, task: str | None, exclude: tuple[str, ...],
+                 as_json: bool) -> None:
+    """List registry models whose id matches any PATTERN (fnmatch, default '*')."""
+    from zoo.registry import get_model, list_models
+
+    names = list_models(patterns or "*", exclude, modality=modality, task=task)
+    if as_json:
+        click.echo(json.dumps(names))
+        return
+    for name in names:
+        entry = get_model(name)
+        ref = "reference" if entry.reference else ""
+        click.echo(f"{name:26} {entry.modality:5} {entry.task:22} {entry.params / 1e6:7.1f}M  {ref}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
+def info(name: str, as_json: bool) -> None:
+    """Show the model card of NAME."""
+    from zoo.card import card_dict, card_lines
+    from zoo.registry import get_model
+
+    entry = get_model(name)
+    click.echo(json.dumps(card_dict(entry), indent=1) if as_json else "\n".join(card_lines(entry)))
+
+
+@cli.command()
+@click.argument("name")
+@source_dir_option
+def fetch(name: str, source_dir: tuple[str, ...]) -> None:
+    """Download (or copy) NAME's files into the cache, verifying every sha256."""
+    from zoo.cache import fetch as fetch_files
+    from zoo.registry import get_model
+
+    fetched = fetch_files(get_model(name), _sources(source_dir))
+    for file, digest in fetched.sha256.items():
+        click.echo(f"✓ {file}  sha256 {digest}")
+    click.echo(f"{name}: {len(fetched.files)} file(s) in {fetched.directory}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), help="Override the stored tolerance.")
+@source_dir_option
+def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None:
+    """Rebuild NAME from verified weights and compare with its stored reference outputs."""
+    from zoo.validate import validate as run_validation
+
+    report = run_validation(name, atol=atol, extra_sources=_sources(source_dir))
+    click.echo("\n".join(report.lines()))
+    report.raise_for_failures()
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
+@click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True)
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), help="Override the fp32 parity tolerance.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@source_dir_option
+def export(name: str, fmt: str, out: Path, opset: int, atol: float | None, force: bool,
+           source_dir: tuple[str, ...]) -> None:
+    """Export NAME to a validated bundle (model, manifest, validation report) in --out."""
+    from zoo.registry import get_model
+
+    entry = get_model(name)  # unknown names fail before torch is imported
+    from export.bundle import export_bundle
+
+    result = export_bundle(entry, out, opset=opset, atol=atol, overwrite=force, extra_sources=_sources(source_dir))
+    click.echo("\n".join(result.lines()))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array, one object per input.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int) -> None:
+    """Run a bundle on INPUTS (image files, or texts for text bundles) without torch."""
+    import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    predictor = serve.load(bundle, device=device)
+    items: list[object] = list(inputs)
+    if predictor.manifest.modality == "image":
+        for item in inputs:  # name the first bad file before running anything
+            if not Path(item).is_file():
+                raise serve.InputError(f"image file {item} does not exist")
+    results = predictor.predict(items, top_k=top_k, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    for result in results:
+        if "top_k" in result:
+            best = ", ".join(f"{p['label']} {p['score']:.3f}" for p in result["top_k"])
+            click.echo(f"{result['input']}: {best}")
+        else:
+            vector = result["embedding"]
+            click.echo(f"{result['input']}: [{len(vector)}] " + " ".join(f"{v:+.4f}" for v in vector[:6]) + " ...")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes become `zoo: error: ...` on stderr and exit 2, never a traceback."""
+    from serve.errors import ServeError
+
+    try:
+        cli.main(args=argv, prog_name="zoo", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("zoo: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+        click.echo(f"zoo: error: {exc.format_message()}{hint}", err=True)
+        return exc.exit_code
+    except ZooError as exc:
+        click.echo(f"zoo: error: {exc}", err=True)
+        return exc.exit_code
+    except ServeError as exc:
+        click.echo(f"zoo: error: {exc}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
