@@ -64,6 +64,8 @@ class Predictor:
         `{"input", "embedding": [...]}` for embedding models."""
         if isinstance(items, (str, bytes, Path)) or not isinstance(items, Sequence):
             items = [items]
+        if len(items) == 0:
+            raise InputError("no inputs given; expected at least one")
         if top_k < 1:
             raise InputError(f"top_k must be at least 1, got {top_k}")
         if batch_size < 1:

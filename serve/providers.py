@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.errors import ProviderError
+from serve.errors import BundleError, ProviderError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -41,13 +41,21 @@ def create_session(model_path: Path, device: str = "auto", threads: int | None =
                 ort.preload_dlls()
             except Exception as exc:  # missing CUDA libraries: reported below as the reason for CPU
                 reason = f"CUDA: libraries could not be loaded: {exc}"
-        session = ort.InferenceSession(str(model_path), options, providers=[CUDA, CPU])
+        session = _session(ort, model_path, options, [CUDA, CPU])
         if session.get_providers()[0] == CUDA:
             return SessionChoice(session, CUDA, f"serve: {model_path.parent.name} on {CUDA} (GPU)")
         reason = "CUDA: provider listed but did not initialise (no usable GPU or driver)"
     if device == "cuda":
         raise ProviderError(f"device 'cuda' requested but {reason}; use device='auto' or 'cpu'")
-    session = ort.InferenceSession(str(model_path), options, providers=[CPU])
+    session = _session(ort, model_path, options, [CPU])
     actual = session.get_providers()[0]
     why = "" if device == "cpu" else f" ({reason})"
     return SessionChoice(session, actual, f"serve: {model_path.parent.name} on {actual}{why}")
+
+
+def _session(ort, model_path: Path, options, providers: list[str]):
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=providers)
+    except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BundleError(f"onnxruntime could not load {model_path}: {first}; re-export the bundle") from None

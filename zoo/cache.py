@@ -35,8 +35,9 @@ def cache_root() -> Path:
 
 
 def is_offline() -> bool:
-    """True when `ZOO_OFFLINE` or `HF_HUB_OFFLINE` is set to a true value: no network is touched."""
-    return any(os.environ.get(k, "").lower() in {"1", "true", "yes", "on"} for k in (OFFLINE_ENV, "HF_HUB_OFFLINE"))
+    """True when `ZOO_OFFLINE` is set to a true value: no source touches the network. (`HF_HUB_OFFLINE`
+    is huggingface_hub's own switch and applies to the Hub source only.)"""
+    return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes", "on"}
 
 
 def sha256_file(path: Path) -> str:
@@ -126,7 +127,7 @@ def _from_path(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
 
 def _from_url(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
     if is_offline():
-        raise FetchError(f"offline mode (${OFFLINE_ENV} or $HF_HUB_OFFLINE is set): network not used")
+        raise FetchError(f"offline mode (${OFFLINE_ENV} is set): network not used")
     url = source.base_url + spec.name
     request = urllib.request.Request(url, headers={"User-Agent": "zoo-fetch/0.1"})
     try:
@@ -151,10 +152,10 @@ def _from_hf(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        cached = hf_hub_download(source.repo_id, spec.name, revision=source.revision)
+        cached = hf_hub_download(source.repo_id, spec.name, revision=source.revision, local_files_only=is_offline())
     except LocalEntryNotFoundError:
         raise FetchError(f"{spec.name} is not in the Hugging Face cache and the Hub cannot be reached "
-                         "(HF_HUB_OFFLINE set or no network)") from None
+                         "(HF_HUB_OFFLINE / ZOO_OFFLINE set, or no network)") from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise FetchError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     try:

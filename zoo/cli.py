@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 a check ran and failed (validation, export parity), 2 a
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -125,8 +124,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
     """Run a bundle on INPUTS (image files, or texts for text bundles) without torch."""
     import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     predictor = serve.load(bundle, device=device)
+    click.echo(predictor.provider_line, err=True)
     items: list[object] = list(inputs)
     if predictor.manifest.modality == "image":
         for item in inputs:  # name the first bad file before running anything

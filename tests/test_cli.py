@@ -1,0 +1,112 @@
+"""The `zoo` CLI contract that scripts depend on: output shapes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo.cli import main
+from zoo.reference import asset_path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_list_filters(capsys) -> None:
+    code, out, _ = run(capsys, "list", "--modality", "text", "--json")
+    assert code == 0
+    assert json.loads(out) == ["all-minilm-l6-v2", "bert-base-uncased", "distilbert-base-uncased", "roberta-base"]
+    code, out, _ = run(capsys, "list", "res*", "--task", "image-classification")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["resnet18", "resnet50"]
+
+
+def test_info_shows_the_card(capsys) -> None:
+    code, out, _ = run(capsys, "info", "resnet50")
+    assert code == 0
+    assert "25,557,032" in out and "https://download.pytorch.org/models/" in out and "(prefix)" in out
+    code, out, _ = run(capsys, "info", "all-minilm-l6-v2", "--json")
+    card = json.loads(out)
+    assert card["output"]["pooling"] == "mean" and card["reference"]["cases"] == ["texts"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["info", "resnet5"], "did you mean 'resnet50'"),
+    (["validate", "efficientnet-lite0"], "did you mean 'efficientnet_lite0'"),
+    (["export", "bert-base-uncase", "--out", "x"], "did you mean 'bert-base-uncased'"),
+    (["list", "--modality", "audio"], "Invalid value for '--modality'"),
+    (["predict", "/no/such/bundle", "x.jpg"], "/no/such/bundle is not a folder"),
+    (["fetch", "resnet18", "--source-dir", "/no/such/dir"], "/no/such/dir is not a folder"),
+    (["predict", "--top-k", "0", "b", "x"], "--top-k"),
+    (["list", "--bogus"], "No such option"),
+    (["validate", "resnet18"], "no reference outputs"),
+])
+def test_user_mistakes_exit_2_with_one_line(capsys, argv: list[str], message: str) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert err.startswith("zoo: error:") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_predict_json_contract_for_a_classifier(capsys, bundles) -> None:
+    photos = [str(asset_path("flower.jpg")), str(asset_path("china.jpg"))]
+    code, out, err = run(capsys, "predict", str(bundles["efficientnet_lite0"]), *photos, "--top-k", "3", "--json")
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["input"] for r in results] == photos
+    for result in results:
+        assert len(result["top_k"]) == 3
+        assert set(result["top_k"][0]) == {"index", "label", "score"}
+        scores = [p["score"] for p in result["top_k"]]
+        assert scores == sorted(scores, reverse=True)
+    assert results[0]["top_k"][0]["label"] == "daisy"
+    assert "CPUExecutionProvider" in err  # the one line saying which provider ran
+
+
+def test_predict_json_contract_for_embeddings(capsys, bundles) -> None:
+    code, out, _ = run(capsys, "predict", str(bundles["all-minilm-l6-v2"]), "hello world", "a second text", "--json")
+    assert code == 0
+    results = json.loads(out)
+    assert [r["input"] for r in results] == ["hello world", "a second text"]
+    assert all(len(r["embedding"]) == 384 for r in results)
+    assert abs(sum(v * v for v in results[0]["embedding"]) - 1.0) < 1e-4  # normalised, as the card says
+
+
+def test_predict_bad_image_files(capsys, bundles, tmp_path: Path) -> None:
+    text_file = tmp_path / "notes.jpg"
+    text_file.write_text("not an image")
+    code, _, err = run(capsys, "predict", str(bundles["efficientnet_lite0"]), str(text_file))
+    assert code == 2 and "is not a readable image" in err
+    code, _, err = run(capsys, "predict", str(bundles["efficientnet_lite0"]), str(tmp_path / "missing.jpg"))
+    assert code == 2 and "missing.jpg does not exist" in err
+
+
+def test_validate_and_export_commands(capsys, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "validate", "all-minilm-l6-v2")
+    assert code == 0 and "✓ texts" in out
+    code, out, err = run(capsys, "export", "efficientnet_lite0", "--format", "onnx", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert "✓ synthetic batch 5" in out and (tmp_path / "b" / "manifest.json").is_file()
+    code, _, err = run(capsys, "export", "efficientnet_lite0", "--out", str(tmp_path / "b"))
+    assert code == 2 and "--force" in err
+    code, out, _ = run(capsys, "export", "efficientnet_lite0", "--out", str(tmp_path / "b"), "--atol", "1e-12", "--force")
+    assert code == 1 and (tmp_path / "b" / "manifest.json").is_file()  # the old bundle survives a failed export
+
+
+def test_fetch_command(capsys) -> None:
+    code, out, _ = run(capsys, "fetch", "efficientnet_lite0")
+    assert code == 0 and "sha256 579344248a93e230" in out
+
+
+def test_console_script_exit_code_without_traceback() -> None:
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "info", "vit_b_61"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("zoo: error: unknown model 'vit_b_61'; did you mean 'vit_b_16'? "
+                                     "run `zoo list` to see the 12 known models")

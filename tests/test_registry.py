@@ -1,0 +1,154 @@
+"""registry.json: schema, exact error locations, lookups, and metadata checked against the real
+models and against torchvision's own weight enums."""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import metadata
+
+import pytest
+
+from zoo.errors import RegistryError, UnknownModelError
+from zoo.registry import default_registry_path, get_model, list_models, load_registry, validate_document
+
+REGISTRY = load_registry()
+DOCUMENT = json.loads(default_registry_path().read_text())
+TORCHVISION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision"]
+
+
+def test_registry_has_the_required_entries() -> None:
+    required = {"efficientnet_lite0", "all-minilm-l6-v2", "resnet18", "resnet50", "mobilenet_v3_large",
+                "efficientnet_b0", "vgg16", "convnext_tiny", "vit_b_16", "bert-base-uncased",
+                "distilbert-base-uncased", "roberta-base"}
+    assert required <= set(REGISTRY)
+
+
+def _broken(mutate) -> dict:
+    document = copy.deepcopy(DOCUMENT)
+    mutate(document)
+    return document
+
+
+def _index(name: str) -> int:
+    return [m["id"] for m in DOCUMENT["models"]].index(name)
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda d: d["models"][_index("resnet18")]["input"]["mean"].__setitem__(2, "x"),
+     "models[{i}] ('resnet18').input"),
+    (lambda d: d["models"][_index("resnet18")].pop("params"), "models[{i}] ('resnet18'): 'params' is a required property"),
+    (lambda d: d["models"][_index("resnet18")]["files"][0].update(sha256_prefix="XYZ"),
+     "models[{i}] ('resnet18').files[0]"),
+    (lambda d: d["models"][_index("resnet18")].update(task="segmentation"), "models[{i}] ('resnet18').task"),
+])
+def test_schema_errors_name_the_entry_and_field(mutate, expected: str) -> None:
+    with pytest.raises(RegistryError) as info:
+        validate_document(_broken(mutate))
+    assert expected.format(i=_index("resnet18")) in str(info.value)
+
+
+def test_unknown_format_version_is_refused() -> None:
+    with pytest.raises(RegistryError, match="format_version 2 is not supported"):
+        validate_document(_broken(lambda d: d.update(format_version=2)))
+
+
+def test_duplicate_id_is_an_error() -> None:
+    with pytest.raises(RegistryError, match="duplicate id"):
+        validate_document(_broken(lambda d: d["models"].append(copy.deepcopy(d["models"][0]))))
+
+
+def test_unknown_label_set_is_an_error() -> None:
+    def mutate(d):
+        d["models"][_index("resnet18")]["output"]["labels"] = "imagenet-22k"
+    with pytest.raises(RegistryError, match=r"output.labels: unknown label set 'imagenet-22k'"):
+        validate_document(_broken(mutate))
+
+
+def test_registry_file_from_env_is_validated(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "registry.json"
+    path.write_text("{not json")
+    monkeypatch.setenv("ZOO_REGISTRY", str(path))
+    with pytest.raises(RegistryError, match="not valid JSON: line 1"):
+        load_registry()
+
+
+def test_list_models_filters_and_sorts() -> None:
+    assert list_models("resnet*") == ["resnet18", "resnet50"]
+    assert list_models(modality="text") == ["all-minilm-l6-v2", "bert-base-uncased", "distilbert-base-uncased", "roberta-base"]
+    assert list_models(task="sentence-embedding") == ["all-minilm-l6-v2"]
+    assert "vgg16" not in list_models(exclude="vgg*")
+    assert list_models() == sorted(REGISTRY)
+
+
+def test_unknown_model_suggests_close_names() -> None:
+    with pytest.raises(UnknownModelError, match="did you mean 'resnet50'"):
+        get_model("resnet5")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_entry_metadata_matches_the_built_model(name: str) -> None:
+    """Parameter count and output size of the real architecture (random init) match the card."""
+    import torch
+
+    import zoo
+
+    entry = REGISTRY[name]
+    torch.manual_seed(0)
+    model = zoo.build(name, pretrained=False)
+    assert sum(p.numel() for p in model.parameters()) == entry.params
+    if entry.output.kind == "logits":
+        assert model(torch.zeros(2, 3, *entry.input.size)).shape == (2, len(entry.output.labels))
+    else:
+        ids = torch.ones(2, 5, dtype=torch.int64)
+        assert model(ids, torch.ones_like(ids)).shape == (2, entry.output.dim)
+
+
+@pytest.mark.parametrize("name", TORCHVISION_IDS)
+def test_torchvision_entries_match_torchvision_weight_enums(name: str) -> None:
+    from torchvision.models import get_model_weights
+
+    entry = REGISTRY[name]
+    weights = get_model_weights(name).DEFAULT
+    transform = weights.transforms()
+    weights_file = entry.file("weights")
+    assert entry.sources[0].base_url + weights_file.name == weights.url
+    assert weights_file.name.endswith(f"-{weights_file.sha256_prefix}.pth")
+    assert entry.params == weights.meta["num_params"]
+    assert entry.gflops == weights.meta["_ops"]
+    metrics = {m.name: m.value for m in entry.metrics}
+    assert metrics["imagenet-1k/acc@1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    assert list(entry.output.labels) == weights.meta["categories"]
+    assert (entry.input.resize, entry.input.crop) == (transform.resize_size[0], transform.crop_size[0])
+    assert entry.input.interpolation == transform.interpolation.value
+    assert list(entry.input.mean) == list(transform.mean) and list(entry.input.std) == list(transform.std)
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_entry_reachable_here_has_reference_outputs(name: str) -> None:
+    """Fails when weights become reachable (an installed package source) but no reference is stored."""
+    entry = REGISTRY[name]
+    reachable = any(s.kind == "package" and _installed(s.distribution) for s in entry.sources)
+    if reachable:
+        assert entry.reference is not None and entry.reference.cases
+    if entry.reference and entry.output.kind == "logits":
+        assert all(len(row) == len(entry.output.labels) for c in entry.reference.cases for row in c.output)
+
+
+def test_text_entry_config_matches_the_shipped_config() -> None:
+    """The registry's architecture config (used for random init) agrees with the real config.json."""
+    import zoo
+
+    entry = REGISTRY["all-minilm-l6-v2"]
+    fetched = zoo.fetch(entry)
+    shipped = json.loads(fetched.files["config.json"].read_text())
+    for key, value in entry.builder_args["config"].items():
+        assert shipped[key] == value, key

@@ -1,0 +1,203 @@
+"""The torch-free runtime: end-to-end agreement with torch on real photos and texts, preprocessing
+equivalence, import hygiene, tamper evidence, provider reporting and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import serve
+from serve.manifest import ImagePreprocessing
+from serve.preprocess import preprocess_image
+from zoo.preprocess import preprocess_images as torch_preprocess
+from zoo.reference import SENTENCES, asset_path
+from zoo.registry import get_model
+
+PHOTOS = [asset_path("flower.jpg"), asset_path("china.jpg")]
+
+
+def _spec(name: str) -> ImagePreprocessing:
+    spec = get_model(name).input
+    return ImagePreprocessing(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation,
+                              mean=list(spec.mean), std=list(spec.std))
+
+
+def test_predictor_matches_torch_on_real_photos(bundles, torch_models) -> None:
+    """Same photo, serve (numpy/PIL + onnxruntime) vs zoo (torchvision + torch): logits within 1e-4."""
+    predictor = serve.load(bundles["efficientnet_lite0"])
+    entry = get_model("efficientnet_lite0")
+    served = predictor.run(predictor.preprocess(PHOTOS))
+    with torch.inference_mode():
+        expected = torch_models["efficientnet_lite0"](torch_preprocess(entry.input, PHOTOS)).numpy()
+    assert np.abs(served - expected).max() <= 1e-4
+    results = predictor.predict(PHOTOS, top_k=3)
+    assert [r["top_k"][0]["label"] for r in results] == ["daisy", "palace"]
+    probabilities = torch.softmax(torch.from_numpy(expected), -1).numpy()
+    for result, row in zip(results, probabilities):
+        assert result["top_k"][0]["index"] == int(row.argmax())
+        assert abs(result["top_k"][0]["score"] - float(row.max())) <= 1e-4
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(640, 427), (300, 301), (257, 1000), (224, 224)])
+def test_numpy_preprocessing_equals_torchvision(size, interpolation) -> None:
+    rng = np.random.default_rng(size[0] * size[1])
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    entry = get_model("resnet18")
+    spec = _spec("resnet18")
+    import dataclasses
+
+    spec = dataclasses.replace(spec, interpolation=interpolation)
+    torch_spec = dataclasses.replace(entry.input, interpolation=interpolation)
+    expected = torch_preprocess(torch_spec, [image])[0].numpy()
+    actual = preprocess_image(spec, image)
+    assert actual.shape == expected.shape == (3, 224, 224)
+    assert np.abs(actual - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16"])
+def test_other_image_modes_are_converted_like_training(mode: str) -> None:
+    rgb = Image.open(PHOTOS[0]).convert("RGB").resize((320, 240))
+    image = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
+        (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).convert("I;16")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG" if mode != "CMYK" else "JPEG")
+    data = buffer.getvalue()
+    actual = preprocess_image(_spec("efficientnet_lite0"), data)
+    expected = torch_preprocess(get_model("efficientnet_lite0").input, [data])[0].numpy()
+    assert np.abs(actual - expected).max() <= 1e-5
+
+
+def test_exif_rotation_is_applied() -> None:
+    upright = Image.open(PHOTOS[0]).convert("RGB").resize((300, 200))
+    rotated = upright.transpose(Image.Transpose.ROTATE_90)  # stored sideways (90° counter-clockwise) ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... with the orientation tag that says "rotate 90° clockwise to display"
+    buffer = io.BytesIO()
+    rotated.save(buffer, format="JPEG", exif=exif, quality=95)
+    spec = _spec("efficientnet_lite0")
+    from_exif = preprocess_image(spec, buffer.getvalue())
+    assert from_exif.shape == (3, 224, 224)
+    reference = preprocess_image(spec, upright)
+    ignoring_exif = preprocess_image(spec, rotated)
+    assert np.abs(from_exif - reference).mean() < 0.05  # JPEG noise only
+    assert np.abs(ignoring_exif - reference).mean() > 0.2
+
+
+def test_text_predictor_matches_torch(bundles, torch_models) -> None:
+    predictor = serve.load(bundles["all-minilm-l6-v2"])
+    results = predictor.predict(list(SENTENCES))
+    served = np.array([r["embedding"] for r in results])
+    from zoo.preprocess import load_tokenizer, tokenize
+
+    entry = get_model("all-minilm-l6-v2")
+    tokenizer = load_tokenizer(bundles["all-minilm-l6-v2"] / "tokenizer.json", entry.input)
+    with torch.inference_mode():
+        expected = torch_models["all-minilm-l6-v2"](**tokenize(tokenizer, SENTENCES)).numpy()
+    assert np.abs(served - expected).max() <= 1e-4
+    assert np.allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    assert [r["input"] for r in results] == list(SENTENCES)
+    # batching does not change results (padding is masked)
+    one_by_one = np.array([predictor.predict([s])[0]["embedding"] for s in SENTENCES])
+    assert np.abs(one_by_one - served).max() <= 1e-5
+
+
+def test_import_serve_leaves_torch_out() -> None:
+    code = ("import sys, serve; p = serve.load; "
+            "bad = [m for m in ('torch', 'tensorflow', 'zoo', 'export') if m in sys.modules]; print(bad)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_predict_from_bundle_alone_imports_no_torch(bundles) -> None:
+    code = ("import sys, json, serve; p = serve.load(sys.argv[1]); r = p.predict([sys.argv[2]], top_k=1); "
+            "print(json.dumps([r[0]['top_k'][0]['label'], [m for m in ('torch', 'tensorflow', 'zoo', 'export') "
+            "if m in sys.modules]]))")
+    result = subprocess.run([sys.executable, "-c", code, str(bundles["efficientnet_lite0"]), str(PHOTOS[0])],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout) == ["daisy", []]
+
+
+def test_modified_bundle_is_refused(bundles, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["efficientnet_lite0"], copy)
+    with open(copy / "model.onnx", "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\x00\x01")
+    with pytest.raises(serve.BundleError, match="model.onnx .* does not match the sha256"):
+        serve.load(copy)
+    with pytest.raises(serve.BundleError, match="onnxruntime could not load"):
+        serve.load(copy, verify=False)  # development opt-out: the damaged model still fails clearly
+    shutil.copyfile(bundles["efficientnet_lite0"] / "model.onnx", copy / "model.onnx")
+    (copy / "validation.json").write_text("{}")
+    with pytest.raises(serve.BundleError, match="validation.json"):
+        serve.load(copy)
+    assert serve.load(copy, verify=False).predict([PHOTOS[0]])[0]["top_k"][0]["label"] == "daisy"
+
+
+def test_manifest_errors_name_the_field(bundles, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["efficientnet_lite0"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocessing"]["crop"] = "224"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(serve.BundleError, match=r"preprocessing.crop: expected int, found str"):
+        serve.load(copy)
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(serve.BundleError, match="version 99 is not supported"):
+        serve.load(copy)
+
+
+def test_cuda_listed_but_unusable_is_reported_truthfully(bundles, monkeypatch) -> None:
+    """What onnxruntime-gpu does on a CPU machine: CUDA is 'available' but the session runs on CPU."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    predictor = serve.load(bundles["efficientnet_lite0"])
+    assert predictor.provider == "CPUExecutionProvider"
+    assert "did not initialise" in predictor.provider_line
+    with pytest.raises(serve.ProviderError, match="device 'cuda' requested"):
+        serve.load(bundles["efficientnet_lite0"], device="cuda")
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    (b"definitely not an image", "not a readable image"),
+    (Image.open(PHOTOS[0]).__class__, "unsupported image input"),
+    (np.zeros((10, 10, 3), dtype=np.float32), "expected a uint8 image"),
+    ("/no/such/file.jpg", "does not exist"),
+])
+def test_bad_image_inputs(bundles, item, message: str) -> None:
+    predictor = serve.load(bundles["efficientnet_lite0"])
+    with pytest.raises(serve.InputError, match=message):
+        predictor.predict([item])
+
+
+def test_truncated_jpeg_is_rejected(bundles) -> None:
+    data = asset_path("flower.jpg").read_bytes()
+    with pytest.raises(serve.InputError, match="not a readable image"):
+        serve.load(bundles["efficientnet_lite0"]).predict([data[: len(data) // 3]])
+
+
+def test_array_and_pil_inputs(bundles) -> None:
+    predictor = serve.load(bundles["efficientnet_lite0"])
+    image = Image.open(PHOTOS[0])
+    from_path, from_pil, from_array = predictor.predict([PHOTOS[0], image, np.asarray(image.convert("RGB"))])
+    assert from_path["top_k"] == from_pil["top_k"] == from_array["top_k"]
+
+
+def test_text_inputs_must_be_strings(bundles) -> None:
+    predictor = serve.load(bundles["all-minilm-l6-v2"])
+    with pytest.raises(serve.InputError, match="expected a str"):
+        predictor.predict([b"bytes"])
+    with pytest.raises(serve.InputError, match="no inputs"):
+        predictor.predict([])
