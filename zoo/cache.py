@@ -158,6 +158,7 @@ def _from_hf(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
                          "(HF_HUB_OFFLINE / ZOO_OFFLINE set, or no network)") from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise FetchError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    dest.unlink()  # the temporary placeholder; link or copy takes its name
     try:
         os.link(cached, dest)  # same filesystem: no second copy of the bytes
     except OSError:
