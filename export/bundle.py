@@ -87,13 +87,16 @@ def _io(entry: ModelEntry, fetched: FetchedModel):
     axes = {0: "batch", 1: "sequence"}
     preprocessing = TextPreprocessing(tokenizer=entry.input.tokenizer, max_length=entry.input.max_length,
                                       pad_token=tokenizer.padding["pad_token"], pad_id=tokenizer.padding["pad_id"])
-    return (tokenize(tokenizer, SENTENCES[:2]), {"input_ids": axes, "attention_mask": axes}, "sentence_embedding",
+    output_name = "logits" if entry.output.kind == "logits" else "sentence_embedding"
+    return (tokenize(tokenizer, SENTENCES[:2]), {"input_ids": axes, "attention_mask": axes}, output_name,
             preprocessing, tokenizer)
 
 
 def _postprocessing(entry: ModelEntry) -> Postprocessing:
     if entry.output.kind == "logits":
-        return Postprocessing(kind="classification", labels=list(entry.output.labels))
+        binary = entry.builder_args.get("head") == "binary"
+        return Postprocessing(kind="classification", labels=list(entry.output.labels),
+                              activation="sigmoid" if binary else "softmax")
     return Postprocessing(kind="embedding", pooling=entry.output.pooling, normalized=entry.output.normalize,
                           dim=entry.output.dim)
 

@@ -48,6 +48,7 @@ class TextPreprocessing:
 class Postprocessing:
     kind: Literal["classification", "embedding"]
     labels: list[str] = field(default_factory=list)
+    activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one logit, P(labels[1])
     pooling: str | None = None
     normalized: bool = False
     dim: int | None = None
@@ -163,7 +164,10 @@ def parse_manifest(data: Any) -> Manifest:
     kind = post.get("kind", str)
     if kind not in ("classification", "embedding"):
         post.fail("kind", f"expected 'classification' or 'embedding', found {kind!r}")
-    postprocessing = Postprocessing(kind=kind, labels=list(post.get("labels", list, [])),
+    activation = post.get("activation", str, "softmax")
+    if activation not in ("softmax", "sigmoid"):
+        post.fail("activation", f"expected 'softmax' or 'sigmoid', found {activation!r}")
+    postprocessing = Postprocessing(kind=kind, labels=list(post.get("labels", list, [])), activation=activation,
                                     pooling=post.get("pooling", (str, type(None)), None),
                                     normalized=post.get("normalized", bool, False),
                                     dim=post.get("dim", (int, type(None)), None))

@@ -80,8 +80,13 @@ class Predictor:
     def _postprocess(self, row: np.ndarray, top_k: int) -> dict[str, Any]:
         if not self.is_classifier:
             return {"embedding": [float(v) for v in row]}
-        probabilities = softmax(row.astype(np.float64))
-        labels = self.manifest.postprocessing.labels
+        post = self.manifest.postprocessing
+        if post.activation == "sigmoid":  # one logit: P(positive) = sigmoid(x), the positive label is labels[1]
+            positive = 1.0 / (1.0 + np.exp(-float(row[0])))
+            probabilities = np.array([1.0 - positive, positive])
+        else:
+            probabilities = softmax(row.astype(np.float64))
+        labels = post.labels
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         return {"top_k": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i),
                            "score": float(probabilities[i])} for i in order]}

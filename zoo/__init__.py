@@ -11,10 +11,12 @@ from zoo.errors import ZooError
 from zoo.registry import get_model, list_models, load_registry
 
 if TYPE_CHECKING:
-    from zoo.factory import build
     from zoo.cache import fetch
+    from zoo.factory import build
+    from zoo.training import finetune
+    from zoo.validate import validate
 
-__all__ = ["ZooError", "build", "fetch", "get_model", "list_models", "load_registry"]
+__all__ = ["ZooError", "build", "fetch", "finetune", "get_model", "list_models", "load_registry", "validate"]
 __version__ = "0.1.0"
 
 
@@ -27,4 +29,12 @@ def __getattr__(name: str) -> Any:
         from zoo.cache import fetch
 
         return fetch
+    if name == "finetune":
+        from zoo.training import finetune
+
+        return finetune
+    if name == "validate":
+        from zoo.validate import validate
+
+        return validate
     raise AttributeError(name)

@@ -81,7 +81,7 @@ def fetch(name: str, source_dir: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", metavar="NAME|RUN_DIR")
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), help="Override the stored tolerance.")
 @source_dir_option
 def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None:
@@ -94,7 +94,7 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", metavar="NAME|RUN_DIR")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
 @click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True)
@@ -104,9 +104,9 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
 def export(name: str, fmt: str, out: Path, opset: int, atol: float | None, force: bool,
            source_dir: tuple[str, ...]) -> None:
     """Export NAME to a validated bundle (model, manifest, validation report) in --out."""
-    from zoo.registry import get_model
+    from zoo.runs import resolve_name
 
-    entry = get_model(name)  # unknown names fail before torch is imported
+    entry = resolve_name(name)  # unknown names fail before torch is imported
     from export.bundle import export_bundle
 
     result = export_bundle(entry, out, opset=opset, atol=atol, overwrite=force, extra_sources=_sources(source_dir))
@@ -142,6 +142,60 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
         else:
             vector = result["embedding"]
             click.echo(f"{result['input']}: [{len(vector)}] " + " ".join(f"{v:+.4f}" for v in vector[:6]) + " ...")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Image folder (one subfolder per class, optional train/ val/) or CSV/JSONL with text,label.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate of the head.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "adagrad"]), default="adamw", show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--clip-grad", type=float, help="Clip the gradient norm to this value.")
+@click.option("--accumulate", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
+@click.option("--patience", type=int, help="Early stopping: epochs without improvement of --metric.")
+@click.option("--metric", type=click.Choice(["macro_f1", "accuracy", "loss"]), default="macro_f1", show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--freeze", default="full", show_default=True,
+              help="full | head (backbone and its BatchNorm statistics frozen) | N (first N blocks) | gradual:K.")
+@click.option("--lr-decay", type=float, default=1.0, show_default=True,
+              help="Discriminative LR: each block below the head trains at this factor of the one above.")
+@click.option("--head", type=click.Choice(["multiclass", "binary"]), default="multiclass", show_default=True)
+@click.option("--positive", help="Binary head: the positive label (default: the second in sorted order).")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="Held out per class when the data has no validation split (seeded, stratified).")
+@click.option("--scratch", is_flag=True, help="Random initialisation instead of the pretrained weights (baselines).")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out with its stored settings.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--dry-run", is_flag=True, help="Print which blocks train and how many parameters, then stop.")
+@click.option("--quiet", is_flag=True, help="Log lines only, no progress bars.")
+def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: bool, overwrite: bool, dry_run: bool,
+             quiet: bool, **options) -> None:
+    """Fine-tune NAME on --data into the run directory --out (under torchrun: DDP)."""
+    from zoo.runs import resolve_name
+
+    resolve_name(name)  # unknown names fail before torch is imported
+    from zoo.training import describe_trainable, finetune as run_finetune
+
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    result = run_finetune(name, data, out, resume=resume, overwrite=overwrite, quiet=quiet, dry_run=dry_run,
+                          pretrained=not scratch, **options)
+    if dry_run:
+        click.echo("\n".join(describe_trainable(result.trainable)))
+        return
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    click.echo(f"{result.run_dir}: best epoch {result.best_epoch}: {metrics}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,14 @@ from torch import nn
 
 from zoo.builders import BUILDERS
 from zoo.cache import fetch
-from zoo.registry import get_model
 from zoo.schema import ModelEntry, SourceSpec
 
 
 def resolve(model: str | ModelEntry) -> ModelEntry:
-    return model if isinstance(model, ModelEntry) else get_model(model)
+    """An entry, a registry id, or the path of a finished `zoo finetune` run."""
+    from zoo.runs import resolve_name
+
+    return model if isinstance(model, ModelEntry) else resolve_name(model)
 
 
 def build(model: str | ModelEntry, pretrained: bool = True, extra_sources: Sequence[SourceSpec] = ()) -> nn.Module:

@@ -78,5 +78,8 @@ def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float, c
     diff = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
     if not np.all(np.isfinite(actual)):
         diff = math.inf
-    top1 = float(np.mean(actual.argmax(-1) == expected.argmax(-1))) if classifier else None
+    top1 = None
+    if classifier:  # one logit (binary head): agreement of the sign; else of the argmax
+        decide = (lambda x: x[..., 0] > 0) if actual.shape[-1] == 1 else (lambda x: x.argmax(-1))
+        top1 = float(np.mean(decide(actual) == decide(expected)))
     return Comparison(label, diff, atol, top1)

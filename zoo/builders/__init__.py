@@ -31,8 +31,22 @@ def build_torchvision(entry: ModelEntry, weights: Path | None) -> nn.Module:
     return model
 
 
+def build_run(entry: ModelEntry, weights: Path | None) -> nn.Module:
+    """A fine-tuned run: the base architecture with the run's head, loaded with the run's weights."""
+    from zoo.heads import attach_head
+    from zoo.registry import get_model
+
+    base = get_model(entry.builder_args["base"])
+    model = attach_head(BUILDERS[base.builder](base, None), base, entry.builder_args["head"],
+                        entry.builder_args["num_labels"])
+    if weights is not None:
+        load_state_dict_strict(model, read_state_dict(weights, "safetensors"), entry.id)
+    return model
+
+
 BUILDERS: dict[str, Callable[[ModelEntry, Path | None], nn.Module]] = {
     "efficientnet_lite": build_efficientnet_lite,
     "torchvision": build_torchvision,
     "hf_encoder": build_hf_encoder,
+    "run": build_run,
 }

@@ -1,0 +1,209 @@
+"""Training data: an image folder (one subfolder per class, optional train/ and val/) or a CSV /
+JSONL file of (text, label); a seeded stratified split when there is no validation split; a
+content fingerprint for the run's card. Every problem is an InputError naming the file or class."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from zoo.errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TEXT_COLUMNS = ("text", "label")
+
+
+@dataclass(frozen=True)
+class Example:
+    item: str  # image path, or the text itself
+    label: int
+
+
+@dataclass
+class Dataset:
+    """Labelled examples split into train and val, with the class names (sorted)."""
+
+    modality: str
+    labels: list[str]
+    train: list[Example]
+    val: list[Example]
+    source: str
+    split: str  # "given" (train/ + val/ folders, or a split column) or "stratified seed=N fraction=F"
+    skipped: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """sha256 over (split, label, content) of every example: changes when any byte of the data does."""
+        digest = hashlib.sha256()
+        for part, examples in (("train", self.train), ("val", self.val)):
+            for example in sorted(examples, key=lambda e: (e.item, e.label)):
+                digest.update(f"{part}\0{self.labels[example.label]}\0".encode())
+                if self.modality == "image":
+                    digest.update(hashlib.sha256(Path(example.item).read_bytes()).digest())
+                else:
+                    digest.update(example.item.encode())
+        return digest.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "split": self.split, "labels": self.labels,
+                "train": dict(Counter(self.labels[e.label] for e in self.train)),
+                "val": dict(Counter(self.labels[e.label] for e in self.val)), "skipped": self.skipped}
+
+
+def load_dataset(path: str | Path, modality: str, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Image folder for image models, CSV/JSONL for text models."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"--data {path} does not exist")
+    if modality == "image":
+        if not path.is_dir():
+            raise InputError(f"--data {path}: image models need a folder with one subfolder per class")
+        return _image_folder(path, val_fraction, seed)
+    if path.is_dir() or path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise InputError(f"--data {path}: text models need a .csv or .jsonl file with columns 'text' and 'label'")
+    return _text_file(path, val_fraction, seed)
+
+
+def _images_in(folder: Path, skipped: list[str]) -> list[str]:
+    """Readable images under `folder`; unreadable or non-image files are skipped and counted."""
+    found = []
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(f"{file}: not an image file type")
+            continue
+        try:
+            with Image.open(file) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError) as exc:
+            skipped.append(f"{file}: unreadable image ({exc})")
+            continue
+        found.append(str(file))
+    return found
+
+
+def _class_folders(root: Path, skipped: list[str]) -> dict[str, list[str]]:
+    classes = {d.name: _images_in(d, skipped) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    if not classes:
+        raise InputError(f"{root} has no class subfolders; expected {root}/<class name>/<images>")
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise InputError(f"{root}: class folder(s) {', '.join(empty)} contain no readable images; "
+                         "add images or remove the folder")
+    return classes
+
+
+def _image_folder(root: Path, val_fraction: float, seed: int) -> Dataset:
+    skipped: list[str] = []
+    if (root / "train").is_dir():
+        train = _class_folders(root / "train", skipped)
+        labels = sorted(train)
+        _check_classes(labels, str(root / "train"))
+        train_examples = [Example(f, labels.index(c)) for c in labels for f in train[c]]
+        if (root / "val").is_dir():
+            val = _class_folders(root / "val", skipped)
+            unseen = sorted(set(val) - set(labels))
+            if unseen:
+                raise InputError(f"{root / 'val'}: classes {', '.join(unseen)} do not appear in train/; "
+                                 "every validation class needs training images")
+            val_examples = [Example(f, labels.index(c)) for c in val for f in val[c]]
+            return Dataset("image", labels, train_examples, val_examples, str(root), "given", skipped)
+        train_examples, val_examples = stratified_split(train_examples, val_fraction, seed, labels)
+        return Dataset("image", labels, train_examples, val_examples, str(root), _split_name(seed, val_fraction), skipped)
+    classes = _class_folders(root, skipped)
+    labels = sorted(classes)
+    _check_classes(labels, str(root))
+    examples = [Example(f, labels.index(c)) for c in labels for f in classes[c]]
+    train_examples, val_examples = stratified_split(examples, val_fraction, seed, labels)
+    return Dataset("image", labels, train_examples, val_examples, str(root), _split_name(seed, val_fraction), skipped)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in TEXT_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {', '.join(missing)}; found {reader.fieldnames}; "
+                                 "expected a header with 'text' and 'label' (and optionally 'split')")
+            return list(reader)
+    rows = []
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        missing = [c for c in TEXT_COLUMNS if not isinstance(row, dict) or c not in row]
+        if missing:
+            raise InputError(f"{path}:{number}: missing field(s) {', '.join(missing)}; expected "
+                             '{"text": ..., "label": ...}')
+        rows.append(row)
+    return rows
+
+
+def _text_file(path: Path, val_fraction: float, seed: int) -> Dataset:
+    try:
+        rows = _rows(path)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not rows:
+        raise InputError(f"{path} has no rows")
+    skipped = [f"{path}: row {i + 2}: empty text" for i, r in enumerate(rows) if not str(r["text"]).strip()]
+    rows = [r for r in rows if str(r["text"]).strip()]
+    labels = sorted({str(r["label"]) for r in rows if str(r.get("split", "train")) != "val"})
+    _check_classes(labels, str(path))
+    if any("split" in r for r in rows):
+        unseen = sorted({str(r["label"]) for r in rows if str(r.get("split")) == "val"} - set(labels))
+        if unseen:
+            raise InputError(f"{path}: labels {', '.join(unseen)} appear only in the val split; "
+                             "every validation label needs training rows")
+        train = [Example(str(r["text"]), labels.index(str(r["label"]))) for r in rows if str(r.get("split", "train")) != "val"]
+        val = [Example(str(r["text"]), labels.index(str(r["label"]))) for r in rows if str(r.get("split")) == "val"]
+        if val:
+            return Dataset("text", labels, train, val, str(path), "given", skipped)
+        train, val = stratified_split(train, val_fraction, seed, labels)
+    else:
+        examples = [Example(str(r["text"]), labels.index(str(r["label"]))) for r in rows]
+        train, val = stratified_split(examples, val_fraction, seed, labels)
+    return Dataset("text", labels, train, val, str(path), _split_name(seed, val_fraction), skipped)
+
+
+def _check_classes(labels: Sequence[str], where: str) -> None:
+    if len(labels) < 2:
+        raise InputError(f"{where}: found {len(labels)} class(es) ({', '.join(labels) or 'none'}); "
+                         "classification needs at least two (for 'contains X or not', add a folder of negatives)")
+
+
+def _split_name(seed: int, fraction: float) -> str:
+    return f"stratified seed={seed} fraction={fraction}"
+
+
+def stratified_split(examples: Sequence[Example], fraction: float, seed: int,
+                     names: Sequence[str] = ()) -> tuple[list[Example], list[Example]]:
+    """Per class, a seeded shuffle and `fraction` (at least one example, never all) held out."""
+    if not 0 < fraction < 1:
+        raise InputError(f"--val-fraction {fraction} must be between 0 and 1")
+    by_label: dict[int, list[Example]] = defaultdict(list)
+    for example in examples:
+        by_label[example.label].append(example)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda e: e.item)
+        rng.shuffle(group)
+        if len(group) < 2:
+            name = names[label] if label < len(names) else label
+            raise InputError(f"class {name!r} has a single example; a validation split needs at least two per class "
+                             "(add examples, or give an explicit validation split)")
+        held = min(max(1, round(len(group) * fraction)), len(group) - 1)
+        val += group[:held]
+        train += group[held:]
+    return train, val

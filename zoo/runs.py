@@ -1,0 +1,85 @@
+"""Run directories written by `zoo finetune`, and reading a finished run back as a model entry so
+`zoo validate RUN_DIR` and `zoo export RUN_DIR` treat it like a registry model.
+
+    RUN/run.json              configuration, base model, labels, head, data summary + fingerprint
+    RUN/checkpoints/{best,last}.safetensors, RUN/training_state.pt (optimizer, schedule, progress)
+    RUN/metrics.jsonl, metrics.csv, metrics.png
+    RUN/model.safetensors     the best weights (backbone + head)
+    RUN/<tokenizer files>     text models
+    RUN/card.json             written last: a run without it is incomplete and is never loaded
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import InputError
+from zoo.registry import get_model
+from zoo.schema import FileSpec, Metric, ModelEntry, OutputSpec, Reference, ReferenceCase, SourceSpec
+
+CARD = "card.json"
+RUN_CONFIG = "run.json"
+MODEL_FILE = "model.safetensors"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return Path(path).is_dir() and ((Path(path) / CARD).is_file() or (Path(path) / RUN_CONFIG).is_file())
+
+
+def load_run_entry(run_dir: str | Path) -> ModelEntry:
+    """A finished run as a ModelEntry (builder 'run': base architecture + head + the run's weights)."""
+    run_dir = Path(run_dir).resolve()
+    card_path = run_dir / CARD
+    if not card_path.is_file():
+        raise InputError(f"{run_dir} is not a finished fine-tuning run (no {CARD}); "
+                         f"resume it with `zoo finetune ... --resume` or start it again")
+    card = json.loads(card_path.read_text())
+    base = get_model(card["base_model"])
+    files = tuple(FileSpec(name=name, role="weights" if name == MODEL_FILE else "tokenizer", sha256=digest)
+                  for name, digest in card["files"].items())
+    reference = Reference(
+        producer=card["reference"]["producer"], atol=card["reference"]["atol"],
+        cases=tuple(ReferenceCase(input=c["input"], output=tuple(tuple(r) for r in c["output"]),
+                                  texts=tuple(c.get("texts", ()))) for c in card["reference"]["cases"]))
+    return dataclasses.replace(
+        base,
+        id=f"run-{card['files'][MODEL_FILE][:12]}",
+        description=f"{base.id} fine-tuned on {card['data']['source']} ({card['head']} head)",
+        task=f"{base.modality}-classification",
+        builder="run",
+        builder_args={"base": base.id, "head": card["head"], "num_labels": len(card["labels"]),
+                      "run_dir": str(run_dir)},
+        weights_format="safetensors",
+        files=files,
+        sources=(SourceSpec(kind="path", path=str(run_dir)),),
+        params=card["params"],
+        output=OutputSpec(kind="logits", labels=tuple(card["labels"])),
+        metrics=tuple(Metric(name=f"val/{k}", value=v, source=f"zoo finetune {run_dir}")
+                      for k, v in card["best_metrics"].items()),
+        reference=reference,
+        gflops=None,
+    )
+
+
+def resolve_name(name: str) -> ModelEntry:
+    """A registry id, or the path of a finished run directory."""
+    if os.sep in name or name.startswith(".") or Path(name).is_dir():
+        if is_run_dir(name):
+            return load_run_entry(name)
+        if Path(name).exists():
+            raise InputError(f"{name} is neither a registry model nor a fine-tuning run directory")
+    return get_model(name)

@@ -1,0 +1,616 @@
+"""`zoo finetune`: a pretrained backbone, a new head, a freeze policy, a training loop (CPU or
+CUDA with AMP, single process or torchrun/DDP), and a resumable run directory (see zoo.runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from zoo.data import Dataset, load_dataset
+from zoo.errors import InputError, ZooError
+from zoo.factory import build, resolve
+from zoo.freeze import (
+    apply_freeze,
+    backbone_blocks,
+    freeze_batchnorm_statistics,
+    frozen_count,
+    parameter_groups,
+    parse_policy,
+    trainable_table,
+)
+from zoo.heads import HEAD_KINDS, attach_head, head_prefix, head_outputs, loss_function, predictions
+from zoo.loaders import make_loader
+from zoo.preprocess import load_tokenizer
+from zoo.reference import SENTENCES, asset_path, synthetic_images
+from zoo.runs import CARD, MODEL_FILE, RUN_CONFIG, write_json_atomic
+from zoo.schema import ModelEntry
+from zoo.tolerances import REFERENCE_ATOL
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
+METRICS = ("macro_f1", "accuracy", "loss")
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class FinetuneConfig:
+    """Every hyper-parameter of a run; stored in run.json and the card."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"
+    clip_grad: float | None = None
+    accumulate: int = 1
+    patience: int | None = None
+    metric: str = "macro_f1"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    freeze: str = "full"
+    lr_decay: float = 1.0
+    head: str = "multiclass"
+    positive: str | None = None
+    val_fraction: float = 0.2
+    pretrained: bool = True
+    workers: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+
+    def check(self) -> None:
+        """InputError naming the first bad value."""
+        rules = [
+            (self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
+            (self.lr > 0, f"--lr {self.lr}: must be positive"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"),
+            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0"),
+            (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs {self.warmup_epochs}: must be in [0, epochs)"),
+            (self.schedule in ("cosine", "constant"), f"--schedule {self.schedule!r}: expected cosine or constant"),
+            (self.clip_grad is None or self.clip_grad > 0, f"--clip-grad {self.clip_grad}: must be positive"),
+            (self.accumulate >= 1, f"--accumulate {self.accumulate}: must be at least 1"),
+            (self.patience is None or self.patience >= 1, f"--patience {self.patience}: must be at least 1"),
+            (self.metric in METRICS, f"--metric {self.metric!r}: expected one of {', '.join(METRICS)}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: must be in [0, 1)"),
+            (0 < self.lr_decay <= 1, f"--lr-decay {self.lr_decay}: must be in (0, 1]"),
+            (self.head in HEAD_KINDS, f"--head {self.head!r}: expected one of {', '.join(HEAD_KINDS)}"),
+            (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
+            (self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r}: expected auto, cpu or cuda"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), f"--amp {self.amp!r}: expected auto, bf16, fp16 or off"),
+            (not (self.head == "binary" and self.label_smoothing), "--label-smoothing applies to multiclass heads only"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise InputError(message)
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path | None
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    trainable: list[tuple[str, int, int]] = field(default_factory=list)
+    last_weights_sha256: str = ""  # of this process's in-memory weights after the last epoch (DDP ranks agree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: device, precision, distributed
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _runtime(config: FinetuneConfig) -> Runtime:
+    cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise InputError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    use_cuda = cuda and config.device != "cpu"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    amp = config.amp
+    if amp == "auto":
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if use_cuda else "off"
+    if amp != "off" and not use_cuda:
+        raise InputError(f"--amp {amp}: mixed precision is for CUDA here; use --amp off on CPU")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    return Runtime(device, dtype, rank, world_size)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, optimizer, schedule
+
+
+def _optimizer(name: str, groups: list[dict], config: FinetuneConfig) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: FinetuneConfig, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _with_positive(dataset: Dataset, positive: str | None) -> Dataset:
+    """Binary head: the positive class is label 1 (the second in sorted order unless --positive)."""
+    if positive is None or positive == dataset.labels[1]:
+        return dataset
+    if positive not in dataset.labels:
+        raise InputError(f"--positive {positive!r} is not one of the labels {dataset.labels}")
+    swap = {0: 1, 1: 0}
+    relabel = lambda examples: [dataclasses.replace(e, label=swap[e.label]) for e in examples]  # noqa: E731
+    return dataclasses.replace(dataset, labels=dataset.labels[::-1], train=relabel(dataset.train), val=relabel(dataset.val))
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def classification_metrics(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (mean over every class of 2TP / (2TP + FP + FN))."""
+    confusion = torch.bincount(target * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+    tp = confusion.diag().double()
+    fp = confusion.sum(0).double() - tp
+    fn = confusion.sum(1).double() - tp
+    denominator = 2 * tp + fp + fn
+    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp))
+    return {"accuracy": float(tp.sum() / max(1, len(target))), "macro_f1": float(f1.mean())}
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    found["python"] = sys.version.split()[0]
+    return found
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    import csv
+
+    with open(run_dir / "metrics.jsonl", "w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in history)
+    columns = list(history[0])
+    with open(run_dir / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    _plot(run_dir / "metrics.png", history)
+
+
+def _plot(path: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    left.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend()
+    right.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="val accuracy")
+    right.plot(epochs, [r["val_macro_f1"] for r in history], "o-", label="val macro-F1")
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1.02)
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / RUN_CONFIG).is_file() or not (out / STATE_FILE).is_file():
+            raise InputError(f"--resume {out}: no interrupted run there (expected {RUN_CONFIG} and {STATE_FILE})")
+        if (out / CARD).is_file():
+            raise InputError(f"--resume {out}: that run already finished; start a new one with another --out")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise InputError(f"--out {out} exists and is not empty; pass --resume to continue that run, "
+                             "--overwrite to replace it, or choose another folder")
+        if not (out / RUN_CONFIG).is_file():
+            raise InputError(f"--overwrite: {out} is not a run directory (no {RUN_CONFIG}); refusing to delete it")
+        shutil.rmtree(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Trainer:
+    def __init__(self, entry: ModelEntry, dataset: Dataset, config: FinetuneConfig, runtime: Runtime,
+                 quiet: bool, log: Callable[[str], None]):
+        self.entry, self.dataset, self.config, self.runtime, self.quiet, self.log = entry, dataset, config, runtime, quiet, log
+        backbone = build(entry, pretrained=config.pretrained)
+        _seed_everything(config.seed)  # the new head's initialisation depends on the seed only
+        self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
+        self.head_prefix = head_prefix(self.model)
+        self.blocks = backbone_blocks(self.model, self.head_prefix)
+        self.policy = parse_policy(config.freeze, len(self.blocks))
+        self.tokenizer = None
+        if entry.modality == "text":
+            from zoo.cache import fetch
+
+            self.tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
+        self.criterion = loss_function(config.head, config.label_smoothing)
+        self.set_epoch_freeze(0)
+
+    def set_epoch_freeze(self, epoch: int) -> None:
+        apply_freeze(self.model, self.blocks, frozen_count(*self.policy, len(self.blocks), epoch))
+
+    def loader(self, train: bool, epoch: int):
+        examples = self.dataset.train if train else self.dataset.val
+        return make_loader(examples, train=train, spec=self.entry.input, tokenizer=self.tokenizer,
+                           batch_size=self.config.batch_size, workers=self.config.workers, seed=self.config.seed,
+                           epoch=epoch, pin_memory=self.runtime.device.type == "cuda",
+                           distributed=self.runtime.distributed and train)
+
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        channels_last = self.runtime.device.type == "cuda" and self.entry.modality == "image"
+        moved = []
+        for tensor in inputs.values():
+            tensor = tensor.to(self.runtime.device, non_blocking=True)
+            if channels_last and tensor.dim() == 4:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+            moved.append(tensor)
+        return moved
+
+    def _target(self, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(self.runtime.device, non_blocking=True)
+        return labels.float().unsqueeze(1) if self.config.head == "binary" else labels
+
+    def _autocast(self):
+        dtype = self.runtime.amp_dtype
+        return torch.autocast(self.runtime.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def train_epoch(self, model: nn.Module, optimizer, scheduler, scaler, epoch: int) -> tuple[float, int, float]:
+        from tqdm.auto import tqdm
+
+        model.train()
+        freeze_batchnorm_statistics(model)
+        loader = self.loader(True, epoch)
+        accumulate = self.config.accumulate
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        total_loss, seen, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, file=sys.stderr,
+                   disable=self.quiet or not self.runtime.is_main, dynamic_ncols=True)
+        optimizer.zero_grad(set_to_none=True)
+        for step, (inputs, labels) in enumerate(bar):
+            last = (step + 1) % accumulate == 0 or step + 1 == len(loader)
+            sync = contextlib.nullcontext() if last or not self.runtime.distributed else model.no_sync()
+            with sync:
+                with self._autocast():
+                    logits = model(*self._to_device(inputs))
+                    loss = self.criterion(logits.float(), self._target(labels))
+                scaler.scale(loss / accumulate).backward()
+            if last:
+                if self.config.clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, self.config.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            total_loss += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        return total_loss / max(1, seen), seen, time.perf_counter() - start
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        losses, predicted, target = 0.0, [], []
+        for inputs, labels in self.loader(False, 0):
+            with self._autocast():
+                logits = model(*self._to_device(inputs)).float()
+            losses += float(self.criterion(logits, self._target(labels))) * len(labels)
+            predicted.append(predictions(self.config.head, logits).cpu())
+            target.append(labels)
+        predicted_all, target_all = torch.cat(predicted), torch.cat(target)
+        metrics = classification_metrics(predicted_all, target_all, len(self.dataset.labels))
+        return {"loss": losses / max(1, len(target_all)), **metrics}
+
+    def reference_cases(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The fine-tuned model's own outputs on fixed inputs: what `zoo validate RUN_DIR` checks."""
+        from zoo.preprocess import preprocess_images, tokenize
+
+        model.eval()
+        rows = lambda t: [[float(f"{v:.8g}") for v in r] for r in t.double().tolist()]  # noqa: E731
+        with torch.inference_mode():
+            if self.entry.modality == "image":
+                spec = self.entry.input
+                return [{"input": "synthetic", "output": rows(model(synthetic_images(spec, 2)))},
+                        {"input": "asset:flower.jpg",
+                         "output": rows(model(preprocess_images(spec, [asset_path("flower.jpg")])))}]
+            feeds = tokenize(self.tokenizer, SENTENCES)
+            return [{"input": "texts", "texts": list(SENTENCES), "output": rows(model(**feeds))}]
+
+
+def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, config: FinetuneConfig | None = None,
+             *, resume: bool = False, overwrite: bool = False, quiet: bool = False, dry_run: bool = False,
+             on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None, **overrides: Any) -> FinetuneResult:
+    """Fine-tune registry model `model` on `data` into run directory `out`; `overrides` set
+    FinetuneConfig fields. With `resume`, the configuration stored in `out` is used as it is."""
+    out_dir = Path(out) if out is not None else None
+    if resume:
+        if out_dir is None:
+            raise InputError("--resume needs the run directory")
+        _prepare_run_dir(out_dir, resume=True, overwrite=False)
+        stored = json.loads((out_dir / RUN_CONFIG).read_text())
+        config = FinetuneConfig(**stored["config"])
+        model, data = stored["base_model"], stored["data"]["source"]
+    config = dataclasses.replace(config or FinetuneConfig(), **overrides)
+    config.check()
+    entry = resolve(model)
+    if entry.builder == "run":
+        raise InputError("fine-tuning a fine-tuned run is not supported yet; start from its base model "
+                         f"{entry.builder_args['base']!r}")
+    dataset = load_dataset(data, entry.modality, config.val_fraction, config.seed)
+    if config.head == "binary":
+        head_outputs("binary", len(dataset.labels))
+        dataset = _with_positive(dataset, config.positive)
+    elif config.positive is not None:
+        raise InputError("--positive applies to --head binary only")
+    fingerprint = dataset.fingerprint()
+    if resume and stored["data"]["fingerprint"] != fingerprint:
+        raise InputError(f"--resume: the data in {data} changed since the run started (fingerprint "
+                         f"{stored['data']['fingerprint'][:12]} -> {fingerprint[:12]}); start a new run")
+    if not dry_run and not resume:
+        if out_dir is None:
+            raise InputError("--out is required (or use --dry-run)")
+        _prepare_run_dir(out_dir, resume=False, overwrite=overwrite)
+    runtime = _runtime(config)
+    log = (lambda message: print(message, file=sys.stderr, flush=True)) if runtime.is_main else (lambda message: None)
+    trainer = _Trainer(entry, dataset, config, runtime, quiet, log)
+    table = trainable_table(trainer.model, trainer.blocks, trainer.head_prefix)
+    if dry_run:
+        return FinetuneResult(None, -1, {}, trainable=table)
+    return _run(trainer, entry, dataset, config, runtime, out_dir, fingerprint, resume, table, on_epoch_end, log)
+
+
+def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: FinetuneConfig, runtime: Runtime,
+         out: Path, fingerprint: str, resume: bool, table, on_epoch_end, log) -> FinetuneResult:
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = trainer.model.to(runtime.device)
+    if runtime.device.type == "cuda" and entry.modality == "image":
+        model = model.to(memory_format=torch.channels_last)
+    groups = parameter_groups(model, trainer.blocks, trainer.head_prefix, config.lr, config.lr_decay,
+                              config.weight_decay)
+    optimizer = _optimizer(config.optimizer, groups, config)
+    steps_per_epoch = math.ceil(len(trainer.loader(True, 0)) / config.accumulate)
+    scheduler = _schedule(optimizer, config, steps_per_epoch)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+    checkpoints = out / "checkpoints"
+    history: list[dict[str, Any]] = []
+    best: float | None = None
+    best_epoch, bad_epochs, start_epoch = -1, 0, 0
+    if resume:
+        _load_weights(model, checkpoints / "last.safetensors")
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, best, best_epoch, bad_epochs = state["history"], state["best"], state["best_epoch"], state["bad_epochs"]
+        start_epoch = state["epoch"] + 1
+        log(f"resuming {out} at epoch {start_epoch + 1}/{config.epochs}")
+    elif runtime.is_main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / RUN_CONFIG, {
+            "base_model": entry.id, "config": dataclasses.asdict(config), "labels": dataset.labels,
+            "data": {**dataset.summary(), "fingerprint": fingerprint}, "packages": _versions()})
+    if runtime.distributed:
+        dist.barrier()
+    wrapped = model
+    if runtime.distributed:
+        wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    trained = sum(n for _, n, _ in table)
+    log(f"{entry.id}: {len(dataset.train)} train / {len(dataset.val)} val examples, {len(dataset.labels)} labels, "
+        f"{config.head} head, freeze {config.freeze}: {trained:,} trainable parameters, device {runtime.device}"
+        + (f", {runtime.world_size} processes" if runtime.distributed else "")
+        + (f", amp {runtime.amp_dtype}" if runtime.amp_dtype else ""))
+    if dataset.skipped:
+        log(f"skipped {len(dataset.skipped)} file(s) that are not readable images, e.g. {dataset.skipped[0]}")
+    stopped_early = False
+    for epoch in range(start_epoch, config.epochs):
+        _seed_everything(config.seed * 1_000 + epoch)  # each epoch's randomness depends on (seed, epoch) only
+        trainer.set_epoch_freeze(epoch)
+        train_loss, seen, seconds = trainer.train_epoch(wrapped, optimizer, scheduler, scaler, epoch)
+        if runtime.distributed:
+            _sync_buffers(model)
+        metrics = trainer.evaluate(model)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["loss"],
+               "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
+               "lr": optimizer.param_groups[0]["lr"], "samples_per_second": seen * runtime.world_size / max(seconds, 1e-9),
+               "frozen_blocks": frozen_count(*trainer.policy, len(trainer.blocks), epoch)}
+        history.append(row)
+        value = metrics[config.metric]
+        improved = _better(config.metric, value, best)
+        if improved:
+            best, best_epoch, bad_epochs = value, epoch, 0
+        else:
+            bad_epochs += 1
+        if runtime.is_main:
+            _save_weights(model, checkpoints / "last.safetensors")
+            if improved:
+                shutil.copyfile(checkpoints / "last.safetensors", checkpoints / "best.safetensors")
+            _write_metrics(out, history)
+            tmp = out / f".{STATE_FILE}.tmp"
+            torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "history": history, "best": best, "best_epoch": best_epoch,
+                        "bad_epochs": bad_epochs}, tmp)
+            os.replace(tmp, out / STATE_FILE)
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, val loss {metrics['loss']:.4f}, "
+            f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+            + (" (best)" if improved else "") + f", {row['samples_per_second']:.1f} samples/s")
+        if runtime.distributed:
+            dist.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+        if config.patience is not None and bad_epochs >= config.patience:
+            stopped_early = epoch + 1 < config.epochs
+            log(f"early stop: no {config.metric} improvement for {bad_epochs} epoch(s)")
+            break
+    last_sha = _state_sha256(model)
+    best_row = history[best_epoch]
+    best_metrics = {"accuracy": best_row["val_accuracy"], "macro_f1": best_row["val_macro_f1"], "loss": best_row["val_loss"]}
+    if runtime.is_main:
+        _finish(trainer, model, entry, dataset, config, out, fingerprint, best_epoch, best_metrics, history, runtime)
+    if runtime.distributed:
+        dist.barrier()
+    return FinetuneResult(out, best_epoch + 1, best_metrics, history, stopped_early, table, last_sha)
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """BatchNorm running statistics from rank 0 to every rank: DDP syncs gradients, not buffers
+    updated after its last broadcast, so without this the ranks' evaluations would differ."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def _state_sha256(model: nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _finish(trainer: _Trainer, model: nn.Module, entry: ModelEntry, dataset: Dataset, config: FinetuneConfig,
+            out: Path, fingerprint: str, best_epoch: int, best_metrics: dict[str, float],
+            history: list[dict[str, Any]], runtime: Runtime) -> None:
+    """Best weights, tokenizer files, reference outputs and, last, the card that marks the run complete."""
+    from serve.manifest import sha256_file
+    from zoo.cache import fetch
+
+    model = model.to("cpu").to(memory_format=torch.contiguous_format)
+    _load_weights(model, out / "checkpoints" / "best.safetensors")
+    shutil.copyfile(out / "checkpoints" / "best.safetensors", out / MODEL_FILE)
+    files = {MODEL_FILE: sha256_file(out / MODEL_FILE)}
+    if entry.modality == "text":
+        fetched = fetch(entry)
+        for spec in entry.files:
+            if spec.role == "tokenizer":
+                shutil.copyfile(fetched.files[spec.name], out / spec.name)
+                files[spec.name] = fetched.sha256[spec.name]
+    spec = entry.input
+    card = {
+        "format": "zoo-run", "format_version": 1,
+        "base_model": entry.id, "base_origin": entry.provenance.origin, "license": entry.provenance.license,
+        "labels": dataset.labels, "head": config.head,
+        "positive_label": dataset.labels[1] if config.head == "binary" else None,
+        "preprocessing": dataclasses.asdict(spec),
+        "data": {**dataset.summary(), "fingerprint": fingerprint},
+        "hyperparameters": dataclasses.asdict(config),
+        "best_epoch": best_epoch + 1, "best_metrics": best_metrics, "epochs_run": len(history),
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": str(runtime.device), "processes": runtime.world_size,
+        "packages": _versions(), "files": files,
+        "reference": {"producer": "the fine-tuned torch model at the end of the run", "atol": REFERENCE_ATOL,
+                      "cases": trainer.reference_cases(model)},
+    }
+    write_json_atomic(out / CARD, card)
+
+
+def describe_trainable(rows: list[tuple[str, int, int]]) -> list[str]:
+    """The --dry-run table: which blocks train and how many parameters."""
+    lines = [f"{'block':40} {'trainable':>12} {'total':>12}"]
+    lines += [f"{name:40} {trainable:>12,} {total:>12,}" for name, trainable, total in rows]
+    lines.append(f"{'all':40} {sum(r[1] for r in rows):>12,} {sum(r[2] for r in rows):>12,}")
+    return lines
+
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "ZooError", "classification_metrics", "describe_trainable", "finetune"]
