@@ -9,7 +9,7 @@ import pytest
 
 from zoo.errors import NoReferenceError, ToleranceExceeded
 from zoo.registry import get_model
-from zoo.validate import validate
+from zoo.validation import validate
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "all-minilm-l6-v2"])

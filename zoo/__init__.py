@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from zoo.cache import fetch
     from zoo.factory import build
     from zoo.training import finetune
-    from zoo.validate import validate
+    from zoo.validation import validate
 
 __all__ = ["ZooError", "build", "fetch", "finetune", "get_model", "list_models", "load_registry", "validate"]
 __version__ = "0.1.0"
@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
 
         return finetune
     if name == "validate":
-        from zoo.validate import validate
+        from zoo.validation import validate
 
         return validate
     raise AttributeError(name)

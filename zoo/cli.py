@@ -86,7 +86,7 @@ def fetch(name: str, source_dir: tuple[str, ...]) -> None:
 @source_dir_option
 def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None:
     """Rebuild NAME from verified weights and compare with its stored reference outputs."""
-    from zoo.validate import validate as run_validation
+    from zoo.validation import validate as run_validation
 
     report = run_validation(name, atol=atol, extra_sources=_sources(source_dir))
     click.echo("\n".join(report.lines()))
