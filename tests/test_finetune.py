@@ -153,7 +153,12 @@ def test_resume_continues_exactly(images: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "cut" / "card.json").exists()
     with pytest.raises(InputError, match="not a finished fine-tuning run"):
         zoo.validate(str(tmp_path / "cut"))
+    with pytest.raises(InputError, match="drop epochs"):
+        finetune(None, None, tmp_path / "cut", resume=True, epochs=5)
     resumed = finetune(None, None, tmp_path / "cut", resume=True, quiet=True)
+    split = json.loads((tmp_path / "cut" / "run.json").read_text())["data"]["val_items"]
+    assert split == json.loads((tmp_path / "full" / "run.json").read_text())["data"]["val_items"]
+    assert len(split) == 2 and {item.split("/")[0] for item in split} == {"red", "blue"}  # recorded, stratified
     assert resumed.last_weights_sha256 == uninterrupted.last_weights_sha256
     strip = lambda rows: [{k: v for k, v in r.items() if k != "samples_per_second"} for r in rows]  # noqa: E731
     assert strip(resumed.history) == strip(uninterrupted.history)

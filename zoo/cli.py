@@ -189,8 +189,11 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
-    result = run_finetune(name, data, out, resume=resume, overwrite=overwrite, quiet=quiet, dry_run=dry_run,
-                          pretrained=not scratch, **options)
+    if resume:  # the stored settings apply; only the model name and data location are checked
+        result = run_finetune(name, data, out, resume=True, quiet=quiet)
+    else:
+        result = run_finetune(name, data, out, overwrite=overwrite, quiet=quiet, dry_run=dry_run,
+                              pretrained=not scratch, **options)
     if dry_run:
         click.echo("\n".join(describe_trainable(result.trainable)))
         return

@@ -51,6 +51,13 @@ class Dataset:
                     digest.update(example.item.encode())
         return digest.hexdigest()
 
+    def val_items(self) -> list[str]:
+        """The held-out examples (image paths relative to the data folder, or the texts): the split record."""
+        root = Path(self.source)
+        if self.modality == "image":
+            return sorted(str(Path(e.item).relative_to(root)) for e in self.val)
+        return sorted(e.item for e in self.val)
+
     def summary(self) -> dict[str, Any]:
         return {"source": self.source, "split": self.split, "labels": self.labels,
                 "train": dict(Counter(self.labels[e.label] for e in self.train)),

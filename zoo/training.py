@@ -428,8 +428,13 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
             raise InputError("--resume needs the run directory")
         _prepare_run_dir(out_dir, resume=True, overwrite=False)
         stored = json.loads((out_dir / RUN_CONFIG).read_text())
+        if overrides or config is not None:
+            raise InputError(f"--resume continues with the settings stored in {out_dir / RUN_CONFIG}; "
+                             f"drop {', '.join(sorted(overrides)) or 'the configuration'}")
+        if model is not None and model != stored["base_model"]:
+            raise InputError(f"--resume: {out_dir} fine-tunes {stored['base_model']!r}, not {model!r}")
         config = FinetuneConfig(**stored["config"])
-        model, data = stored["base_model"], stored["data"]["source"]
+        model, data = stored["base_model"], data or stored["data"]["source"]
     config = dataclasses.replace(config or FinetuneConfig(), **overrides)
     config.check()
     entry = resolve(model)
@@ -489,7 +494,8 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
         checkpoints.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / RUN_CONFIG, {
             "base_model": entry.id, "config": dataclasses.asdict(config), "labels": dataset.labels,
-            "data": {**dataset.summary(), "fingerprint": fingerprint}, "packages": _versions()})
+            "data": {**dataset.summary(), "fingerprint": fingerprint, "val_items": dataset.val_items()},
+            "packages": _versions()})
     if runtime.distributed:
         dist.barrier()
     wrapped = model
