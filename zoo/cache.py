@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -17,12 +15,12 @@ from typing import Callable, Sequence
 
 from filelock import FileLock
 
+from zoo.download import download
 from zoo.errors import ChecksumError, FetchError
 from zoo.schema import FileSpec, ModelEntry, SourceSpec
 
 CACHE_ENV = "ZOO_CACHE"
 OFFLINE_ENV = "ZOO_OFFLINE"
-URL_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
 
 
@@ -128,22 +126,8 @@ def _from_path(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
 def _from_url(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
     if is_offline():
         raise FetchError(f"offline mode (${OFFLINE_ENV} is set): network not used")
-    url = source.base_url + spec.name
-    request = urllib.request.Request(url, headers={"User-Agent": "zoo-fetch/0.1"})
-    try:
-        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response, open(dest, "wb") as out:
-            expected = response.headers.get("Content-Length")
-            written = 0
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                out.write(chunk)
-                written += len(chunk)
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise FetchError(f"{url}: {reason}") from None
-    if expected is not None and int(expected) != written:
-        raise FetchError(f"{url}: connection closed after {written} of {expected} bytes")
+    # The partial name is stable so that an interrupted download (even a killed process) resumes.
+    download(source.base_url + spec.name, dest, dest.parent / f".{spec.name}.partial")
 
 
 def _from_hf(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
