@@ -198,6 +198,9 @@ def read_manifest(directory: Path, verify: bool = True) -> Manifest:
     manifest = parse_manifest(data)
     if manifest.model_file not in manifest.files:
         raise BundleError(f"{MANIFEST_NAME}: files: the model file {manifest.model_file!r} has no sha256 entry")
+    if isinstance(manifest.preprocessing, TextPreprocessing) and manifest.preprocessing.tokenizer not in manifest.files:
+        raise BundleError(f"{MANIFEST_NAME}: preprocessing.tokenizer: {manifest.preprocessing.tokenizer!r} "
+                          "is not one of the bundle's files")
     for name, digest in manifest.files.items():
         target = (Path(directory) / name).resolve()
         if Path(directory).resolve() not in target.parents:

@@ -5,6 +5,7 @@ rounding) -> float32 / 255 -> (x - mean) / std, NCHW. Text: the bundle's `tokeni
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from serve.errors import InputError
 from serve.manifest import ImagePreprocessing, TextPreprocessing
 
+log = logging.getLogger("serve")
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -90,6 +92,7 @@ class TextEncoder:
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(path))
+        self.max_length = spec.max_length
         self.tokenizer.enable_truncation(spec.max_length)
         self.tokenizer.enable_padding(pad_id=spec.pad_id, pad_token=spec.pad_token)
 
@@ -98,6 +101,9 @@ class TextEncoder:
             if not isinstance(text, str):
                 raise InputError(f"text input {describe(text)}: expected a str")
         encodings = self.tokenizer.encode_batch(list(texts))
+        for index, encoding in enumerate(encodings):
+            if encoding.overflowing:
+                log.warning("input %d: text longer than max_length=%d tokens was truncated", index, self.max_length)
         return {
             "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),

@@ -41,6 +41,9 @@ def _index(name: str) -> int:
     (lambda d: d["models"][_index("resnet18")]["files"][0].update(sha256_prefix="XYZ"),
      "models[{i}] ('resnet18').files[0]"),
     (lambda d: d["models"][_index("resnet18")].update(task="segmentation"), "models[{i}] ('resnet18').task"),
+    (lambda d: d["models"][_index("resnet18")]["files"][0].update(name=".."), "models[{i}] ('resnet18').files[0].name"),
+    (lambda d: d["models"][_index("resnet18")]["files"][0].update(name="../../x.pth"),
+     "models[{i}] ('resnet18').files[0].name"),
 ])
 def test_schema_errors_name_the_entry_and_field(mutate, expected: str) -> None:
     with pytest.raises(RegistryError) as info:

@@ -195,6 +195,29 @@ def test_array_and_pil_inputs(bundles) -> None:
     assert from_path["top_k"] == from_pil["top_k"] == from_array["top_k"]
 
 
+def test_long_text_is_truncated_with_a_warning(bundles, caplog) -> None:
+    predictor = serve.load(bundles["all-minilm-l6-v2"])
+    with caplog.at_level("WARNING", logger="serve"):
+        result = predictor.predict(["short", "word " * 1000, ""])
+    assert len(result) == 3 and all(len(r["embedding"]) == 384 for r in result)
+    assert [r.message for r in caplog.records] == ["input 1: text longer than max_length=256 tokens was truncated"]
+
+
+def test_tokenizer_outside_the_bundle_is_refused(bundles, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["all-minilm-l6-v2"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocessing"]["tokenizer"] = "../../etc/tokenizer.json"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(serve.BundleError, match="preprocessing.tokenizer"):
+        serve.load(copy)
+    manifest["preprocessing"]["tokenizer"] = "tokenizer.json"
+    manifest["files"]["../outside.json"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(serve.BundleError, match="points outside the bundle folder"):
+        serve.load(copy)
+
+
 def test_text_inputs_must_be_strings(bundles) -> None:
     predictor = serve.load(bundles["all-minilm-l6-v2"])
     with pytest.raises(serve.InputError, match="expected a str"):
