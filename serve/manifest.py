@@ -119,6 +119,15 @@ class _Reader:
             self.fail(key, f"expected {names}, found {type(value).__name__} {value!r:.40}")
         return value
 
+    def items(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> list[Any]:
+        """A list field whose every item has type `kind` (bool never counts as a number)."""
+        values = self.get(key, list, default)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        for index, value in enumerate(values):
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                self.fail(f"{key}[{index}]", f"expected {' or '.join(k.__name__ for k in kinds)}, found {value!r:.40}")
+        return list(values)
+
     def child(self, key: str) -> "_Reader":
         return _Reader(self.get(key, dict), f"{self.path}.{key}")
 
@@ -128,7 +137,7 @@ def _tensors(reader: _Reader, key: str) -> list[TensorSpec]:
     specs = []
     for index, item in enumerate(items):
         r = _Reader(item, f"{reader.path}.{key}[{index}]")
-        specs.append(TensorSpec(r.get("name", str), r.get("dtype", str), list(r.get("shape", list))))
+        specs.append(TensorSpec(r.get("name", str), r.get("dtype", str), r.items("shape", (int, str))))
     if not specs:
         reader.fail(key, "expected at least one tensor")
     return specs
@@ -152,7 +161,7 @@ def parse_manifest(data: Any) -> Manifest:
     if modality == "image":
         preprocessing: ImagePreprocessing | TextPreprocessing = ImagePreprocessing(
             resize=pre.get("resize", int), crop=pre.get("crop", int), interpolation=pre.get("interpolation", str),
-            mean=[float(v) for v in pre.get("mean", list)], std=[float(v) for v in pre.get("std", list)])
+            mean=[float(v) for v in pre.items("mean", (int, float))], std=[float(v) for v in pre.items("std", (int, float))])
         if preprocessing.interpolation not in ("bilinear", "bicubic"):
             pre.fail("interpolation", f"expected 'bilinear' or 'bicubic', found {preprocessing.interpolation!r}")
         if len(preprocessing.mean) != 3 or len(preprocessing.std) != 3 or min(preprocessing.std) <= 0:
@@ -167,13 +176,13 @@ def parse_manifest(data: Any) -> Manifest:
     activation = post.get("activation", str, "softmax")
     if activation not in ("softmax", "sigmoid"):
         post.fail("activation", f"expected 'softmax' or 'sigmoid', found {activation!r}")
-    postprocessing = Postprocessing(kind=kind, labels=list(post.get("labels", list, [])), activation=activation,
+    postprocessing = Postprocessing(kind=kind, labels=post.items("labels", str, []), activation=activation,
                                     pooling=post.get("pooling", (str, type(None)), None),
                                     normalized=post.get("normalized", bool, False),
                                     dim=post.get("dim", (int, type(None)), None))
     files = top.get("files", dict)
     for name, digest in files.items():
-        if not isinstance(digest, str) or len(digest) != 64:
+        if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
             top.fail(f"files.{name}", "expected a sha256 hex digest")
     return Manifest(
         model_id=top.get("model_id", str), task=top.get("task", str), modality=modality,

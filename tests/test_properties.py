@@ -1,0 +1,123 @@
+"""Property-based tests: registry and manifest parsing only ever fail with their own typed error
+(never a KeyError/TypeError traceback), and preprocessing maps any image to a finite tensor of the
+right shape and range."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from serve.errors import BundleError, InputError
+from serve.manifest import ImagePreprocessing, parse_manifest
+from serve.preprocess import preprocess_image
+from zoo.errors import RegistryError
+from zoo.registry import default_registry_path, validate_document
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+REGISTRY = json.loads(default_registry_path().read_text())
+SMALL_REGISTRY = {**REGISTRY, "models": REGISTRY["models"][:3]}
+MANIFEST = {
+    "bundle_format": "zoo-bundle", "format_version": 1, "model_id": "m", "task": "image-classification",
+    "modality": "image", "model_file": "model.onnx", "opset": 18,
+    "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 224, 224]}],
+    "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}],
+    "preprocessing": {"kind": "image", "resize": 256, "crop": 224, "interpolation": "bilinear",
+                      "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "postprocessing": {"kind": "classification", "labels": ["a", "b"]},
+    "files": {"model.onnx": "0" * 64}, "source": {}, "producer": {},
+}
+
+
+def _paths(document, prefix=()):
+    """Every (path) to a value inside a JSON document."""
+    yield prefix
+    if isinstance(document, dict):
+        for key, value in document.items():
+            yield from _paths(value, prefix + (key,))
+    elif isinstance(document, list):
+        for index, value in enumerate(document[:3]):
+            yield from _paths(value, prefix + (index,))
+
+
+def _mutate(document, path, value, delete: bool):
+    mutated = copy.deepcopy(document)
+    if not path:
+        return value
+    node = mutated
+    for key in path[:-1]:
+        node = node[key]
+    if delete and isinstance(node, dict):
+        node.pop(path[-1])
+    else:
+        node[path[-1]] = value
+    return mutated
+
+
+MANIFEST_PATHS = list(_paths(MANIFEST))
+REGISTRY_PATHS = list(_paths(SMALL_REGISTRY))
+
+
+@given(st.sampled_from(MANIFEST_PATHS), JSON, st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_manifest_mutations_fail_only_with_bundle_errors(path, value, delete) -> None:
+    try:
+        parse_manifest(_mutate(MANIFEST, path, value, delete))
+    except BundleError as exc:
+        assert "manifest.json" in str(exc)
+
+
+@given(JSON)
+@settings(max_examples=200, deadline=None)
+def test_arbitrary_json_is_not_a_manifest(value) -> None:
+    with pytest.raises(BundleError):
+        parse_manifest(value)
+
+
+@given(st.sampled_from(REGISTRY_PATHS), JSON, st.booleans())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_registry_mutations_fail_only_with_registry_errors(path, value, delete) -> None:
+    try:
+        validate_document(_mutate(SMALL_REGISTRY, path, value, delete))
+    except RegistryError as exc:
+        assert str(exc)
+
+
+SPEC = ImagePreprocessing(resize=256, crop=224, interpolation="bicubic", mean=[0.485, 0.456, 0.406],
+                          std=[0.229, 0.224, 0.225])
+
+
+@given(st.integers(1, 900), st.integers(1, 900), st.sampled_from(["RGB", "L", "RGBA", "P", "CMYK", "I;16", "LA", "1"]),
+       st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_any_image_preprocesses_to_a_finite_tensor(width, height, mode, seed) -> None:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode in ("I;16", "CMYK") else "PNG")
+    out = preprocess_image(SPEC, buffer.getvalue())
+    assert out.shape == (3, 224, 224) and out.dtype == np.float32 and np.isfinite(out).all()
+    low = (0 - np.array(SPEC.mean)) / np.array(SPEC.std)
+    high = (1 - np.array(SPEC.mean)) / np.array(SPEC.std)
+    assert (out.min(axis=(1, 2)) >= low - 1e-5).all() and (out.max(axis=(1, 2)) <= high + 1e-5).all()
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=200, deadline=None)
+def test_random_bytes_are_rejected_cleanly(data: bytes) -> None:
+    try:
+        preprocess_image(SPEC, data)
+    except InputError as exc:
+        assert "image" in str(exc)
