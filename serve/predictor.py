@@ -56,8 +56,30 @@ class Predictor:
         return self._text(items)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The model's raw output for already-preprocessed inputs."""
-        return self.session.run([self.output_name], {name: feeds[name] for name in self.input_names})[0]
+        """The model's raw output for already-preprocessed inputs (checked against the manifest)."""
+        return self.session.run([self.output_name], self._check(feeds))[0]
+
+    def _check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [name for name in self.input_names if name not in feeds]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; this model takes {self.input_names}")
+        checked = {}
+        for spec in self.manifest.inputs:
+            array = feeds[spec.name]
+            if not isinstance(array, np.ndarray):
+                raise InputError(f"input {spec.name}: expected a numpy array, found {type(array).__name__}")
+            expected = f"{spec.dtype} array of shape {spec.shape}"
+            if array.dtype != np.dtype(spec.dtype):
+                raise InputError(f"input {spec.name}: dtype {array.dtype}, expected {expected}")
+            if array.ndim != len(spec.shape):
+                raise InputError(f"input {spec.name}: {array.ndim} dimensions {array.shape}, expected {expected}")
+            for axis, (size, want) in enumerate(zip(array.shape, spec.shape)):
+                if isinstance(want, int) and size != want:
+                    raise InputError(f"input {spec.name}: size {size} on axis {axis}, expected {expected}")
+            if array.shape[0] == 0:
+                raise InputError(f"input {spec.name}: empty batch; expected at least one example")
+            checked[spec.name] = array
+        return checked
 
     def predict(self, items: Sequence[Any], top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
         """One result per input: `{"input", "top_k": [{"index", "label", "score"}]}` for classifiers,

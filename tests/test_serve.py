@@ -218,6 +218,21 @@ def test_tokenizer_outside_the_bundle_is_refused(bundles, tmp_path: Path) -> Non
         serve.load(copy)
 
 
+@pytest.mark.parametrize(("array", "message"), [
+    (np.zeros((1, 3, 224, 224), dtype=np.float64), "dtype float64"),
+    (np.zeros((3, 224, 224), dtype=np.float32), "3 dimensions"),
+    (np.zeros((1, 4, 224, 224), dtype=np.float32), "size 4 on axis 1"),
+    (np.zeros((0, 3, 224, 224), dtype=np.float32), "empty batch"),
+    ([[1.0]], "expected a numpy array"),
+])
+def test_raw_inputs_are_checked_against_the_manifest(bundles, array, message: str) -> None:
+    predictor = serve.load(bundles["efficientnet_lite0"])
+    with pytest.raises(serve.InputError, match=message):
+        predictor.run({"pixel_values": array})
+    with pytest.raises(serve.InputError, match="missing input"):
+        predictor.run({})
+
+
 def test_text_inputs_must_be_strings(bundles) -> None:
     predictor = serve.load(bundles["all-minilm-l6-v2"])
     with pytest.raises(serve.InputError, match="expected a str"):
