@@ -12,7 +12,7 @@ import numpy as np
 from serve.errors import InputError
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
 from serve.preprocess import TextEncoder, describe, preprocess_images
-from serve.providers import SessionChoice, create_session
+from serve.providers import SessionChoice, SessionConfig, create_session
 
 log = logging.getLogger("serve")
 
@@ -96,10 +96,11 @@ class Predictor:
         for batch in _batches(list(items), batch_size):
             output = self.run(self.preprocess(batch))
             for item, row in zip(batch, output):
-                results.append({"input": describe(item), **self._postprocess(row, top_k)})
+                results.append({"input": describe(item), **self.postprocess(row, top_k)})
         return results
 
-    def _postprocess(self, row: np.ndarray, top_k: int) -> dict[str, Any]:
+    def postprocess(self, row: np.ndarray, top_k: int) -> dict[str, Any]:
+        """One output row -> `{"top_k": [...]}` (classifiers) or `{"embedding": [...]}`."""
         if not self.is_classifier:
             return {"embedding": [float(v) for v in row]}
         post = self.manifest.postprocessing
@@ -114,11 +115,14 @@ class Predictor:
                            "score": float(probabilities[i])} for i in order]}
 
 
-def load(directory: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True) -> Predictor:
+def load(directory: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True,
+         config: SessionConfig | None = None) -> Predictor:
     """A Predictor for the bundle in `directory`. Every bundle file is checked against the manifest's
-    sha256 first (`verify=False` skips that, for development only)."""
+    sha256 first (`verify=False` skips that, for development only). `config` sets every session
+    option; `device` and `threads` are shorthands for its common fields."""
     path = Path(directory)
     manifest = read_manifest(path, verify=verify)
-    choice = create_session(path / manifest.model_file, device=device, threads=threads)
+    config = config or SessionConfig(device=device, intra_op_threads=threads)
+    choice = create_session(path / manifest.model_file, config, manifest.files[manifest.model_file])
     log.info(choice.line)
     return Predictor(path, manifest, choice)

@@ -1,4 +1,6 @@
-"""Execution-provider choice: CUDA when it really works, else CPU, and one line saying which.
+"""Session creation: execution provider (CUDA when it really works, else CPU), threads, graph
+optimisation level, and an optimised-graph cache next to the bundle for fast cold starts; one line
+says what was chosen.
 
 onnxruntime-gpu on a machine without a usable GPU still lists CUDAExecutionProvider as available,
 logs C++ errors and silently runs on CPU; so the session's own provider list decides what is
@@ -6,14 +8,41 @@ reported, and ORT's logger is kept at errors-only."""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from serve.errors import BundleError, ProviderError
+from serve.manifest import sha256_file
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+OPTIMIZED_SUFFIX = ".optimized.onnx"
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """What users tune: device, threads (None = onnxruntime's default), optimisation level, and
+    whether to save the optimised graph next to the bundle and reuse it on the next load."""
+
+    device: str = "auto"
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+    optimization: str = "all"
+    cache_optimized: bool = False
+
+    def check(self) -> None:
+        if self.device not in DEVICES:
+            raise ProviderError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise ProviderError(f"optimization {self.optimization!r} is not one of {', '.join(OPTIMIZATION_LEVELS)}")
+        for name in ("intra_op_threads", "inter_op_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ProviderError(f"{name}={value}: must be at least 1 (or None for onnxruntime's default)")
 
 
 @dataclass(frozen=True)
@@ -23,34 +52,77 @@ class SessionChoice:
     line: str
 
 
-def create_session(model_path: Path, device: str = "auto", threads: int | None = None) -> SessionChoice:
-    """An InferenceSession on CUDA if `device` allows it and it works, else on CPU."""
-    import onnxruntime as ort
-
-    if device not in DEVICES:
-        raise ProviderError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-    ort.set_default_logger_severity(3)
+def _options(ort, config: SessionConfig, level: str):
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
+    if config.intra_op_threads:
+        options.intra_op_num_threads = config.intra_op_threads
+    if config.inter_op_threads:
+        options.inter_op_num_threads = config.inter_op_threads
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    return options
+
+
+def create_session(model_path: Path, config: SessionConfig | None = None, model_sha256: str = "") -> SessionChoice:
+    """An InferenceSession on CUDA if the config allows it and it works, else on CPU."""
+    import onnxruntime as ort
+
+    config = config or SessionConfig()
+    config.check()
+    ort.set_default_logger_severity(3)
     reason = "CUDA: onnxruntime has no CUDAExecutionProvider; install zoo[gpu] on a CUDA machine"
-    if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
+    if config.device in ("auto", "cuda") and CUDA in ort.get_available_providers():
         if hasattr(ort, "preload_dlls"):
             try:
                 ort.preload_dlls()
             except Exception as exc:  # missing CUDA libraries: reported below as the reason for CPU
                 reason = f"CUDA: libraries could not be loaded: {exc}"
-        session = _session(ort, model_path, options, [CUDA, CPU])
+        session = _session(ort, model_path, _options(ort, config, config.optimization), [CUDA, CPU])
         if session.get_providers()[0] == CUDA:
-            return SessionChoice(session, CUDA, f"serve: {model_path.parent.name} on {CUDA} (GPU)")
+            return SessionChoice(session, CUDA, f"serve: {model_path.parent.name} on {CUDA} (GPU), "
+                                                f"optimisation {config.optimization}")
         reason = "CUDA: provider listed but did not initialise (no usable GPU or driver)"
-    if device == "cuda":
+    if config.device == "cuda":
         raise ProviderError(f"device 'cuda' requested but {reason}; use device='auto' or 'cpu'")
-    session = _session(ort, model_path, options, [CPU])
+    session, cache_note = _cpu_session(ort, model_path, config, model_sha256)
     actual = session.get_providers()[0]
-    why = "" if device == "cpu" else f" ({reason})"
-    return SessionChoice(session, actual, f"serve: {model_path.parent.name} on {actual}{why}")
+    threads = f"threads {config.intra_op_threads or 'default'}/{config.inter_op_threads or 'default'}"
+    why = "" if config.device == "cpu" else f"; {reason}"
+    return SessionChoice(session, actual, f"serve: {model_path.parent.name} on {actual} ({threads}, optimisation "
+                                          f"{config.optimization}{cache_note}{why})")
+
+
+def _cpu_session(ort, model_path: Path, config: SessionConfig, model_sha256: str):
+    """With cache_optimized: reuse `<model>.optimized.onnx` when its stamp matches this model, this
+    onnxruntime and this level; otherwise optimise now and save it (skipped if the folder is read-only)."""
+    if not config.cache_optimized:
+        return _session(ort, model_path, _options(ort, config, config.optimization), [CPU]), ""
+    optimized = model_path.with_name(model_path.stem + OPTIMIZED_SUFFIX)
+    stamp_path = optimized.with_suffix(".json")
+    stamp = {"model_sha256": model_sha256, "onnxruntime": ort.__version__, "optimization": config.optimization}
+    try:
+        saved = json.loads(stamp_path.read_text())
+        if {k: saved.get(k) for k in stamp} == stamp and sha256_file(optimized) == saved.get("optimized_sha256"):
+            return _session(ort, optimized, _options(ort, config, "disable"), [CPU]), ", cached optimised graph"
+    except (OSError, ValueError):
+        pass
+    options = _options(ort, config, config.optimization)
+    tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
+    options.optimized_model_filepath = str(tmp)
+    try:
+        session = _session(ort, model_path, options, [CPU])
+        os.replace(tmp, optimized)
+        stamp_tmp = stamp_path.with_name(f".{stamp_path.name}.{os.getpid()}.tmp")
+        stamp_tmp.write_text(json.dumps({**stamp, "optimized_sha256": sha256_file(optimized)}))
+        os.replace(stamp_tmp, stamp_path)
+        return session, ", optimised graph saved"
+    except OSError:  # read-only bundle: run without the cache
+        tmp.unlink(missing_ok=True)
+        return _session(ort, model_path, _options(ort, config, config.optimization), [CPU]), \
+            ", optimised graph not saved (bundle folder not writable)"
 
 
 def _session(ort, model_path: Path, options, providers: list[str]):

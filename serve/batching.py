@@ -1,0 +1,135 @@
+"""Micro-batching: concurrent single requests merged into one onnxruntime call.
+
+Callers submit one input each; a worker thread takes the first waiting request, waits up to
+`max_wait_ms` for more (at most `max_batch_size`), preprocesses each on its own (a bad input fails
+only its own request), runs the batch once and hands each caller its own result."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serve.errors import InputError, ServeError
+from serve.predictor import Predictor
+from serve.preprocess import describe
+
+
+@dataclass
+class _Request:
+    item: Any
+    top_k: int
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    requests: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+
+class MicroBatcher:
+    """Thread-safe front of a Predictor. `submit` returns a Future; `predict` waits for it."""
+
+    def __init__(self, predictor: Predictor, max_batch_size: int = 16, max_wait_ms: float = 5.0):
+        if max_batch_size < 1 or max_wait_ms < 0:
+            raise ServeError(f"max_batch_size={max_batch_size} must be >= 1 and max_wait_ms={max_wait_ms} >= 0")
+        self.predictor = predictor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.stats = BatchStats()
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._closed = False
+        self._worker = threading.Thread(target=self._loop, name="serve-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, item: Any, top_k: int = 5) -> Future:
+        if self._closed:
+            raise ServeError("the batcher is closed")
+        request = _Request(item, top_k)
+        self._queue.put(request)
+        return request.future
+
+    def predict(self, item: Any, top_k: int = 5, timeout: float | None = None) -> dict[str, Any]:
+        return self.submit(item, top_k).result(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking requests, finish the ones already queued, stop the worker."""
+        self._closed = True
+        self._queue.put(None)
+        self._worker.join(timeout)
+
+    def __enter__(self) -> "MicroBatcher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _collect(self, first: _Request) -> tuple[list[_Request], bool]:
+        batch, stop = [first], False
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                request = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is None:
+                stop = True
+                break
+            batch.append(request)
+        return batch, stop
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = self._collect(first)
+            self._run(batch)
+            if stop:
+                while not self._queue.empty():  # drain what was queued before close()
+                    request = self._queue.get_nowait()
+                    if request is not None:
+                        self._run([request])
+                return
+
+    def _run(self, batch: list[_Request]) -> None:
+        predictor = self.predictor
+        images = predictor.manifest.modality == "image"
+        good: list[_Request] = []
+        arrays: list[np.ndarray] = []
+        for request in batch:
+            if not request.future.set_running_or_notify_cancel():
+                continue
+            try:  # each input on its own, so one bad input fails only its own request
+                if images:
+                    arrays.append(next(iter(predictor.preprocess([request.item]).values())))
+                elif not isinstance(request.item, str):
+                    raise InputError(f"text input {describe(request.item)}: expected a str")
+                good.append(request)
+            except Exception as exc:  # delivered to that caller; the worker keeps serving
+                request.future.set_exception(exc)
+        if not good:
+            return
+        self.stats.batches += 1
+        self.stats.requests += len(good)
+        self.stats.sizes.append(len(good))
+        try:
+            if images:
+                feeds = {predictor.input_names[0]: np.concatenate(arrays)}
+            else:  # tokenised together: padded to the longest text of this batch
+                feeds = predictor.preprocess([r.item for r in good])
+            output = predictor.run(feeds)
+        except Exception as exc:
+            for request in good:
+                request.future.set_exception(exc)
+            return
+        for request, row in zip(good, output):
+            request.future.set_result({"input": describe(request.item), **predictor.postprocess(row, request.top_k)})
