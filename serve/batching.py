@@ -11,7 +11,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,13 +37,15 @@ class BatchStats:
 class MicroBatcher:
     """Thread-safe front of a Predictor. `submit` returns a Future; `predict` waits for it."""
 
-    def __init__(self, predictor: Predictor, max_batch_size: int = 16, max_wait_ms: float = 5.0):
+    def __init__(self, predictor: Predictor, max_batch_size: int = 16, max_wait_ms: float = 5.0,
+                 on_batch: Callable[[int], None] | None = None):
         if max_batch_size < 1 or max_wait_ms < 0:
             raise ServeError(f"max_batch_size={max_batch_size} must be >= 1 and max_wait_ms={max_wait_ms} >= 0")
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.stats = BatchStats()
+        self.on_batch = on_batch  # called with each batch's size (metrics)
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name="serve-batcher", daemon=True)
@@ -121,6 +123,8 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.requests += len(good)
         self.stats.sizes.append(len(good))
+        if self.on_batch is not None:
+            self.on_batch(len(good))
         try:
             if images:
                 feeds = {predictor.input_names[0]: np.concatenate(arrays)}

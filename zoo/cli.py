@@ -201,6 +201,34 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
     click.echo(f"{result.run_dir}: best epoch {result.best_epoch}: {metrics}")
 
 
+@cli.command("serve")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes, each with a model.")
+@click.option("--name", help="Model name in the /v2/models/NAME routes (default: the bundle's model id).")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads per worker.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True)
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
+def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | None, device: str,
+                  threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float) -> None:
+    """Serve BUNDLE over HTTP (KServe v2 + /v2/models/NAME/predict + /metrics)."""
+    from serve.manifest import read_manifest
+
+    read_manifest(bundle)  # a wrong folder or a modified bundle fails here, before the server starts
+    from serve.http import ServerConfig, run
+    from serve.providers import SessionConfig
+
+    config = ServerConfig(bundle=bundle, name=name, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                          session=SessionConfig(device=device, intra_op_threads=threads))
+    click.echo(f"zoo serve: http://{host}:{port}/v2/models/{name or read_manifest(bundle, verify=False).model_id}",
+               err=True)
+    run(config, host=host, port=port, workers=workers)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become `zoo: error: ...` on stderr and exit 2, never a traceback."""
     from serve.errors import ServeError

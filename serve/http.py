@@ -1,0 +1,288 @@
+"""HTTP server for a bundle: the Open Inference Protocol (KServe v2 REST) plus a convenience
+endpoint that takes image bytes or text and answers like `zoo predict --json`.
+
+    GET  /v2/health/live | /v2/health/ready      200, or 503 while the model loads
+    GET  /v2/models/NAME  [/ready]               metadata: named tensors, datatypes, shapes
+    POST /v2/models/NAME/infer                   {"inputs": [{"name", "shape", "datatype", "data"}]}
+    POST /v2/models/NAME/predict                 image bytes, text/plain, or {"inputs": [...], "top_k": K}
+    GET  /metrics                                Prometheus: requests, latency histogram, batch sizes
+
+Built on Starlette + uvicorn (extra `server`). Errors are JSON `{"error": ...}`: 400 bad input,
+404 unknown model, 408 slow upload, 413 oversize, 503 loading, 504 inference timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serve.batching import MicroBatcher
+from serve.errors import ServeError
+from serve.predictor import Predictor, load
+from serve.providers import SessionConfig
+
+DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8", "int8": "INT8"}
+NUMPY = {v: k for k, v in DATATYPES.items()}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bundle: Path
+    name: str | None = None  # default: the manifest's model id
+    max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    inference_timeout_s: float = 30.0
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    session: SessionConfig = SessionConfig()
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _State:
+    """The model as it loads in the background: readiness is observable while it happens."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.predictor: Predictor | None = None
+        self.batcher: MicroBatcher | None = None
+        self.error: str | None = None
+        self.registry = CollectorRegistry()
+        self.requests = Counter("zoo_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("zoo_request_seconds", "Request latency", ["endpoint"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.batch_sizes = Histogram("zoo_batch_size", "Requests merged per onnxruntime run", registry=self.registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64))
+
+    def load(self) -> None:
+        try:
+            predictor = load(self.config.bundle, config=self.config.session)
+            self.batcher = MicroBatcher(predictor, self.config.max_batch_size, self.config.max_wait_ms,
+                                        on_batch=self.batch_sizes.observe)
+            self.predictor = predictor
+            print(predictor.provider_line, flush=True)
+        except ServeError as exc:
+            self.error = str(exc)
+            print(f"serve: failed to load {self.config.bundle}: {exc}", flush=True)
+
+    @property
+    def name(self) -> str:
+        if self.config.name:
+            return self.config.name
+        return self.predictor.manifest.model_id if self.predictor else self.config.bundle.name
+
+    def ready_predictor(self, name: str) -> Predictor:
+        if self.predictor is None:
+            raise HttpError(503, self.error or "model is loading; retry shortly")
+        if name != self.name:
+            raise HttpError(404, f"unknown model {name!r}; this server serves {self.name!r}")
+        return self.predictor
+
+
+async def _body(request: Request, state: _State) -> bytes:
+    limit = state.config.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), state.config.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise HttpError(408, f"request body not received within {state.config.body_timeout_s:g}s") from None
+    except ClientDisconnect:
+        raise HttpError(400, "client disconnected while sending the body") from None
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def _tensor_metadata(specs) -> list[dict[str, Any]]:
+    return [{"name": s.name, "datatype": DATATYPES.get(s.dtype, s.dtype.upper()),
+             "shape": [d if isinstance(d, int) else -1 for d in s.shape]} for s in specs]
+
+
+def _infer_inputs(payload: Any, predictor: Predictor) -> dict[str, np.ndarray]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+        raise HttpError(400, 'expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
+    feeds = {}
+    for index, tensor in enumerate(payload["inputs"]):
+        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= set(tensor):
+            raise HttpError(400, f"inputs[{index}]: expected an object with name, shape, datatype and data")
+        dtype = NUMPY.get(str(tensor["datatype"]))
+        if dtype is None:
+            raise HttpError(400, f"inputs[{index}].datatype {tensor['datatype']!r} is not one of {sorted(NUMPY)}")
+        try:
+            array = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+        except (ValueError, TypeError) as exc:
+            raise HttpError(400, f"inputs[{index}] ({tensor['name']}): data does not fit shape {tensor['shape']}: {exc}") from None
+        feeds[str(tensor["name"])] = array
+    return feeds
+
+
+def create_app(config: ServerConfig) -> Starlette:
+    state = _State(config)
+
+    def endpoint(name: str):
+        def wrap(handler):
+            async def route(request: Request) -> Response:
+                start = time.perf_counter()
+                try:
+                    response = await handler(request)
+                except HttpError as exc:
+                    response = JSONResponse({"error": str(exc)}, status_code=exc.status)
+                except ServeError as exc:  # InputError and friends: the client's input
+                    response = JSONResponse({"error": str(exc)}, status_code=400)
+                state.requests.labels(name, str(response.status_code)).inc()
+                state.latency.labels(name).observe(time.perf_counter() - start)
+                return response
+            return route
+        return wrap
+
+    @endpoint("live")
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    @endpoint("ready")
+    async def ready(request: Request) -> Response:
+        if state.predictor is None:
+            raise HttpError(503, state.error or "model is loading")
+        return JSONResponse({"ready": True})
+
+    @endpoint("server_metadata")
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse({"name": "zoo-serve", "version": "1", "extensions": []})
+
+    @endpoint("model_metadata")
+    async def model_metadata(request: Request) -> Response:
+        predictor = state.ready_predictor(request.path_params["name"])
+        manifest = predictor.manifest
+        return JSONResponse({"name": state.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+                             "inputs": _tensor_metadata(manifest.inputs), "outputs": _tensor_metadata(manifest.outputs)})
+
+    @endpoint("model_ready")
+    async def model_ready(request: Request) -> Response:
+        state.ready_predictor(request.path_params["name"])
+        return JSONResponse({"name": state.name, "ready": True})
+
+    @endpoint("infer")
+    async def infer(request: Request) -> Response:
+        predictor = state.ready_predictor(request.path_params["name"])
+        payload = _json(await _body(request, state))
+        feeds = _infer_inputs(payload, predictor)
+        try:
+            output = await asyncio.wait_for(asyncio.to_thread(predictor.run, feeds), config.inference_timeout_s)
+        except asyncio.TimeoutError:
+            raise HttpError(504, f"inference did not finish within {config.inference_timeout_s:g}s") from None
+        spec = predictor.manifest.outputs[0]
+        body = {"model_name": state.name, "model_version": "1",
+                "outputs": [{"name": spec.name, "datatype": DATATYPES.get(str(output.dtype), str(output.dtype)),
+                             "shape": list(output.shape), "data": output.ravel().tolist()}]}
+        if isinstance(payload, dict) and "id" in payload:
+            body["id"] = payload["id"]
+        return JSONResponse(body)
+
+    @endpoint("predict")
+    async def predict(request: Request) -> Response:
+        predictor = state.ready_predictor(request.path_params["name"])
+        data = await _body(request, state)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        top_k = request.query_params.get("top_k", "5")
+        if not top_k.isdigit() or int(top_k) < 1:
+            raise HttpError(400, f"top_k={top_k!r}: expected a positive integer")
+        top_k_value = int(top_k)
+        if kind == "application/json":
+            payload = _json(data)
+            if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
+                raise HttpError(400, 'expected {"inputs": ["text", ...]} (or send image bytes with an image/* type)')
+            items = payload["inputs"]
+            if predictor.manifest.modality == "image":
+                raise HttpError(400, "this is an image model: send the image bytes with Content-Type image/*")
+            top_k_value = int(payload.get("top_k", top_k_value)) if str(payload.get("top_k", "")).isdigit() else top_k_value
+        elif kind.startswith("text/"):
+            try:
+                items = [data.decode("utf-8")]
+            except UnicodeDecodeError as exc:
+                raise HttpError(400, f"text body is not UTF-8: {exc}") from None
+        else:
+            items = [data]
+        if not data:
+            raise HttpError(400, "empty request body; expected image bytes or text")
+        futures = [asyncio.wrap_future(state.batcher.submit(item, top_k_value)) for item in items]
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures), config.inference_timeout_s)
+        except asyncio.TimeoutError:
+            raise HttpError(504, f"inference did not finish within {config.inference_timeout_s:g}s") from None
+        return JSONResponse(list(results))
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def lifespan(app: Starlette):
+        loader = threading.Thread(target=state.load, name="serve-loader", daemon=True)
+        loader.start()
+        yield
+        if state.batcher is not None:
+            state.batcher.close()
+
+    app = Starlette(routes=[
+        Route("/v2", server_metadata), Route("/v2/health/live", live), Route("/v2/health/ready", ready),
+        Route("/v2/models/{name}", model_metadata), Route("/v2/models/{name}/ready", model_ready),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/predict", predict, methods=["POST"]),
+        Route("/metrics", metrics),
+    ], lifespan=lifespan)
+    app.state.zoo = state
+    return app
+
+
+def run(config: ServerConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish, queued ones drain (graceful shutdown)."""
+    import os
+
+    import uvicorn
+
+    if workers > 1:  # each worker process loads its own copy of the model
+        os.environ["ZOO_SERVE_CONFIG"] = json.dumps({
+            "bundle": str(config.bundle), "name": config.name, "max_body_bytes": config.max_body_bytes,
+            "max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
+            "device": config.session.device, "threads": config.session.intra_op_threads})
+        uvicorn.run("serve.http:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    timeout_graceful_shutdown=30, log_level="warning")
+        return
+    uvicorn.run(create_app(config), host=host, port=port, timeout_graceful_shutdown=30, log_level="warning")
+
+
+def app_from_env() -> Starlette:
+    import os
+
+    data = json.loads(os.environ["ZOO_SERVE_CONFIG"])
+    session = SessionConfig(device=data.pop("device"), intra_op_threads=data.pop("threads"))
+    return create_app(ServerConfig(bundle=Path(data.pop("bundle")), session=session, **data))
