@@ -11,6 +11,7 @@ passed validation: a failed export leaves nothing behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from serve.manifest import (
     ImagePreprocessing,
@@ -110,8 +113,9 @@ def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:
 
 
 def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET, atol: float | None = None,
-                  overwrite: bool = False, extra_sources: Sequence[SourceSpec] = ()) -> BundleResult:
-    """Export, validate against torch, and write the bundle; ExportError (nothing written) on failure."""
+                  overwrite: bool = False, extra_sources: Sequence[SourceSpec] = (), pretrained: bool = True) -> BundleResult:
+    """Export, validate against torch, and write the bundle; ExportError (nothing written) on failure.
+    `pretrained=False` exports random weights (benchmarks of models whose weights are not reachable)."""
     import onnxruntime as ort
 
     start = time.perf_counter()
@@ -121,8 +125,15 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
     if out.exists() and not (out / "manifest.json").is_file():
         raise InputError(f"{out} exists and is not a bundle; refusing to replace it (choose another --out)")
-    fetched = fetch(entry, extra_sources)
-    torch_model = build(entry, pretrained=True, extra_sources=extra_sources)
+    if pretrained:
+        fetched = fetch(entry, extra_sources)
+    elif entry.modality == "text":
+        fetched = fetch(dataclasses.replace(entry, files=tuple(f for f in entry.files if f.role == "tokenizer")),
+                        extra_sources)
+    else:
+        fetched = None
+    torch.manual_seed(0)
+    torch_model = build(entry, pretrained=pretrained, extra_sources=extra_sources)
     example, dynamic_axes, output_name, preprocessing, tokenizer = _io(entry, fetched)
     tolerance = EXPORT_ATOL["float32"] if atol is None else atol
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +160,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             outputs=[TensorSpec(o.name, _dtype(o.type), list(o.shape)) for o in session.get_outputs()],
             preprocessing=preprocessing, postprocessing=_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
-                    "files": fetched.sha256},
+                    "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
             producer=_versions(),
         )
         write_manifest(staging, manifest)

@@ -229,6 +229,34 @@ def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | 
     run(config, host=host, port=port, workers=workers)
 
 
+@cli.command()
+@click.argument("target", metavar="NAME|BUNDLE_DIR")
+@click.option("--batch", "batches", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for torch and onnxruntime (default: torch's).")
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Minimum measuring time per batch size.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON report.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG bar chart.")
+def bench(target: str, batches: str, threads: int | None, seconds: float, as_json: bool, plot: Path | None) -> None:
+    """Latency p50/p90/p99 and throughput of every engine, as ratios to torch eager."""
+    try:
+        sizes = tuple(int(b) for b in batches.split(","))
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{batches!r}: expected positive integers like 1,8,32", param_hint="--batch") from None
+    if not (Path(target) / "manifest.json").is_file():
+        from zoo.runs import resolve_name
+
+        resolve_name(target)  # unknown names fail before torch is imported
+    from export.bench import bench as run_bench, dumps, plot as draw, table
+
+    report = run_bench(target, sizes, threads, seconds=seconds)
+    click.echo(dumps(report) if as_json else "\n".join(table(report)), nl=not as_json)
+    if plot:
+        draw(report, plot)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become `zoo: error: ...` on stderr and exit 2, never a traceback."""
     from serve.errors import ServeError

@@ -1,0 +1,208 @@
+"""`zoo bench`: latency percentiles and throughput of one model on every engine available, in one
+process, interleaved call by call so machine noise hits all engines alike, each as a ratio to torch
+eager: torch eager, raw onnxruntime (fp32 and any fp16/int8 files in the bundle), the `serve`
+predictor on preprocessed input and end to end from raw inputs, and for text the Optimum ONNX
+Runtime pipeline when `optimum` is installed."""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from zoo.errors import InputError
+from zoo.reference import SENTENCES, asset_path, synthetic_images
+
+SCHEMA = "zoo-bench/1"
+QUANTIZED_FILES = {"onnxruntime fp16": "model.fp16.onnx", "onnxruntime int8": "model.int8.onnx"}
+
+
+@dataclass(frozen=True)
+class Row:
+    engine: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    items_per_s: float
+    ratio_to_torch: float | None
+
+
+def _texts(batch: int) -> list[str]:
+    """Mixed lengths, as real traffic: the fixed sentences, some repeated into longer texts."""
+    return [" ".join([SENTENCES[i % len(SENTENCES)]] * (1 + i % 5)) for i in range(batch)]
+
+
+def _engines(bundle: Path, entry, batch: int, threads: int, torch_model: torch.nn.Module) -> dict[str, Callable[[], Any]]:
+    import onnxruntime as ort
+
+    import serve
+
+    # No spinning anywhere: engines run interleaved, and one session's spinning threads would slow the next.
+    predictor = serve.load(bundle, config=serve.SessionConfig(device="cpu", intra_op_threads=threads,
+                                                               allow_spinning=False))
+    options = _ort_options(ort, threads)
+    raw = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    if entry.modality == "image":
+        raw_inputs: list[Any] = [asset_path("flower.jpg").read_bytes()] * batch
+        feeds = {"pixel_values": synthetic_images(entry.input, batch).numpy()}
+    else:
+        raw_inputs = _texts(batch)
+        feeds = predictor.preprocess(raw_inputs)
+    tensors = [torch.from_numpy(v) for v in feeds.values()]
+    engines: dict[str, Callable[[], Any]] = {}
+
+    def torch_eager() -> Any:
+        with torch.inference_mode():
+            return torch_model(*tensors)
+
+    engines["torch eager"] = torch_eager
+    engines["onnxruntime fp32"] = lambda: raw.run(None, feeds)
+    for name, file in QUANTIZED_FILES.items():
+        if (bundle / file).is_file():
+            session = ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"])
+            engines[name] = lambda session=session: session.run(None, feeds)
+    engines["serve run (preprocessed)"] = lambda: predictor.run(feeds)
+    engines["serve predict (raw input)"] = lambda: predictor.predict(raw_inputs, batch_size=batch)
+    optimum = _optimum_engine(entry, raw_inputs, threads) if entry.modality == "text" else None
+    if optimum is not None:
+        engines["optimum ORT pipeline (raw input)"] = optimum
+    return engines
+
+
+def _optimum_engine(entry, texts: list[str], threads: int) -> Callable[[], Any] | None:
+    """The best-known peer: Optimum's ORTModelForFeatureExtraction + its tokenizer + the same pooling."""
+    try:
+        from optimum.onnxruntime import ORTModelForFeatureExtraction
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None
+    import onnxruntime as ort
+
+    from zoo.cache import fetch
+
+    folder = fetch(entry).directory
+    options = _ort_options(ort, threads)
+    model = ORTModelForFeatureExtraction.from_pretrained(str(folder), export=True, session_options=options,
+                                                         provider="CPUExecutionProvider")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def run() -> Any:
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=entry.input.max_length, return_tensors="np")
+        hidden = model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"][..., None].astype(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True) if entry.output.normalize else pooled
+
+    return run
+
+
+def _ort_options(ort, threads: int):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def _measure(engines: dict[str, Callable[[], Any]], warmup: int, min_repeats: int, seconds: float) -> dict[str, list[float]]:
+    for run in engines.values():
+        for _ in range(warmup):
+            run()
+    timings: dict[str, list[float]] = {name: [] for name in engines}
+    start = time.perf_counter()
+    while min(len(t) for t in timings.values()) < min_repeats or time.perf_counter() - start < seconds:
+        for name, run in engines.items():  # interleaved: every round times each engine once
+            begin = time.perf_counter()
+            run()
+            timings[name].append(time.perf_counter() - begin)
+        if time.perf_counter() - start > 10 * seconds and min(len(t) for t in timings.values()) >= 5:
+            break
+    return timings
+
+
+def bench(target: str, batches: tuple[int, ...] = (1, 8, 32), threads: int | None = None, warmup: int = 3,
+          min_repeats: int = 10, seconds: float = 2.0) -> dict[str, Any]:
+    """Run the benchmark for a registry model (exported to a temporary bundle, random weights when
+    the real ones are not reachable) or an existing bundle folder."""
+    from export.bundle import export_bundle
+    from serve.manifest import read_manifest
+    from zoo.errors import FetchError
+    from zoo.factory import build, resolve
+
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(target)
+        if (path / "manifest.json").is_file():
+            bundle = path
+            manifest = read_manifest(bundle)
+            entry = resolve(manifest.source["id"]) if not manifest.model_id.startswith("run-") else None
+            if entry is None:
+                raise InputError(f"{target}: benchmarking a fine-tuned run's bundle needs its run directory; "
+                                 "pass the run directory instead")
+        else:
+            entry = resolve(target)
+            bundle = Path(tmp) / "bundle"
+        try:
+            torch_model, pretrained = build(entry), True
+        except FetchError:  # weights not reachable here: speed does not depend on their values
+            torch_model, pretrained = build(entry, pretrained=False), False
+        if bundle != path:
+            export_bundle(entry, bundle, pretrained=pretrained)
+        rows: list[Row] = []
+        for batch in batches:
+            timings = _measure(_engines(bundle, entry, batch, threads, torch_model), warmup, min_repeats, seconds)
+            torch_p50 = float(np.median(timings["torch eager"]))
+            for engine, values in timings.items():
+                ms = np.array(values) * 1000
+                p50 = float(np.percentile(ms, 50))
+                rows.append(Row(engine, batch, round(p50, 3), round(float(np.percentile(ms, 90)), 3),
+                                round(float(np.percentile(ms, 99)), 3), round(batch / (p50 / 1000), 2),
+                                round(p50 / (torch_p50 * 1000), 4)))
+    return {"schema": SCHEMA, "model": entry.id, "pretrained_weights": pretrained, "threads": threads, "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "results": [asdict(r) for r in rows]}
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    lines = [f"{report['model']} ({report['threads']} threads)",
+             f"{'engine':36} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'items/s':>9} {'vs torch':>9}"]
+    for r in report["results"]:
+        lines.append(f"{r['engine']:36} {r['batch']:>5} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+                     f"{r['items_per_s']:>9.1f} {r['ratio_to_torch']:>8.2f}x")
+    return lines
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    engines = list(dict.fromkeys(r["engine"] for r in report["results"]))
+    batches = sorted({r["batch"] for r in report["results"]})
+    figure, axis = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(engines)
+    for i, engine in enumerate(engines):
+        values = [next((r["items_per_s"] for r in report["results"] if r["engine"] == engine and r["batch"] == b), 0)
+                  for b in batches]
+        axis.bar([j + i * width for j in range(len(batches))], values, width, label=engine)
+    axis.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))], [f"batch {b}" for b in batches])
+    axis.set_ylabel("items / s")
+    axis.set_title(f"{report['model']}, {report['threads']} threads")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=1) + "\n"

@@ -1,0 +1,37 @@
+"""`zoo bench`: every engine measured side by side, a stable JSON report, ratios to torch eager."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from export.bench import SCHEMA, bench
+from zoo.cli import main
+
+
+def test_bench_reports_every_engine(bundles) -> None:
+    report = bench(str(bundles["efficientnet_lite0"]), batches=(2,), threads=1, warmup=1, min_repeats=3, seconds=0.1)
+    assert report["schema"] == SCHEMA and report["model"] == "efficientnet_lite0" and report["pretrained_weights"]
+    engines = [r["engine"] for r in report["results"]]
+    assert engines == ["torch eager", "onnxruntime fp32", "serve run (preprocessed)", "serve predict (raw input)"]
+    rows = {r["engine"]: r for r in report["results"]}
+    assert rows["torch eager"]["ratio_to_torch"] == 1.0
+    for row in report["results"]:
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["items_per_s"] > 0 and row["batch"] == 2
+
+
+def test_bench_cli_json_and_plot(capsys, tmp_path: Path) -> None:
+    code = main(["bench", "all-minilm-l6-v2", "--batch", "3", "--threads", "1", "--seconds", "0.1", "--json",
+                 "--plot", str(tmp_path / "bench.png")])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out)
+    assert {r["engine"] for r in report["results"]} >= {"torch eager", "onnxruntime fp32", "serve predict (raw input)"}
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_bench_bad_arguments(capsys) -> None:
+    assert main(["bench", "efficientnet_lite0", "--batch", "0,x"]) == 2
+    assert "--batch" in capsys.readouterr().err
+    assert main(["bench", "efficientnet-lite"]) == 2
+    assert "did you mean" in capsys.readouterr().err
