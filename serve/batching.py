@@ -1,8 +1,9 @@
 """Micro-batching: concurrent single requests merged into one onnxruntime call.
 
-Callers submit one input each; a worker thread takes the first waiting request, waits up to
-`max_wait_ms` for more (at most `max_batch_size`), preprocesses each on its own (a bad input fails
-only its own request), runs the batch once and hands each caller its own result."""
+Callers submit one input each and preprocess it in their own thread (images decode and resize in
+parallel; a bad input fails only its own request). A worker thread takes the first waiting request,
+waits up to `max_wait_ms` for more (at most `max_batch_size`), runs the batch once (text is
+tokenised together, padded to the batch's longest) and hands each caller its own result."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from serve.preprocess import describe
 class _Request:
     item: Any
     top_k: int
+    array: np.ndarray | None = None  # the preprocessed image (image models)
     future: Future = field(default_factory=Future)
 
 
@@ -55,6 +57,14 @@ class MicroBatcher:
         if self._closed:
             raise ServeError("the batcher is closed")
         request = _Request(item, top_k)
+        try:  # in the caller's thread: preprocessing runs in parallel, and a bad input fails alone
+            if self.predictor.manifest.modality == "image":
+                request.array = next(iter(self.predictor.preprocess([item]).values()))
+            elif not isinstance(item, str):
+                raise InputError(f"text input {describe(item)}: expected a str")
+        except Exception as exc:
+            request.future.set_exception(exc)
+            return request.future
         self._queue.put(request)
         return request.future
 
@@ -105,19 +115,7 @@ class MicroBatcher:
     def _run(self, batch: list[_Request]) -> None:
         predictor = self.predictor
         images = predictor.manifest.modality == "image"
-        good: list[_Request] = []
-        arrays: list[np.ndarray] = []
-        for request in batch:
-            if not request.future.set_running_or_notify_cancel():
-                continue
-            try:  # each input on its own, so one bad input fails only its own request
-                if images:
-                    arrays.append(next(iter(predictor.preprocess([request.item]).values())))
-                elif not isinstance(request.item, str):
-                    raise InputError(f"text input {describe(request.item)}: expected a str")
-                good.append(request)
-            except Exception as exc:  # delivered to that caller; the worker keeps serving
-                request.future.set_exception(exc)
+        good = [request for request in batch if request.future.set_running_or_notify_cancel()]
         if not good:
             return
         self.stats.batches += 1
@@ -127,7 +125,7 @@ class MicroBatcher:
             self.on_batch(len(good))
         try:
             if images:
-                feeds = {predictor.input_names[0]: np.concatenate(arrays)}
+                feeds = {predictor.input_names[0]: np.concatenate([r.array for r in good])}
             else:  # tokenised together: padded to the longest text of this batch
                 feeds = predictor.preprocess([r.item for r in good])
             output = predictor.run(feeds)

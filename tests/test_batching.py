@@ -49,7 +49,7 @@ def test_a_bad_request_fails_alone(bundles) -> None:
         with pytest.raises(serve.InputError, match="not a readable image"):
             futures[1].result(60)
         assert [p["label"] for p in futures[2].result(60)["top_k"]] == ["palace"]
-    assert batcher.stats.sizes == [2]
+    assert batcher.stats.sizes == [2]  # the bad input never reached the batch
 
 
 def test_text_requests_are_batched_with_padding(bundles) -> None:
