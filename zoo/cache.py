@@ -3,7 +3,6 @@ before it is used, atomic writes, a per-model file lock, and a cache hit on the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,13 +14,13 @@ from typing import Callable, Sequence
 
 from filelock import FileLock
 
+from serve.manifest import sha256_file  # one implementation, shared with the runtime
 from zoo.download import download
 from zoo.errors import ChecksumError, FetchError
 from zoo.schema import FileSpec, ModelEntry, SourceSpec
 
 CACHE_ENV = "ZOO_CACHE"
 OFFLINE_ENV = "ZOO_OFFLINE"
-_CHUNK = 1 << 20
 
 
 def cache_root() -> Path:
@@ -36,14 +35,6 @@ def is_offline() -> bool:
     """True when `ZOO_OFFLINE` is set to a true value: no source touches the network. (`HF_HUB_OFFLINE`
     is huggingface_hub's own switch and applies to the Hub source only.)"""
     return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes", "on"}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_digest(path: Path, spec: FileSpec) -> str:
