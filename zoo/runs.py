@@ -14,13 +14,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zoo.errors import InputError
 from zoo.registry import get_model
 from zoo.schema import FileSpec, Metric, ModelEntry, OutputSpec, Reference, ReferenceCase, SourceSpec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CARD = "card.json"
 RUN_CONFIG = "run.json"
@@ -83,3 +88,69 @@ def resolve_name(name: str) -> ModelEntry:
         if Path(name).exists():
             raise InputError(f"{name} is neither a registry model nor a fine-tuning run directory")
     return get_model(name)
+
+
+# Writing a run (zoo.training). safetensors and matplotlib are imported inside the functions:
+# reading a finished run (the CLI's name resolution) must not need them.
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    found["python"] = sys.version.split()[0]
+    return found
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    import csv
+
+    with open(run_dir / "metrics.jsonl", "w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in history)
+    columns = list(history[0])
+    with open(run_dir / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    _plot(run_dir / "metrics.png", history)
+
+
+def _plot(path: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    left.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend()
+    right.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="val accuracy")
+    right.plot(epochs, [r["val_macro_f1"] for r in history], "o-", label="val macro-F1")
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1.02)
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)

@@ -13,7 +13,6 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +37,16 @@ from zoo.heads import HEAD_KINDS, attach_head, head_prefix, head_outputs, loss_f
 from zoo.loaders import make_loader
 from zoo.preprocess import load_tokenizer
 from zoo.reference import SENTENCES, asset_path, synthetic_images
-from zoo.runs import CARD, MODEL_FILE, RUN_CONFIG, write_json_atomic
+from zoo.runs import (
+    CARD,
+    MODEL_FILE,
+    RUN_CONFIG,
+    load_weights,
+    package_versions,
+    save_weights,
+    write_json_atomic,
+    write_metrics,
+)
 from zoo.schema import ModelEntry
 from zoo.tolerances import REFERENCE_ATOL
 
@@ -224,68 +232,6 @@ def _better(metric: str, value: float, best: float | None) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for name in ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    found["python"] = sys.version.split()[0]
-    return found
-
-
-def _save_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
-
-
-def _load_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(path)), strict=True)
-
-
-def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    import csv
-
-    with open(run_dir / "metrics.jsonl", "w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in history)
-    columns = list(history[0])
-    with open(run_dir / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    _plot(run_dir / "metrics.png", history)
-
-
-def _plot(path: Path, history: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    left.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
-    left.set_xlabel("epoch")
-    left.set_ylabel("loss")
-    left.legend()
-    right.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="val accuracy")
-    right.plot(epochs, [r["val_macro_f1"] for r in history], "o-", label="val macro-F1")
-    right.set_xlabel("epoch")
-    right.set_ylim(0, 1.02)
-    right.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
 
 
 def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -482,7 +428,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
     best: float | None = None
     best_epoch, bad_epochs, start_epoch = -1, 0, 0
     if resume:
-        _load_weights(model, checkpoints / "last.safetensors")
+        load_weights(model, checkpoints / "last.safetensors")
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -495,7 +441,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
         write_json_atomic(out / RUN_CONFIG, {
             "base_model": entry.id, "config": dataclasses.asdict(config), "labels": dataset.labels,
             "data": {**dataset.summary(), "fingerprint": fingerprint, "val_items": dataset.val_items()},
-            "packages": _versions()})
+            "packages": package_versions()})
     if runtime.distributed:
         dist.barrier()
     wrapped = model
@@ -528,10 +474,10 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
         else:
             bad_epochs += 1
         if runtime.is_main:
-            _save_weights(model, checkpoints / "last.safetensors")
+            save_weights(model, checkpoints / "last.safetensors")
             if improved:
                 shutil.copyfile(checkpoints / "last.safetensors", checkpoints / "best.safetensors")
-            _write_metrics(out, history)
+            write_metrics(out, history)
             tmp = out / f".{STATE_FILE}.tmp"
             torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "history": history, "best": best, "best_epoch": best_epoch,
@@ -583,7 +529,7 @@ def _finish(trainer: _Trainer, model: nn.Module, entry: ModelEntry, dataset: Dat
     from zoo.cache import fetch
 
     model = model.to("cpu").to(memory_format=torch.contiguous_format)
-    _load_weights(model, out / "checkpoints" / "best.safetensors")
+    load_weights(model, out / "checkpoints" / "best.safetensors")
     shutil.copyfile(out / "checkpoints" / "best.safetensors", out / MODEL_FILE)
     files = {MODEL_FILE: sha256_file(out / MODEL_FILE)}
     if entry.modality == "text":
@@ -604,7 +550,7 @@ def _finish(trainer: _Trainer, model: nn.Module, entry: ModelEntry, dataset: Dat
         "best_epoch": best_epoch + 1, "best_metrics": best_metrics, "epochs_run": len(history),
         "params": sum(p.numel() for p in model.parameters()),
         "device": str(runtime.device), "processes": runtime.world_size,
-        "packages": _versions(), "files": files,
+        "packages": package_versions(), "files": files,
         "reference": {"producer": "the fine-tuned torch model at the end of the run", "atol": REFERENCE_ATOL,
                       "cases": trainer.reference_cases(model)},
     }
