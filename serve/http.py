@@ -215,9 +215,6 @@ def create_app(config: ServerConfig) -> Starlette:
         data = await _body(request, state)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         top_k = request.query_params.get("top_k", "5")
-        if not top_k.isdigit() or int(top_k) < 1:
-            raise HttpError(400, f"top_k={top_k!r}: expected a positive integer")
-        top_k_value = int(top_k)
         if kind == "application/json":
             payload = _json(data)
             if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
@@ -225,7 +222,7 @@ def create_app(config: ServerConfig) -> Starlette:
             items = payload["inputs"]
             if predictor.manifest.modality == "image":
                 raise HttpError(400, "this is an image model: send the image bytes with Content-Type image/*")
-            top_k_value = int(payload.get("top_k", top_k_value)) if str(payload.get("top_k", "")).isdigit() else top_k_value
+            top_k = str(payload.get("top_k", top_k))
         elif kind.startswith("text/"):
             try:
                 items = [data.decode("utf-8")]
@@ -235,6 +232,9 @@ def create_app(config: ServerConfig) -> Starlette:
             items = [data]
         if not data:
             raise HttpError(400, "empty request body; expected image bytes or text")
+        if not top_k.isdigit() or int(top_k) < 1:
+            raise HttpError(400, f"top_k={top_k!r}: expected a positive integer")
+        top_k_value = int(top_k)
         futures = [asyncio.wrap_future(state.batcher.submit(item, top_k_value)) for item in items]
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures), config.inference_timeout_s)
