@@ -130,6 +130,11 @@ def test_text_predict(text_server, bundles) -> None:
     plain = httpx.post(text_server.url + "/v2/models/all-minilm-l6-v2/predict", content="hello".encode(),
                        headers={"content-type": "text/plain"})
     assert plain.status_code == 200 and plain.json()[0]["input"] == "hello"
+    bad = httpx.post(text_server.url + "/v2/models/all-minilm-l6-v2/predict", json={"inputs": ["a"], "top_k": "many"})
+    assert bad.status_code == 400 and "top_k='many'" in bad.json()["error"]
+    not_utf8 = httpx.post(text_server.url + "/v2/models/all-minilm-l6-v2/predict", content=b"\xff\xfe\x00bad",
+                          headers={"content-type": "text/plain"})
+    assert not_utf8.status_code == 400 and "not UTF-8" in not_utf8.json()["error"]
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "message"), [
