@@ -117,12 +117,17 @@ def _measure(engines: dict[str, Callable[[], Any]], warmup: int, min_repeats: in
         for _ in range(warmup):
             run()
     timings: dict[str, list[float]] = {name: [] for name in engines}
-    start = time.perf_counter()
+    order = list(engines.items())
+    start, round_number = time.perf_counter(), 0
     while min(len(t) for t in timings.values()) < min_repeats or time.perf_counter() - start < seconds:
-        for name, run in engines.items():  # interleaved: every round times each engine once
+        # Interleaved, every round times each engine once, starting one engine later each round: the
+        # engine that follows another (whose OpenMP/onnxruntime threads may still spin) changes.
+        shift = round_number % len(order)
+        for name, run in order[shift:] + order[:shift]:
             begin = time.perf_counter()
             run()
             timings[name].append(time.perf_counter() - begin)
+        round_number += 1
         if time.perf_counter() - start > 10 * seconds and min(len(t) for t in timings.values()) >= 5:
             break
     return timings
