@@ -89,7 +89,11 @@ class TextEncoder:
     """The bundle's tokenizer with its manifest settings: truncation at max_length, padding to the longest."""
 
     def __init__(self, path: Path, spec: TextPreprocessing):
-        from tokenizers import Tokenizer
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise InputError("this is a text bundle and the tokenizers package is missing; "
+                             "install it with `pip install zoo[text]`") from None
 
         self.tokenizer = Tokenizer.from_file(str(path))
         self.max_length = spec.max_length
