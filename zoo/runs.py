@@ -87,6 +87,7 @@ def resolve_name(name: str) -> ModelEntry:
             return load_run_entry(name)
         if Path(name).exists():
             raise InputError(f"{name} is neither a registry model nor a fine-tuning run directory")
+        raise InputError(f"{name} does not exist; expected a registry model name or a fine-tuning run directory")
     return get_model(name)
 
 
