@@ -212,10 +212,11 @@ def test_tokenizer_outside_the_bundle_is_refused(bundles, tmp_path: Path) -> Non
     with pytest.raises(serve.BundleError, match="preprocessing.tokenizer"):
         serve.load(copy)
     manifest["preprocessing"]["tokenizer"] = "tokenizer.json"
-    manifest["files"]["../outside.json"] = "0" * 64
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(serve.BundleError, match="points outside the bundle folder"):
-        serve.load(copy)
+    for name in ("../outside.json", "/etc/passwd", "sub/../../outside.json"):
+        changed = {**manifest, "files": {**manifest["files"], name: "0" * 64}}
+        (copy / "manifest.json").write_text(json.dumps(changed))
+        with pytest.raises(serve.BundleError, match="points outside the bundle folder"):
+            serve.load(copy)
 
 
 @pytest.mark.parametrize(("array", "message"), [
