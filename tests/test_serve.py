@@ -144,18 +144,26 @@ def test_modified_bundle_is_refused(bundles, tmp_path: Path) -> None:
     assert serve.load(copy, verify=False).predict([PHOTOS[0]])[0]["top_k"][0]["label"] == "daisy"
 
 
-def test_manifest_errors_name_the_field(bundles, tmp_path: Path) -> None:
+def _copy_with_manifest(source: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of a bundle and its manifest as a dict, to be edited and written back with _save."""
     copy = tmp_path / "bundle"
-    shutil.copytree(bundles["efficientnet_lite0"], copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
+    shutil.copytree(source, copy)
+    return copy, json.loads((copy / "manifest.json").read_text())
+
+
+def _save(copy: Path, manifest: dict) -> Path:
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_manifest_errors_name_the_field(bundles, tmp_path: Path) -> None:
+    copy, manifest = _copy_with_manifest(bundles["efficientnet_lite0"], tmp_path)
     manifest["preprocessing"]["crop"] = "224"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(serve.BundleError, match=r"preprocessing.crop: expected int, found str"):
-        serve.load(copy)
+        serve.load(_save(copy, manifest))
     manifest["format_version"] = 99
-    (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(serve.BundleError, match="version 99 is not supported"):
-        serve.load(copy)
+        serve.load(_save(copy, manifest))
 
 
 def test_cuda_listed_but_unusable_is_reported_truthfully(bundles, monkeypatch) -> None:
@@ -204,19 +212,15 @@ def test_long_text_is_truncated_with_a_warning(bundles, caplog) -> None:
 
 
 def test_tokenizer_outside_the_bundle_is_refused(bundles, tmp_path: Path) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundles["all-minilm-l6-v2"], copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
+    copy, manifest = _copy_with_manifest(bundles["all-minilm-l6-v2"], tmp_path)
     manifest["preprocessing"]["tokenizer"] = "../../etc/tokenizer.json"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(serve.BundleError, match="preprocessing.tokenizer"):
-        serve.load(copy)
+        serve.load(_save(copy, manifest))
     manifest["preprocessing"]["tokenizer"] = "tokenizer.json"
     for name in ("../outside.json", "/etc/passwd", "sub/../../outside.json"):
         changed = {**manifest, "files": {**manifest["files"], name: "0" * 64}}
-        (copy / "manifest.json").write_text(json.dumps(changed))
         with pytest.raises(serve.BundleError, match="points outside the bundle folder"):
-            serve.load(copy)
+            serve.load(_save(copy, changed))
 
 
 @pytest.mark.parametrize(("array", "message"), [
