@@ -223,6 +223,11 @@ def test_image_run_exports_and_serves_like_torch(images: Path, tmp_path: Path) -
         expected = zoo.build(str(run))(preprocess_images(get_model("efficientnet_lite0").input, files)).numpy()
     assert np.abs(served - expected).max() <= 1e-4
     assert predictor.manifest.postprocessing.labels == ["blue", "red"]
+    from zoo.card import card_lines
+    from zoo.runs import resolve_name
+
+    lines = "\n".join(card_lines(resolve_name(str(run))))
+    assert "2 classes: blue, red" in lines and "fine-tuned on" in lines and "val/accuracy" in lines
     for name in ("metrics.csv", "metrics.jsonl", "metrics.png", "run.json", "model.safetensors"):
         assert (run / name).is_file()
     assert Image.open(run / "metrics.png").size[0] > 100

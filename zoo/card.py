@@ -28,7 +28,8 @@ def card_lines(entry: ModelEntry) -> list[str]:
     else:
         pre = f"tokenizer {spec.tokenizer}, max length {spec.max_length}"
     out = entry.output
-    head = (f"{len(out.labels)} classes ({out.label_set})" if out.kind == "logits"
+    labels = f" ({out.label_set})" if out.label_set else f": {', '.join(out.labels[:8])}" + (" ..." if len(out.labels) > 8 else "")
+    head = (f"{len(out.labels)} classes{labels}" if out.kind == "logits"
             else f"{out.dim}-d embedding, {out.pooling} pooling" + (", L2-normalised" if out.normalize else ""))
     lines = [
         f"{entry.id}: {entry.description}",

@@ -55,14 +55,14 @@ def list_command(patterns: tuple[str, ...], modality: str | None, task: str | No
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", metavar="NAME|RUN_DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
 def info(name: str, as_json: bool) -> None:
-    """Show the model card of NAME."""
+    """Show the model card of NAME (a registry model or a fine-tuning run)."""
     from zoo.card import card_dict, card_lines
-    from zoo.registry import get_model
+    from zoo.runs import resolve_name
 
-    entry = get_model(name)
+    entry = resolve_name(name)
     click.echo(json.dumps(card_dict(entry), indent=1) if as_json else "\n".join(card_lines(entry)))
 
 
