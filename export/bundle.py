@@ -44,10 +44,13 @@ from zoo.tolerances import EXPORT_ATOL
 
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.parity import check_parity, parity_cases, summary
+from export.variants import to_fp16, write_triton
 
 MODEL_FILE = "model.onnx"
 VALIDATION_FILE = "validation.json"
-FORMATS = ("onnx",)
+FP16_FILE = "model.fp16.onnx"
+REPORT_FILES = ("report.json", "report.md")
+FORMATS = ("onnx", "onnx-fp16", "triton")  # onnx (fp32) is the base every other format derives from
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,37 @@ class BundleResult:
     manifest: Manifest
     report: dict
     seconds: float
+    formats: list[dict]  # one row per format: format, file, size_mb, max_abs_diff, top1_agreement, status
+
+    @property
+    def failed(self) -> list[dict]:
+        return [row for row in self.formats if row["status"] != "ok"]
 
     def lines(self) -> list[str]:
         marks = [f"  {'✓' if c['ok'] else '✗'} {c['case']}: max |diff| {c['max_abs_diff']:.3g} (atol {c['atol']:g})"
                  + ("" if c["top1_agreement"] is None else f"  top-1 agreement {c['top1_agreement']:.0%}")
                  for c in self.report["cases"]]
-        return [f"{self.manifest.model_id}: onnxruntime vs torch", *marks,
+        return [f"{self.manifest.model_id}: onnxruntime vs torch", *marks, *format_table(self.formats),
                 f"wrote {self.directory} in {self.seconds:.1f}s"]
+
+
+def format_table(rows: list[dict]) -> list[str]:
+    """The per-format report: printed by `zoo export`, written as report.md."""
+    lines = ["| format | file | size MB | max abs diff vs torch | top-1 agreement | status |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = "—" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.3g}"
+        agree = "—" if r["top1_agreement"] is None else f"{r['top1_agreement']:.0%}"
+        lines.append(f"| {r['format']} | {r['file']} | {r['size_mb']:.1f} | {diff} | {agree} | {r['status']} |")
+    return lines
+
+
+def _row(fmt: str, file: str, staging: Path, results=None, status: str = "ok") -> dict:
+    path = staging / file
+    diffs = [c.max_abs_diff for c in results or []]
+    agreements = [c.top1_agreement for c in results or [] if c.top1_agreement is not None]
+    return {"format": fmt, "file": file, "size_mb": path.stat().st_size / 1e6 if path.is_file() else 0.0,
+            "max_abs_diff": max(diffs) if diffs else None, "top1_agreement": min(agreements) if agreements else None,
+            "status": status}
 
 
 def _versions() -> dict[str, str]:
@@ -113,9 +140,14 @@ def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:
 
 
 def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET, atol: float | None = None,
-                  overwrite: bool = False, extra_sources: Sequence[SourceSpec] = (), pretrained: bool = True) -> BundleResult:
-    """Export, validate against torch, and write the bundle; ExportError (nothing written) on failure.
+                  overwrite: bool = False, extra_sources: Sequence[SourceSpec] = (), pretrained: bool = True,
+                  formats: Sequence[str] = ("onnx",)) -> BundleResult:
+    """Export, validate against torch, and write the bundle; ExportError (nothing written) when the
+    fp32 model fails. A derived format that fails is left out and reported in `result.failed`.
     `pretrained=False` exports random weights (benchmarks of models whose weights are not reachable)."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise InputError(f"unknown format(s) {', '.join(unknown)}; expected {', '.join(FORMATS)}")
     import onnxruntime as ort
 
     start = time.perf_counter()
@@ -153,7 +185,13 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         copied = [spec.name for spec in entry.files if spec.role == "tokenizer"]
         for name in copied:
             shutil.copyfile(fetched.files[name], staging / name)
-        files = {name: sha256_file(staging / name) for name in [MODEL_FILE, VALIDATION_FILE, *copied]}
+        rows = [_row("onnx", MODEL_FILE, staging, results)]
+        variants, extra_files = _derived_formats(formats, staging, torch_model, entry, tokenizer, output_name,
+                                                 session, rows)
+        (staging / "report.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (staging / "report.md").write_text("\n".join(format_table(rows)) + "\n")
+        files = {name: sha256_file(staging / name)
+                 for name in [MODEL_FILE, VALIDATION_FILE, *copied, *extra_files, *REPORT_FILES]}
         manifest = Manifest(
             model_id=entry.id, task=entry.task, modality=entry.modality, model_file=MODEL_FILE, opset=opset,
             inputs=[TensorSpec(i.name, _dtype(i.type), list(i.shape)) for i in session.get_inputs()],
@@ -161,7 +199,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             preprocessing=preprocessing, postprocessing=_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
                     "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
-            producer=_versions(),
+            producer=_versions(), variants=variants,
         )
         write_manifest(staging, manifest)
         os.chmod(staging, 0o755)
@@ -171,7 +209,44 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return BundleResult(out, manifest, report, time.perf_counter() - start)
+    return BundleResult(out, manifest, report, time.perf_counter() - start, rows)
+
+
+def _derived_formats(formats, staging: Path, torch_model, entry: ModelEntry, tokenizer, output_name: str, session,
+                     rows: list[dict]) -> tuple[dict, list[str]]:
+    """fp16 and Triton from the validated fp32 model; a failing one leaves no file and a failed row."""
+    import onnxruntime as ort
+
+    variants: dict = {}
+    files: list[str] = []
+    if "onnx-fp16" in formats:
+        try:
+            to_fp16(staging / MODEL_FILE, staging / FP16_FILE)
+            fp16 = ort.InferenceSession(str(staging / FP16_FILE), providers=["CPUExecutionProvider"])
+            results = check_parity(torch_model, fp16, entry, parity_cases(entry, tokenizer), EXPORT_ATOL["float16"],
+                                   output_name)
+            failing = [c.line() for c in results if not c.ok]
+            if failing:
+                raise ExportError("; ".join(failing))
+            row = _row("onnx-fp16", FP16_FILE, staging, results)
+            variants["fp16"] = {"file": FP16_FILE, "max_abs_diff": row["max_abs_diff"],
+                                "top1_agreement": row["top1_agreement"], "atol": EXPORT_ATOL["float16"]}
+            files.append(FP16_FILE)
+        except ExportError as exc:
+            (staging / FP16_FILE).unlink(missing_ok=True)
+            row = _row("onnx-fp16", FP16_FILE, staging, status=f"failed: {exc}")
+        rows.append(row)
+    if "triton" in formats:
+        inputs = [TensorSpec(i.name, _dtype(i.type), list(i.shape)) for i in session.get_inputs()]
+        outputs = [TensorSpec(o.name, _dtype(o.type), list(o.shape)) for o in session.get_outputs()]
+        try:
+            written = write_triton(staging, entry.id, MODEL_FILE, inputs, outputs)
+            files += written
+            rows.append(_row("triton", written[0], staging))
+        except ExportError as exc:
+            shutil.rmtree(staging / "triton", ignore_errors=True)
+            rows.append(_row("triton", "triton/", staging, status=f"failed: {exc}"))
+    return variants, files
 
 
 def _dtype(onnx_type: str) -> str:

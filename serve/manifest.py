@@ -68,6 +68,8 @@ class Manifest:
     files: dict[str, str]  # every other bundle file -> sha256
     source: dict[str, Any]  # upstream model: id, origin, licence, file hashes
     producer: dict[str, str]  # package versions that made the bundle
+    # Other precisions of the same model: {"fp16": {"file": ..., "max_abs_diff": ..., "top1_agreement": ...}}
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     bundle_format: str = BUNDLE_FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -189,8 +191,18 @@ def parse_manifest(data: Any) -> Manifest:
         model_file=top.get("model_file", str), opset=top.get("opset", int),
         inputs=_tensors(top, "inputs"), outputs=_tensors(top, "outputs"),
         preprocessing=preprocessing, postprocessing=postprocessing, files=dict(files),
-        source=top.get("source", dict), producer=top.get("producer", dict),
+        source=top.get("source", dict), producer=top.get("producer", dict), variants=_variants(top),
     )
+
+
+def _variants(top: _Reader) -> dict[str, dict[str, Any]]:
+    variants = top.get("variants", dict, {})
+    for name, variant in variants.items():
+        entry = _Reader(variant, f"variants.{name}")
+        file = entry.get("file", str)
+        if file not in top.data.get("files", {}):
+            entry.fail("file", f"{file!r} is not one of the bundle's files")
+    return dict(variants)
 
 
 def read_manifest(directory: Path, verify: bool = True) -> Manifest:

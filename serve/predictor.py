@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from serve.errors import InputError
+from serve.errors import BundleError, InputError
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
 from serve.preprocess import TextEncoder, describe, preprocess_images
 from serve.providers import SessionChoice, SessionConfig, create_session
@@ -116,13 +116,20 @@ class Predictor:
 
 
 def load(directory: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True,
-         config: SessionConfig | None = None) -> Predictor:
+         config: SessionConfig | None = None, variant: str = "fp32") -> Predictor:
     """A Predictor for the bundle in `directory`. Every bundle file is checked against the manifest's
     sha256 first (`verify=False` skips that, for development only). `config` sets every session
-    option; `device` and `threads` are shorthands for its common fields."""
+    option; `device` and `threads` are shorthands for its common fields; `variant` picks another
+    precision the bundle holds (e.g. "fp16")."""
     path = Path(directory)
     manifest = read_manifest(path, verify=verify)
     config = config or SessionConfig(device=device, intra_op_threads=threads)
-    choice = create_session(path / manifest.model_file, config, manifest.files[manifest.model_file])
+    model_file = manifest.model_file
+    if variant != "fp32":
+        if variant not in manifest.variants:
+            raise BundleError(f"{path} has no {variant!r} variant; it has: fp32"
+                              + "".join(f", {v}" for v in manifest.variants))
+        model_file = manifest.variants[variant]["file"]
+    choice = create_session(path / model_file, config, manifest.files[model_file])
     log.info(choice.line)
     return Predictor(path, manifest, choice)

@@ -82,3 +82,68 @@ def test_existing_output_is_not_overwritten_without_force(tmp_path: Path, bundle
     with pytest.raises(InputError, match="is not a bundle"):
         export_bundle("efficientnet_lite0", out, overwrite=True)
     assert (out / "keep.txt").read_text() == "user data"
+
+
+@pytest.fixture(scope="module")
+def all_formats(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("all")
+    return {name: export_bundle(name, out / name, formats=("onnx", "onnx-fp16", "triton")).directory
+            for name in ("efficientnet_lite0", "all-minilm-l6-v2")}
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "all-minilm-l6-v2"])
+def test_fp16_variant_agrees_with_fp32(all_formats, name: str) -> None:
+    import serve
+
+    directory = all_formats[name]
+    manifest = read_manifest(directory)
+    fp16 = manifest.variants["fp16"]
+    assert fp16["file"] == "model.fp16.onnx" and fp16["max_abs_diff"] <= 0.1 and fp16["file"] in manifest.files
+    assert (directory / "model.fp16.onnx").stat().st_size < 0.6 * (directory / "model.onnx").stat().st_size
+    full, half = serve.load(directory), serve.load(directory, variant="fp16")
+    inputs = [str(p) for p in (Path(__file__).parents[1] / "zoo" / "assets").glob("*.jpg")] \
+        if name == "efficientnet_lite0" else ["a short text", "a somewhat longer sentence about fp16 models"]
+    a, b = full.predict(inputs), half.predict(inputs)
+    if name == "efficientnet_lite0":
+        assert [r["top_k"][0]["label"] for r in a] == [r["top_k"][0]["label"] for r in b]
+    else:
+        assert np.abs(np.array([r["embedding"] for r in a]) - np.array([r["embedding"] for r in b])).max() < 1e-2
+    with pytest.raises(serve.BundleError, match="no 'int8' variant"):
+        serve.load(directory, variant="int8")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "all-minilm-l6-v2"])
+def test_triton_repository_layout(all_formats, name: str) -> None:
+    from export.variants import parse_triton_config
+
+    folder = all_formats[name] / "triton" / name
+    config = parse_triton_config((folder / "config.pbtxt").read_text())
+    assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
+    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    manifest = read_manifest(all_formats[name])
+    assert [i.name for i in config.input] == [i.name for i in manifest.inputs]
+    assert (folder / "1" / "model.onnx").read_bytes() == (all_formats[name] / "model.onnx").read_bytes()
+    with pytest.raises(ExportError, match="does not parse"):
+        parse_triton_config((folder / "config.pbtxt").read_text().replace("max_batch_size", "max_batch_sise"))
+
+
+def test_report_lists_every_format(all_formats) -> None:
+    rows = json.loads((all_formats["efficientnet_lite0"] / "report.json").read_text())
+    assert [r["format"] for r in rows] == ["onnx", "onnx-fp16", "triton"] and all(r["status"] == "ok" for r in rows)
+    markdown = (all_formats["efficientnet_lite0"] / "report.md").read_text()
+    assert markdown.startswith("| format | file | size MB |") and "| onnx-fp16 | model.fp16.onnx |" in markdown
+
+
+def test_a_failing_format_is_left_out_and_reported(tmp_path: Path, monkeypatch, capsys) -> None:
+    from zoo import tolerances
+    from zoo.cli import main
+
+    monkeypatch.setitem(tolerances.EXPORT_ATOL, "float16", 1e-9)  # no fp16 model can pass this
+    code = main(["export", "efficientnet_lite0", "--format", "all", "--out", str(tmp_path / "b")])
+    captured = capsys.readouterr()
+    assert code == 1 and "1 format(s) failed" in captured.err and "onnx-fp16" in captured.err
+    manifest = read_manifest(tmp_path / "b")  # the other formats are written, verified and usable
+    assert manifest.variants == {} and not (tmp_path / "b" / "model.fp16.onnx").exists()
+    assert (tmp_path / "b" / "triton" / "efficientnet_lite0" / "config.pbtxt").is_file()
+    rows = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed", "ok"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 # torch model vs an independent upstream implementation of the same weights (stored references).
 REFERENCE_ATOL = 1e-4
 # onnxruntime fp32 vs the torch model it was exported from.
-EXPORT_ATOL = {"float32": 1e-4}
+EXPORT_ATOL = {"float32": 1e-4, "float16": 0.1}  # fp16: logits of magnitude ~10 carry ~0.05 error
 # serve's numpy preprocessing + onnxruntime vs torch preprocessing + torch, end to end.
 END_TO_END_ATOL = 1e-4
 # Minimum share of inputs whose top-1 class must agree (classifiers).
