@@ -62,7 +62,7 @@ def test_symlink_out_of_the_bundle_is_refused(bundles, tmp_path: Path) -> None:
     (["export", "resnet18"], "Missing option '--out'"),
     (["validate", "/no/such/run/dir"], "/no/such/run/dir does not exist"),
     (["bench", "resnet18", "--threads", "0"], "--threads"),
-    (["info"], "Missing argument 'NAME'"),
+    (["info"], "Missing argument 'NAME|RUN_DIR'"),
 ])
 def test_every_command_rejects_bad_input_in_one_line(capsys, argv: list[str], message: str) -> None:
     code = main(argv)
