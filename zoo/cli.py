@@ -135,12 +135,7 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 
     predictor = serve.load(bundle, device=device)
     click.echo(predictor.provider_line, err=True)
-    items: list[object] = list(inputs)
-    if predictor.manifest.modality == "image":
-        for item in inputs:  # name the first bad file before running anything
-            if not Path(item).is_file():
-                raise serve.InputError(f"image file {item} does not exist")
-    results = predictor.predict(items, top_k=top_k, batch_size=batch_size)
+    results = predictor.predict(list(inputs), top_k=top_k, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(results))
         return

@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,17 +91,6 @@ def resolve_name(name: str) -> ModelEntry:
 
 # Writing a run (zoo.training). safetensors and matplotlib are imported inside the functions:
 # reading a finished run (the CLI's name resolution) must not need them.
-
-
-def package_versions() -> dict[str, str]:
-    found = {}
-    for name in ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    found["python"] = sys.version.split()[0]
-    return found
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

@@ -36,13 +36,13 @@ from zoo.freeze import (
 from zoo.heads import HEAD_KINDS, attach_head, head_prefix, head_outputs, loss_function, predictions
 from zoo.loaders import make_loader
 from zoo.preprocess import load_tokenizer
-from zoo.reference import SENTENCES, asset_path, synthetic_images
+from zoo.provenance import package_versions
+from zoo.reference import SENTENCES
 from zoo.runs import (
     CARD,
     MODEL_FILE,
     RUN_CONFIG,
     load_weights,
-    package_versions,
     save_weights,
     write_json_atomic,
     write_metrics,
@@ -53,6 +53,7 @@ from zoo.tolerances import REFERENCE_ATOL
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 METRICS = ("macro_f1", "accuracy", "loss")
 STATE_FILE = "training_state.pt"
+TRAINING_PACKAGES = ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy")
 
 
 @dataclass
@@ -349,18 +350,17 @@ class _Trainer:
 
     def reference_cases(self, model: nn.Module) -> list[dict[str, Any]]:
         """The fine-tuned model's own outputs on fixed inputs: what `zoo validate RUN_DIR` checks."""
-        from zoo.preprocess import preprocess_images, tokenize
+        from zoo.validation import case_inputs, run_model
 
         model.eval()
-        rows = lambda t: [[float(f"{v:.8g}") for v in r] for r in t.double().tolist()]  # noqa: E731
-        with torch.inference_mode():
-            if self.entry.modality == "image":
-                spec = self.entry.input
-                return [{"input": "synthetic", "output": rows(model(synthetic_images(spec, 2)))},
-                        {"input": "asset:flower.jpg",
-                         "output": rows(model(preprocess_images(spec, [asset_path("flower.jpg")])))}]
-            feeds = tokenize(self.tokenizer, SENTENCES)
-            return [{"input": "texts", "texts": list(SENTENCES), "output": rows(model(**feeds))}]
+        if self.entry.modality == "image":
+            cases: list[dict[str, Any]] = [{"input": "synthetic", "batch": 2}, {"input": "asset:flower.jpg", "batch": 1}]
+        else:
+            cases = [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+        for case in cases:
+            inputs = case_inputs(self.entry, case["input"], case.pop("batch"), case.get("texts", ()), self.tokenizer)
+            case["output"] = [[float(f"{v:.8g}") for v in row] for row in run_model(model, inputs).tolist()]
+        return cases
 
 
 def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, config: FinetuneConfig | None = None,
@@ -441,7 +441,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
         write_json_atomic(out / RUN_CONFIG, {
             "base_model": entry.id, "config": dataclasses.asdict(config), "labels": dataset.labels,
             "data": {**dataset.summary(), "fingerprint": fingerprint, "val_items": dataset.val_items()},
-            "packages": package_versions()})
+            "packages": package_versions(TRAINING_PACKAGES)})
     if runtime.distributed:
         dist.barrier()
     wrapped = model
@@ -550,7 +550,7 @@ def _finish(trainer: _Trainer, model: nn.Module, entry: ModelEntry, dataset: Dat
         "best_epoch": best_epoch + 1, "best_metrics": best_metrics, "epochs_run": len(history),
         "params": sum(p.numel() for p in model.parameters()),
         "device": str(runtime.device), "processes": runtime.world_size,
-        "packages": package_versions(), "files": files,
+        "packages": package_versions(TRAINING_PACKAGES), "files": files,
         "reference": {"producer": "the fine-tuned torch model at the end of the run", "atol": REFERENCE_ATOL,
                       "cases": trainer.reference_cases(model)},
     }

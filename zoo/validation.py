@@ -15,7 +15,7 @@ from zoo.factory import build, resolve
 from zoo.cache import fetch
 from zoo.preprocess import load_tokenizer, preprocess_images, tokenize
 from zoo.reference import Check, Comparison, asset_path, compare, synthetic_images
-from zoo.schema import ModelEntry, ReferenceCase, SourceSpec
+from zoo.schema import ModelEntry, SourceSpec
 
 
 @dataclass
@@ -40,13 +40,15 @@ class ValidationReport:
             raise ToleranceExceeded(f"{self.model}: {len(failing)} output(s) out of tolerance:\n  " + "\n  ".join(failing))
 
 
-def case_inputs(entry: ModelEntry, case: ReferenceCase, tokenizer=None) -> dict[str, torch.Tensor]:
-    """The exact model inputs a reference case was computed on."""
-    if case.input == "synthetic":
-        return {"pixel_values": synthetic_images(entry.input, batch=len(case.output))}
-    if case.input.startswith("asset:"):
-        return {"pixel_values": preprocess_images(entry.input, [asset_path(case.input.split(":", 1)[1])])}
-    return tokenize(tokenizer, case.texts)
+def case_inputs(entry: ModelEntry, kind: str, batch: int = 1, texts: Sequence[str] = (),
+                tokenizer=None) -> dict[str, torch.Tensor]:
+    """The exact model inputs of a reference case: `kind` "synthetic" (`batch` images), "asset:<file>",
+    or "texts" (`texts` through `tokenizer`)."""
+    if kind == "synthetic":
+        return {"pixel_values": synthetic_images(entry.input, batch=batch)}
+    if kind.startswith("asset:"):
+        return {"pixel_values": preprocess_images(entry.input, [asset_path(kind.split(":", 1)[1])])}
+    return tokenize(tokenizer, texts)
 
 
 def run_model(model: nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
@@ -73,7 +75,7 @@ def validate(model: str | ModelEntry, atol: float | None = None, extra_sources: 
     report = ValidationReport(entry.id, reference.producer)
     classifier = entry.output.kind == "logits"
     for case in reference.cases:
-        actual = run_model(torch_model, case_inputs(entry, case, tokenizer))
+        actual = run_model(torch_model, case_inputs(entry, case.input, len(case.output), case.texts, tokenizer))
         report.comparisons.append(compare(case.input, actual, np.array(case.output), tolerance, classifier))
         if case.top1_label is not None:
             predicted = entry.output.labels[int(actual[0].argmax())]
