@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from serve.providers import session_options
 from zoo.errors import InputError
 from zoo.reference import SENTENCES, asset_path, synthetic_images
 
@@ -40,61 +41,65 @@ def _texts(batch: int) -> list[str]:
     return [" ".join([SENTENCES[i % len(SENTENCES)]] * (1 + i % 5)) for i in range(batch)]
 
 
-def _engines(bundle: Path, entry, batch: int, threads: int, torch_model: torch.nn.Module) -> dict[str, Callable[[], Any]]:
-    import onnxruntime as ort
+class _Sessions:
+    """Everything loaded once per benchmark: the predictor, raw onnxruntime sessions (fp32 and any
+    fp16/int8 file in the bundle) and, for text, Optimum's pipeline when installed."""
 
-    import serve
+    def __init__(self, bundle: Path, entry, threads: int):
+        import onnxruntime as ort
 
-    # No spinning anywhere: engines run interleaved, and one session's spinning threads would slow the next.
-    predictor = serve.load(bundle, config=serve.SessionConfig(device="cpu", intra_op_threads=threads,
-                                                               allow_spinning=False))
-    options = _ort_options(ort, threads)
-    raw = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    if entry.modality == "image":
-        raw_inputs: list[Any] = [asset_path("flower.jpg").read_bytes()] * batch
-        feeds = {"pixel_values": synthetic_images(entry.input, batch).numpy()}
-    else:
-        raw_inputs = _texts(batch)
-        feeds = predictor.preprocess(raw_inputs)
-    tensors = [torch.from_numpy(v) for v in feeds.values()]
-    engines: dict[str, Callable[[], Any]] = {}
+        import serve
 
-    def torch_eager() -> Any:
-        with torch.inference_mode():
-            return torch_model(*tensors)
+        # No spinning anywhere: engines run interleaved, and one session's spinning threads would slow the next.
+        config = serve.SessionConfig(device="cpu", intra_op_threads=threads, allow_spinning=False)
+        self.entry = entry
+        self.predictor = serve.load(bundle, config=config)
+        options = session_options(config)
+        self.raw = {name: ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"])
+                    for name, file in {"onnxruntime fp32": "model.onnx", **QUANTIZED_FILES}.items()
+                    if (bundle / file).is_file()}
+        self.optimum = _optimum_pipeline(entry, options) if entry.modality == "text" else None
 
-    engines["torch eager"] = torch_eager
-    engines["onnxruntime fp32"] = lambda: raw.run(None, feeds)
-    for name, file in QUANTIZED_FILES.items():
-        if (bundle / file).is_file():
-            session = ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"])
+    def engines(self, batch: int, torch_model: torch.nn.Module) -> dict[str, Callable[[], Any]]:
+        """One callable per engine, all on the same batch."""
+        predictor = self.predictor
+        if self.entry.modality == "image":
+            raw_inputs: list[Any] = [asset_path("flower.jpg").read_bytes()] * batch
+            feeds = {"pixel_values": synthetic_images(self.entry.input, batch).numpy()}
+        else:
+            raw_inputs = _texts(batch)
+            feeds = predictor.preprocess(raw_inputs)
+        tensors = [torch.from_numpy(v) for v in feeds.values()]
+
+        def torch_eager() -> Any:
+            with torch.inference_mode():
+                return torch_model(*tensors)
+
+        engines: dict[str, Callable[[], Any]] = {"torch eager": torch_eager}
+        for name, session in self.raw.items():
             engines[name] = lambda session=session: session.run(None, feeds)
-    engines["serve run (preprocessed)"] = lambda: predictor.run(feeds)
-    engines["serve predict (raw input)"] = lambda: predictor.predict(raw_inputs, batch_size=batch)
-    optimum = _optimum_engine(entry, raw_inputs, threads) if entry.modality == "text" else None
-    if optimum is not None:
-        engines["optimum ORT pipeline (raw input)"] = optimum
-    return engines
+        engines["serve run (preprocessed)"] = lambda: predictor.run(feeds)
+        engines["serve predict (raw input)"] = lambda: predictor.predict(raw_inputs, batch_size=batch)
+        if self.optimum is not None:
+            engines["optimum ORT pipeline (raw input)"] = lambda: self.optimum(raw_inputs)
+        return engines
 
 
-def _optimum_engine(entry, texts: list[str], threads: int) -> Callable[[], Any] | None:
+def _optimum_pipeline(entry, options) -> Callable[[list[str]], Any] | None:
     """The best-known peer: Optimum's ORTModelForFeatureExtraction + its tokenizer + the same pooling."""
     try:
         from optimum.onnxruntime import ORTModelForFeatureExtraction
         from transformers import AutoTokenizer
     except ImportError:
         return None
-    import onnxruntime as ort
-
     from zoo.cache import fetch
 
     folder = fetch(entry).directory
-    options = _ort_options(ort, threads)
     model = ORTModelForFeatureExtraction.from_pretrained(str(folder), export=True, session_options=options,
                                                          provider="CPUExecutionProvider")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
 
-    def run() -> Any:
+    def run(texts: list[str]) -> Any:
         encoded = tokenizer(texts, padding=True, truncation=True, max_length=entry.input.max_length, return_tensors="np")
         hidden = model(**encoded).last_hidden_state
         mask = encoded["attention_mask"][..., None].astype(hidden.dtype)
@@ -102,14 +107,6 @@ def _optimum_engine(entry, texts: list[str], threads: int) -> Callable[[], Any] 
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True) if entry.output.normalize else pooled
 
     return run
-
-
-def _ort_options(ort, threads: int):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return options
 
 
 def _measure(engines: dict[str, Callable[[], Any]], warmup: int, min_repeats: int, seconds: float) -> dict[str, list[float]]:
@@ -162,9 +159,10 @@ def bench(target: str, batches: tuple[int, ...] = (1, 8, 32), threads: int | Non
             torch_model, pretrained = build(entry, pretrained=False), False
         if bundle != path:
             export_bundle(entry, bundle, pretrained=pretrained)
+        sessions = _Sessions(bundle, entry, threads)
         rows: list[Row] = []
         for batch in batches:
-            timings = _measure(_engines(bundle, entry, batch, threads, torch_model), warmup, min_repeats, seconds)
+            timings = _measure(sessions.engines(batch, torch_model), warmup, min_repeats, seconds)
             torch_p50 = float(np.median(timings["torch eager"]))
             for engine, values in timings.items():
                 ms = np.array(values) * 1000

@@ -14,12 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
@@ -38,12 +36,13 @@ from zoo.cache import FetchedModel, fetch
 from zoo.errors import ExportError, InputError
 from zoo.factory import build, resolve
 from zoo.preprocess import load_tokenizer, tokenize
+from zoo.provenance import package_versions
 from zoo.reference import SENTENCES, synthetic_images
 from zoo.schema import ModelEntry, SourceSpec
 from zoo.tolerances import EXPORT_ATOL
 
 from export.onnx_export import DEFAULT_OPSET, export_onnx
-from export.parity import check_parity, parity_cases, summary
+from export.parity import ParityCase, check_parity, parity_cases, summary
 from export.variants import to_fp16, write_triton
 
 MODEL_FILE = "model.onnx"
@@ -94,15 +93,7 @@ def _row(fmt: str, file: str, staging: Path, results=None, status: str = "ok") -
 
 def _versions() -> dict[str, str]:
     names = ["zoo", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "transformers", "tokenizers"]
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    found["python"] = platform.python_version()
-    found["exporter"] = "torch.onnx.export(dynamo=True)"
-    return found
+    return {**package_versions(names), "exporter": "torch.onnx.export(dynamo=True)"}
 
 
 def _io(entry: ModelEntry, fetched: FetchedModel):
@@ -174,7 +165,10 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         export_onnx(torch_model, example, dynamic_axes, output_name, staging / MODEL_FILE, opset=opset)
         session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
         _check_dynamic(session, dynamic_axes)
-        results = check_parity(torch_model, session, entry, parity_cases(entry, tokenizer), tolerance, output_name)
+        cases = parity_cases(entry, tokenizer)
+        results = check_parity(torch_model, session, entry, cases, tolerance, output_name)
+        inputs = [TensorSpec(i.name, _dtype(i.type), list(i.shape)) for i in session.get_inputs()]
+        outputs = [TensorSpec(o.name, _dtype(o.type), list(o.shape)) for o in session.get_outputs()]
         report = {"reference": "torch model (same weights) on the same inputs", "runtime": "onnxruntime CPU",
                   "dtype": "float32", **summary(results)}
         if not report["ok"]:
@@ -186,16 +180,15 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         for name in copied:
             shutil.copyfile(fetched.files[name], staging / name)
         rows = [_row("onnx", MODEL_FILE, staging, results)]
-        variants, extra_files = _derived_formats(formats, staging, torch_model, entry, tokenizer, output_name,
-                                                 session, rows)
+        variants, extra_files = _derived_formats(formats, staging, torch_model, entry, cases, output_name,
+                                                 inputs, outputs, rows)
         (staging / "report.json").write_text(json.dumps(rows, indent=1) + "\n")
         (staging / "report.md").write_text("\n".join(format_table(rows)) + "\n")
         files = {name: sha256_file(staging / name)
                  for name in [MODEL_FILE, VALIDATION_FILE, *copied, *extra_files, *REPORT_FILES]}
         manifest = Manifest(
             model_id=entry.id, task=entry.task, modality=entry.modality, model_file=MODEL_FILE, opset=opset,
-            inputs=[TensorSpec(i.name, _dtype(i.type), list(i.shape)) for i in session.get_inputs()],
-            outputs=[TensorSpec(o.name, _dtype(o.type), list(o.shape)) for o in session.get_outputs()],
+            inputs=inputs, outputs=outputs,
             preprocessing=preprocessing, postprocessing=_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
                     "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
@@ -212,7 +205,8 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     return BundleResult(out, manifest, report, time.perf_counter() - start, rows)
 
 
-def _derived_formats(formats, staging: Path, torch_model, entry: ModelEntry, tokenizer, output_name: str, session,
+def _derived_formats(formats, staging: Path, torch_model, entry: ModelEntry, cases: list[ParityCase],
+                     output_name: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
                      rows: list[dict]) -> tuple[dict, list[str]]:
     """fp16 and Triton from the validated fp32 model; a failing one leaves no file and a failed row."""
     import onnxruntime as ort
@@ -223,8 +217,7 @@ def _derived_formats(formats, staging: Path, torch_model, entry: ModelEntry, tok
         try:
             to_fp16(staging / MODEL_FILE, staging / FP16_FILE)
             fp16 = ort.InferenceSession(str(staging / FP16_FILE), providers=["CPUExecutionProvider"])
-            results = check_parity(torch_model, fp16, entry, parity_cases(entry, tokenizer), EXPORT_ATOL["float16"],
-                                   output_name)
+            results = check_parity(torch_model, fp16, entry, cases, EXPORT_ATOL["float16"], output_name)
             failing = [c.line() for c in results if not c.ok]
             if failing:
                 raise ExportError("; ".join(failing))
@@ -237,8 +230,6 @@ def _derived_formats(formats, staging: Path, torch_model, entry: ModelEntry, tok
             row = _row("onnx-fp16", FP16_FILE, staging, status=f"failed: {exc}")
         rows.append(row)
     if "triton" in formats:
-        inputs = [TensorSpec(i.name, _dtype(i.type), list(i.shape)) for i in session.get_inputs()]
-        outputs = [TensorSpec(o.name, _dtype(o.type), list(o.shape)) for o in session.get_outputs()]
         try:
             written = write_triton(staging, entry.id, MODEL_FILE, inputs, outputs)
             files += written

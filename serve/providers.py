@@ -55,6 +55,13 @@ class SessionChoice:
     line: str
 
 
+def session_options(config: SessionConfig, level: str | None = None):
+    """onnxruntime SessionOptions for `config` (optimisation `level` defaults to the config's)."""
+    import onnxruntime as ort
+
+    return _options(ort, config, level or config.optimization)
+
+
 def _options(ort, config: SessionConfig, level: str):
     options = ort.SessionOptions()
     options.log_severity_level = 3
