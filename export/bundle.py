@@ -37,10 +37,11 @@ from zoo.errors import ExportError, InputError
 from zoo.factory import build, resolve
 from zoo.preprocess import load_tokenizer, tokenize
 from zoo.provenance import package_versions
-from zoo.reference import SENTENCES, synthetic_images
+from zoo.reference import SENTENCES, Comparison, compare, synthetic_images
 from zoo.schema import ModelEntry, SourceSpec
-from zoo.tolerances import EXPORT_ATOL
+from zoo.tolerances import EXPORT_ATOL, INT8_MIN_COSINE
 
+from export.calibration import calibration_files
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.parity import ParityCase, check_parity, parity_cases, summary
 from export.variants import to_fp16, write_triton
@@ -48,8 +49,9 @@ from export.variants import to_fp16, write_triton
 MODEL_FILE = "model.onnx"
 VALIDATION_FILE = "validation.json"
 FP16_FILE = "model.fp16.onnx"
+INT8_FILE = "model.int8.onnx"
 REPORT_FILES = ("report.json", "report.md")
-FORMATS = ("onnx", "onnx-fp16", "triton")  # onnx (fp32) is the base every other format derives from
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "triton")  # onnx (fp32) is the base every other format derives from
 
 
 @dataclass(frozen=True)
@@ -74,21 +76,28 @@ class BundleResult:
 
 def format_table(rows: list[dict]) -> list[str]:
     """The per-format report: printed by `zoo export`, written as report.md."""
-    lines = ["| format | file | size MB | max abs diff vs torch | top-1 agreement | status |", "|---|---|---|---|---|---|"]
+    lines = ["| format | file | size MB | max abs diff vs torch | min cosine | top-1 agreement | status |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         diff = "—" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.3g}"
-        agree = "—" if r["top1_agreement"] is None else f"{r['top1_agreement']:.0%}"
-        lines.append(f"| {r['format']} | {r['file']} | {r['size_mb']:.1f} | {diff} | {agree} | {r['status']} |")
+        cosine = "—" if r["min_cosine"] is None else f"{r['min_cosine']:.4f}"
+        agree = "—" if r["top1_agreement"] is None else f"{r['top1_agreement']:.1%} ({r['top1_on']})"
+        lines.append(f"| {r['format']} | {r['file']} | {r['size_mb']:.1f} | {diff} | {cosine} | {agree} | {r['status']} |")
     return lines
 
 
-def _row(fmt: str, file: str, staging: Path, results=None, status: str = "ok") -> dict:
+def _row(fmt: str, file: str, staging: Path, results=None, status: str = "ok", held_out: Comparison | None = None) -> dict:
+    """One report row; top-1 agreement comes from `held_out` when given, else from the parity cases."""
     path = staging / file
-    diffs = [c.max_abs_diff for c in results or []]
-    agreements = [c.top1_agreement for c in results or [] if c.top1_agreement is not None]
+    results = results or []
+    agreements = [c.top1_agreement for c in results if c.top1_agreement is not None]
+    top1, top1_on = (min(agreements), "parity cases") if agreements else (None, None)
+    if held_out is not None and held_out.top1_agreement is not None:
+        top1, top1_on = held_out.top1_agreement, held_out.label
     return {"format": fmt, "file": file, "size_mb": path.stat().st_size / 1e6 if path.is_file() else 0.0,
-            "max_abs_diff": max(diffs) if diffs else None, "top1_agreement": min(agreements) if agreements else None,
-            "status": status}
+            "max_abs_diff": max((c.max_abs_diff for c in results), default=None),
+            "min_cosine": min((c.min_cosine for c in results), default=None),
+            "top1_agreement": top1, "top1_on": top1_on, "status": status}
 
 
 def _versions() -> dict[str, str]:
@@ -132,10 +141,11 @@ def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:
 
 def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET, atol: float | None = None,
                   overwrite: bool = False, extra_sources: Sequence[SourceSpec] = (), pretrained: bool = True,
-                  formats: Sequence[str] = ("onnx",)) -> BundleResult:
+                  formats: Sequence[str] = ("onnx",), calibration: Path | None = None) -> BundleResult:
     """Export, validate against torch, and write the bundle; ExportError (nothing written) when the
     fp32 model fails. A derived format that fails is left out and reported in `result.failed`.
-    `pretrained=False` exports random weights (benchmarks of models whose weights are not reachable)."""
+    `pretrained=False` exports random weights (benchmarks of models whose weights are not reachable).
+    `calibration`: a folder of images for static int8 (default: export.calibration's offline set)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise InputError(f"unknown format(s) {', '.join(unknown)}; expected {', '.join(FORMATS)}")
@@ -143,6 +153,11 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
 
     start = time.perf_counter()
     entry = resolve(model)
+    if calibration is not None and "onnx-int8" in formats:
+        if entry.modality != "image":
+            raise InputError(f"--calibration applies to image models; {entry.id} is a {entry.modality} model "
+                             "(its int8 export is dynamic and needs no calibration)")
+        calibration_files(calibration)  # a bad folder fails before the export, not after
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
@@ -180,8 +195,8 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         for name in copied:
             shutil.copyfile(fetched.files[name], staging / name)
         rows = [_row("onnx", MODEL_FILE, staging, results)]
-        variants, extra_files = _derived_formats(formats, staging, torch_model, entry, cases, output_name,
-                                                 inputs, outputs, rows)
+        context = _Context(staging, torch_model, entry, cases, output_name, inputs, outputs, calibration)
+        variants, extra_files = _derived_formats(formats, context, rows)
         (staging / "report.json").write_text(json.dumps(rows, indent=1) + "\n")
         (staging / "report.md").write_text("\n".join(format_table(rows)) + "\n")
         files = {name: sha256_file(staging / name)
@@ -205,39 +220,97 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     return BundleResult(out, manifest, report, time.perf_counter() - start, rows)
 
 
-def _derived_formats(formats, staging: Path, torch_model, entry: ModelEntry, cases: list[ParityCase],
-                     output_name: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                     rows: list[dict]) -> tuple[dict, list[str]]:
-    """fp16 and Triton from the validated fp32 model; a failing one leaves no file and a failed row."""
-    import onnxruntime as ort
+@dataclass(frozen=True)
+class _Context:
+    """What every derived format is built and checked from."""
 
+    staging: Path
+    torch_model: torch.nn.Module
+    entry: ModelEntry
+    cases: list[ParityCase]
+    output_name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    calibration: Path | None
+
+
+def _derived_formats(formats: Sequence[str], context: _Context, rows: list[dict]) -> tuple[dict, list[str]]:
+    """Every requested format beside fp32, each checked; a failing one leaves no file and a failed row."""
+    builders = {"onnx-fp16": (_fp16, [FP16_FILE]), "onnx-int8": (_int8, [INT8_FILE]), "triton": (_triton, ["triton"])}
     variants: dict = {}
     files: list[str] = []
-    if "onnx-fp16" in formats:
+    for fmt in FORMATS:
+        if fmt not in formats or fmt not in builders:
+            continue
+        make, outputs = builders[fmt]
         try:
-            to_fp16(staging / MODEL_FILE, staging / FP16_FILE)
-            fp16 = ort.InferenceSession(str(staging / FP16_FILE), providers=["CPUExecutionProvider"])
-            results = check_parity(torch_model, fp16, entry, cases, EXPORT_ATOL["float16"], output_name)
-            failing = [c.line() for c in results if not c.ok]
-            if failing:
-                raise ExportError("; ".join(failing))
-            row = _row("onnx-fp16", FP16_FILE, staging, results)
-            variants["fp16"] = {"file": FP16_FILE, "max_abs_diff": row["max_abs_diff"],
-                                "top1_agreement": row["top1_agreement"], "atol": EXPORT_ATOL["float16"]}
-            files.append(FP16_FILE)
+            row, variant, written = make(context)
         except ExportError as exc:
-            (staging / FP16_FILE).unlink(missing_ok=True)
-            row = _row("onnx-fp16", FP16_FILE, staging, status=f"failed: {exc}")
+            for name in outputs:
+                target = context.staging / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            row, variant, written = _row(fmt, outputs[0], context.staging, status=f"failed: {exc}"), None, []
         rows.append(row)
-    if "triton" in formats:
-        try:
-            written = write_triton(staging, entry.id, MODEL_FILE, inputs, outputs)
-            files += written
-            rows.append(_row("triton", written[0], staging))
-        except ExportError as exc:
-            shutil.rmtree(staging / "triton", ignore_errors=True)
-            rows.append(_row("triton", "triton/", staging, status=f"failed: {exc}"))
+        files += written
+        if variant:
+            variants.update(variant)
     return variants, files
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _checked(context: _Context, path: Path, atol: float | None, cosine_floor: float | None = None) -> list[Comparison]:
+    results = check_parity(context.torch_model, _session(path), context.entry, context.cases, atol,
+                           context.output_name, cosine_floor)
+    failing = [c.line() for c in results if not c.ok]
+    if failing:
+        raise ExportError("; ".join(failing))
+    return results
+
+
+def _fp16(context: _Context):
+    to_fp16(context.staging / MODEL_FILE, context.staging / FP16_FILE)
+    results = _checked(context, context.staging / FP16_FILE, EXPORT_ATOL["float16"])
+    row = _row("onnx-fp16", FP16_FILE, context.staging, results)
+    variant = {"file": FP16_FILE, "max_abs_diff": row["max_abs_diff"], "top1_agreement": row["top1_agreement"],
+               "atol": EXPORT_ATOL["float16"]}
+    return row, {"fp16": variant}, [FP16_FILE]
+
+
+def _int8(context: _Context):
+    from export.calibration import calibration_images, held_out_images
+    from export.quantize import quantize_dynamic_int8, quantize_static_int8
+
+    entry, target = context.entry, context.staging / INT8_FILE
+    held_out = None
+    if entry.modality == "image":
+        quantize_static_int8(context.staging / MODEL_FILE, target,
+                             calibration_images(entry.input, context.calibration).numpy())
+        images = held_out_images(entry.input)
+        with torch.inference_mode():
+            expected = context.torch_model(images).float().numpy()
+        actual = _session(target).run([context.output_name], {context.inputs[0].name: images.numpy()})[0]
+        held_out = compare(f"{len(images)} held-out views", actual, expected, None,
+                           classifier=entry.output.kind == "logits", cosine_floor=INT8_MIN_COSINE)
+        method = ("static QDQ, per-channel int8 weights, uint8 activations (MinMax), calibrated on "
+                  + (str(context.calibration) if context.calibration else "the default photo set"))
+    else:
+        quantize_dynamic_int8(context.staging / MODEL_FILE, target)
+        method = "dynamic, per-channel int8 MatMul/Gemm weights and embeddings"
+    results = _checked(context, target, None, INT8_MIN_COSINE)
+    row = _row("onnx-int8", INT8_FILE, context.staging, results, held_out=held_out)
+    variant = {"file": INT8_FILE, "quantization": method, "max_abs_diff": row["max_abs_diff"],
+               "min_cosine": row["min_cosine"], "top1_agreement": row["top1_agreement"], "top1_on": row["top1_on"]}
+    return row, {"int8": variant}, [INT8_FILE]
+
+
+def _triton(context: _Context):
+    written = write_triton(context.staging, context.entry.id, MODEL_FILE, context.inputs, context.outputs)
+    return _row("triton", written[0], context.staging), None, written
 
 
 def _dtype(onnx_type: str) -> str:

@@ -37,21 +37,24 @@ def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
             for label, texts in cases for t in [tokenize(tokenizer, texts)]]
 
 
-def check_parity(model: nn.Module, session: Any, entry: ModelEntry, cases: list[ParityCase], atol: float,
-                 output_name: str) -> list[Comparison]:
-    """onnxruntime vs torch for every case (max |diff|, top-1 agreement for classifiers)."""
+def check_parity(model: nn.Module, session: Any, entry: ModelEntry, cases: list[ParityCase], atol: float | None,
+                 output_name: str, cosine_floor: float | None = None) -> list[Comparison]:
+    """onnxruntime vs torch for every case (max |diff|, top-1 agreement for classifiers, min cosine);
+    judged by `atol`, or by `cosine_floor` for quantized models."""
     results = []
     for case in cases:
         with torch.inference_mode():
             expected = model(*case.inputs.values()).float().numpy()
         feeds = {name: tensor.numpy() for name, tensor in case.inputs.items()}
         actual = session.run([output_name], feeds)[0]
-        results.append(compare(case.label, actual, expected, atol, classifier=entry.output.kind == "logits"))
+        results.append(compare(case.label, actual, expected, atol, classifier=entry.output.kind == "logits",
+                               cosine_floor=cosine_floor))
     return results
 
 
 def comparison_record(c: Comparison) -> dict[str, Any]:
-    return {"case": c.label, "max_abs_diff": c.max_abs_diff, "atol": c.atol, "top1_agreement": c.top1_agreement,
+    return {"case": c.label, "max_abs_diff": c.max_abs_diff, "atol": c.atol, "min_cosine": c.min_cosine,
+            "cosine_floor": c.cosine_floor, "top1_agreement": c.top1_agreement,
             "ok": c.ok}
 
 

@@ -4,6 +4,7 @@ validation report, and failed exports that leave nothing behind."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,15 @@ import pytest
 import torch
 
 from export import export_bundle
+from export.bundle import FORMATS
 from serve.manifest import read_manifest
 from zoo.errors import ExportError, InputError
 from zoo.preprocess import load_tokenizer, tokenize
 from zoo.reference import synthetic_images
 from zoo.registry import get_model
+from zoo.tolerances import INT8_MIN_COSINE
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_image_bundle_manifest_and_report(bundles: dict[str, Path]) -> None:
@@ -87,7 +92,7 @@ def test_existing_output_is_not_overwritten_without_force(tmp_path: Path, bundle
 @pytest.fixture(scope="module")
 def all_formats(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("all")
-    return {name: export_bundle(name, out / name, formats=("onnx", "onnx-fp16", "triton")).directory
+    return {name: export_bundle(name, out / name, formats=FORMATS).directory
             for name in ("efficientnet_lite0", "all-minilm-l6-v2")}
 
 
@@ -108,8 +113,62 @@ def test_fp16_variant_agrees_with_fp32(all_formats, name: str) -> None:
         assert [r["top_k"][0]["label"] for r in a] == [r["top_k"][0]["label"] for r in b]
     else:
         assert np.abs(np.array([r["embedding"] for r in a]) - np.array([r["embedding"] for r in b])).max() < 1e-2
-    with pytest.raises(serve.BundleError, match="no 'int8' variant"):
-        serve.load(directory, variant="int8")
+    with pytest.raises(serve.BundleError, match="no 'int4' variant; it has: fp32, fp16, int8"):
+        serve.load(directory, variant="int4")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "all-minilm-l6-v2"])
+def test_int8_variant_is_small_and_close_to_fp32(all_formats, name: str) -> None:
+    import serve
+
+    directory = all_formats[name]
+    int8 = read_manifest(directory).variants["int8"]
+    assert int8["file"] == "model.int8.onnx" and int8["min_cosine"] >= INT8_MIN_COSINE
+    assert (directory / "model.int8.onnx").stat().st_size < 0.35 * (directory / "model.onnx").stat().st_size
+    full, quantized = serve.load(directory), serve.load(directory, variant="int8")
+    if name == "efficientnet_lite0":
+        assert int8["quantization"].startswith("static QDQ") and int8["top1_on"] == "30 held-out views"
+        assert 0.5 <= int8["top1_agreement"] <= 1.0  # measured 0.73 (low-margin views: see export.calibration)
+        photos = [str(ROOT / "zoo" / "assets" / "flower.jpg"), str(ROOT / "zoo" / "assets" / "china.jpg")]
+        assert [r["top_k"][0]["label"] for r in full.predict(photos)] == \
+            [r["top_k"][0]["label"] for r in quantized.predict(photos)]
+    else:
+        assert int8["quantization"].startswith("dynamic")
+        texts = ["a short text", "a somewhat longer sentence about int8 models", "ok"]
+        a = np.array([r["embedding"] for r in full.predict(texts)])
+        b = np.array([r["embedding"] for r in quantized.predict(texts)])
+        assert np.min(np.sum(a * b, axis=1)) > 0.95  # both L2-normalised: the dot product is the cosine
+
+
+def test_int8_calibrates_on_a_user_folder(tmp_path: Path, capsys) -> None:
+    from zoo.cli import main
+
+    folder = tmp_path / "calib" / "nested"
+    folder.mkdir(parents=True)
+    for photo in ("flower.jpg", "china.jpg"):
+        shutil.copyfile(ROOT / "zoo" / "assets" / photo, folder / photo)
+    result = export_bundle("efficientnet_lite0", tmp_path / "b", formats=("onnx", "onnx-int8"),
+                           calibration=tmp_path / "calib")
+    assert str(tmp_path / "calib") in result.manifest.variants["int8"]["quantization"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for bad, message in [(empty, "holds no images"), (tmp_path / "missing", "is not a folder")]:
+        code = main(["export", "efficientnet_lite0", "--format", "onnx-int8", "--calibration", str(bad),
+                     "--out", str(tmp_path / "c")])
+        captured = capsys.readouterr()
+        assert code == 2 and message in captured.err and "Traceback" not in captured.err
+        assert not (tmp_path / "c").exists()  # checked before exporting anything
+
+
+def test_default_calibration_photos_are_hash_checked(monkeypatch) -> None:
+    from export import calibration
+    from zoo.errors import InputError
+    from zoo.registry import get_model
+
+    origin, name, _ = calibration.CALIBRATION_PHOTOS[0]
+    monkeypatch.setattr(calibration, "CALIBRATION_PHOTOS", ((origin, name, "0" * 64),))
+    with pytest.raises(InputError, match=f"{name} has sha256 .*, expected 0+"):
+        calibration.calibration_images(get_model("efficientnet_lite0").input)
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "all-minilm-l6-v2"])
@@ -129,7 +188,8 @@ def test_triton_repository_layout(all_formats, name: str) -> None:
 
 def test_report_lists_every_format(all_formats) -> None:
     rows = json.loads((all_formats["efficientnet_lite0"] / "report.json").read_text())
-    assert [r["format"] for r in rows] == ["onnx", "onnx-fp16", "triton"] and all(r["status"] == "ok" for r in rows)
+    assert [r["format"] for r in rows] == ["onnx", "onnx-fp16", "onnx-int8", "triton"]
+    assert all(r["status"] == "ok" for r in rows)
     markdown = (all_formats["efficientnet_lite0"] / "report.md").read_text()
     assert markdown.startswith("| format | file | size MB |") and "| onnx-fp16 | model.fp16.onnx |" in markdown
 
@@ -143,7 +203,7 @@ def test_a_failing_format_is_left_out_and_reported(tmp_path: Path, monkeypatch, 
     captured = capsys.readouterr()
     assert code == 1 and "1 format(s) failed" in captured.err and "onnx-fp16" in captured.err
     manifest = read_manifest(tmp_path / "b")  # the other formats are written, verified and usable
-    assert manifest.variants == {} and not (tmp_path / "b" / "model.fp16.onnx").exists()
+    assert list(manifest.variants) == ["int8"] and not (tmp_path / "b" / "model.fp16.onnx").exists()
     assert (tmp_path / "b" / "triton" / "efficientnet_lite0" / "config.pbtxt").is_file()
     rows = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed", "ok"]
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed", "ok", "ok"]

@@ -45,3 +45,21 @@ def test_every_failing_case_is_reported_then_raised() -> None:
 def test_entry_without_reference() -> None:
     with pytest.raises(NoReferenceError, match="no reference outputs"):
         validate("resnet18")
+
+
+def test_comparisons_by_atol_and_by_cosine_floor() -> None:
+    import numpy as np
+
+    from zoo.reference import compare
+
+    expected = np.array([[3.0, 1.0, -2.0], [0.5, 2.5, 0.0]])
+    close = compare("close", expected + 1e-6, expected, 1e-4, classifier=True)
+    assert close.ok and close.top1_agreement == 1.0 and close.min_cosine > 0.999999
+    moved = expected + np.array([[0.5, -0.5, 0.3], [0.2, -0.2, 0.4]])  # int8-like: same direction, far in atol
+    assert not compare("moved", moved, expected, 1e-4, classifier=True).ok
+    judged = compare("moved", moved, expected, None, classifier=True, cosine_floor=0.9)
+    assert judged.ok and "floor 0.9" in judged.line()
+    flipped = compare("flipped", -expected, expected, None, classifier=True, cosine_floor=0.9)
+    assert not flipped.ok and flipped.min_cosine == pytest.approx(-1.0) and flipped.line().startswith("✗")
+    broken = compare("nan", np.full_like(expected, np.nan), expected, None, classifier=True, cosine_floor=0.9)
+    assert not broken.ok

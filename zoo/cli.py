@@ -96,26 +96,27 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
 @cli.command()
 @click.argument("name", metavar="NAME|RUN_DIR")
 @click.option("--format", "formats", multiple=True, default=("onnx",), show_default=True,
-              type=click.Choice(["onnx", "onnx-fp16", "triton", "all"]),
+              type=click.Choice(["onnx", "onnx-fp16", "onnx-int8", "triton", "all"]),
               help="Repeatable. onnx (fp32) is always written; others derive from it.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
 @click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True)
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), help="Override the fp32 parity tolerance.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="onnx-int8 of image models: a folder of images to calibrate on (default: a documented "
+                   "offline photo set).")
 @source_dir_option
 def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: float | None, force: bool,
-           source_dir: tuple[str, ...]) -> None:
+           calibration: Path | None, source_dir: tuple[str, ...]) -> None:
     """Export NAME to a validated bundle (model, manifest, validation report) in --out."""
     from zoo.runs import resolve_name
 
     entry = resolve_name(name)  # unknown names fail before torch is imported
-    from export.bundle import export_bundle
-
-    from export.bundle import FORMATS
+    from export.bundle import FORMATS, export_bundle
 
     chosen = FORMATS if "all" in formats else tuple(dict.fromkeys(("onnx", *formats)))
     result = export_bundle(entry, out, opset=opset, atol=atol, overwrite=force, extra_sources=_sources(source_dir),
-                           formats=chosen)
+                           formats=chosen, calibration=calibration)
     click.echo("\n".join(result.lines()))
     if result.failed:
         raise ExportError(f"{len(result.failed)} format(s) failed and were left out: "

@@ -41,22 +41,31 @@ def asset_path(name: str) -> Path:
 
 @dataclass(frozen=True)
 class Comparison:
-    """How far `actual` is from `expected`, row by row."""
+    """How far `actual` is from `expected`, row by row. Judged by `atol` (and top-1 agreement for
+    classifiers), or, for quantized models whose logits move by design, by `cosine_floor`."""
 
     label: str
     max_abs_diff: float
-    atol: float
+    atol: float | None
     top1_agreement: float | None  # share of rows whose argmax agrees (classifiers), else None
+    min_cosine: float = 1.0  # lowest cosine similarity between matching rows
+    cosine_floor: float | None = None
 
     @property
     def ok(self) -> bool:
+        if not math.isfinite(self.max_abs_diff):
+            return False
+        if self.cosine_floor is not None:
+            return self.min_cosine >= self.cosine_floor
         top1_ok = self.top1_agreement is None or self.top1_agreement >= 1.0
-        return math.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.atol and top1_ok
+        return self.max_abs_diff <= self.atol and top1_ok
 
     def line(self) -> str:
         mark = "✓" if self.ok else "✗"
         top1 = "" if self.top1_agreement is None else f"  top-1 agreement {self.top1_agreement:.0%}"
-        return f"{mark} {self.label}: max |diff| {self.max_abs_diff:.3g} (atol {self.atol:g}){top1}"
+        bound = (f"(atol {self.atol:g})" if self.cosine_floor is None
+                 else f"min cosine {self.min_cosine:.4f} (floor {self.cosine_floor:g})")
+        return f"{mark} {self.label}: max |diff| {self.max_abs_diff:.3g} {bound}{top1}"
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,13 @@ class Check:
         return f"{'✓' if self.ok else '✗'} {self.label}"
 
 
-def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float, classifier: bool) -> Comparison:
+def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, classifier: bool,
+            cosine_floor: float | None = None) -> Comparison:
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
-        return Comparison(f"{label} (shape {actual.shape} != expected {expected.shape})", math.inf, atol, None)
+        return Comparison(f"{label} (shape {actual.shape} != expected {expected.shape})", math.inf, atol, None,
+                          cosine_floor=cosine_floor)
     diff = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
     if not np.all(np.isfinite(actual)):
         diff = math.inf
@@ -82,4 +93,17 @@ def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float, c
     if classifier:  # one logit (binary head): agreement of the sign; else of the argmax
         decide = (lambda x: x[..., 0] > 0) if actual.shape[-1] == 1 else (lambda x: x.argmax(-1))
         top1 = float(np.mean(decide(actual) == decide(expected)))
-    return Comparison(label, diff, atol, top1)
+    return Comparison(label, diff, atol, top1, min_cosine(actual, expected), cosine_floor)
+
+
+def min_cosine(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Lowest cosine similarity between matching rows (last axis); 1.0 for two zero rows."""
+    if actual.size == 0:
+        return 1.0
+    a = actual.reshape(-1, actual.shape[-1])
+    b = expected.reshape(-1, expected.shape[-1])
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    cosine = np.where(both_zero, 1.0, dots / np.where(norms == 0, 1.0, norms))
+    return float(np.min(np.nan_to_num(cosine, nan=-1.0)))
