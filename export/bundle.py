@@ -44,6 +44,8 @@ from zoo.tolerances import EXPORT_ATOL, INT8_MIN_COSINE
 from export.calibration import calibration_files
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.parity import ParityCase, check_parity, parity_cases, summary
+from export.savedmodel import SAVEDMODEL_DIR, TF_SERVING_DIR, check_available as check_tensorflow
+from export.savedmodel import files_under, write_savedmodel, write_tf_serving
 from export.variants import to_fp16, write_triton
 
 MODEL_FILE = "model.onnx"
@@ -51,7 +53,15 @@ VALIDATION_FILE = "validation.json"
 FP16_FILE = "model.fp16.onnx"
 INT8_FILE = "model.int8.onnx"
 REPORT_FILES = ("report.json", "report.md")
-FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "triton")  # onnx (fp32) is the base every other format derives from
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "savedmodel", "tf-serving", "triton")  # onnx (fp32) is the base every other format derives from
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """Settings of the derived formats."""
+
+    calibration: Path | None = None  # onnx-int8 of image models: a folder of images (default: offline set)
+    text_shape: tuple[int, int] | None = None  # savedmodel of text models: (batch, sequence); default 1 x max_length
 
 
 @dataclass(frozen=True)
@@ -139,25 +149,37 @@ def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:
                 raise ExportError(f"input {name} axis {axis} ({label}) was exported as fixed size {shapes[name][axis]}")
 
 
+def _check_options(entry: ModelEntry, formats: Sequence[str], options: FormatOptions) -> None:
+    if options.calibration is not None and "onnx-int8" in formats:
+        if entry.modality != "image":
+            raise InputError(f"--calibration applies to image models; {entry.id} is a {entry.modality} model "
+                             "(its int8 export is dynamic and needs no calibration)")
+        calibration_files(options.calibration)
+    if "savedmodel" in formats:
+        check_tensorflow()
+    if options.text_shape is not None:
+        batch, length = options.text_shape
+        if batch < 1 or length < 1 or (entry.modality == "text" and length > entry.input.max_length):
+            raise InputError(f"--text-shape {batch},{length}: expected a batch >= 1 and a sequence length in "
+                             f"1..{getattr(entry.input, 'max_length', '?')}")
+
+
 def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET, atol: float | None = None,
                   overwrite: bool = False, extra_sources: Sequence[SourceSpec] = (), pretrained: bool = True,
-                  formats: Sequence[str] = ("onnx",), calibration: Path | None = None) -> BundleResult:
+                  formats: Sequence[str] = ("onnx",), options: FormatOptions = FormatOptions()) -> BundleResult:
     """Export, validate against torch, and write the bundle; ExportError (nothing written) when the
     fp32 model fails. A derived format that fails is left out and reported in `result.failed`.
-    `pretrained=False` exports random weights (benchmarks of models whose weights are not reachable).
-    `calibration`: a folder of images for static int8 (default: export.calibration's offline set)."""
+    `pretrained=False` exports random weights (benchmarks of models whose weights are not reachable)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise InputError(f"unknown format(s) {', '.join(unknown)}; expected {', '.join(FORMATS)}")
+    if "tf-serving" in formats:
+        formats = (*formats, "savedmodel")  # TF Serving serves the SavedModel
     import onnxruntime as ort
 
     start = time.perf_counter()
     entry = resolve(model)
-    if calibration is not None and "onnx-int8" in formats:
-        if entry.modality != "image":
-            raise InputError(f"--calibration applies to image models; {entry.id} is a {entry.modality} model "
-                             "(its int8 export is dynamic and needs no calibration)")
-        calibration_files(calibration)  # a bad folder fails before the export, not after
+    _check_options(entry, formats, options)  # bad settings fail before the export, not after
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
@@ -195,8 +217,9 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         for name in copied:
             shutil.copyfile(fetched.files[name], staging / name)
         rows = [_row("onnx", MODEL_FILE, staging, results)]
-        context = _Context(staging, torch_model, entry, cases, output_name, inputs, outputs, calibration)
-        variants, extra_files = _derived_formats(formats, context, rows)
+        context = _Context(staging, torch_model, entry, cases, output_name, inputs, outputs, options,
+                           tokenizer.padding["pad_id"] if tokenizer else 0)
+        sections, extra_files = _derived_formats(formats, context, rows)
         (staging / "report.json").write_text(json.dumps(rows, indent=1) + "\n")
         (staging / "report.md").write_text("\n".join(format_table(rows)) + "\n")
         files = {name: sha256_file(staging / name)
@@ -207,7 +230,8 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             preprocessing=preprocessing, postprocessing=_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
                     "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
-            producer=_versions(), variants=variants,
+            producer=_versions(), variants=sections.get("variants", {}),
+            tensorflow=sections.get("tensorflow", {}),
         )
         write_manifest(staging, manifest)
         os.chmod(staging, 0o755)
@@ -231,30 +255,34 @@ class _Context:
     output_name: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    calibration: Path | None
+    options: FormatOptions
+    pad_id: int
 
 
 def _derived_formats(formats: Sequence[str], context: _Context, rows: list[dict]) -> tuple[dict, list[str]]:
-    """Every requested format beside fp32, each checked; a failing one leaves no file and a failed row."""
-    builders = {"onnx-fp16": (_fp16, [FP16_FILE]), "onnx-int8": (_int8, [INT8_FILE]), "triton": (_triton, ["triton"])}
-    variants: dict = {}
+    """Every requested format beside fp32, each checked; a failing one leaves no file and a failed row.
+    Returns the manifest sections they add ({"variants": ..., "tensorflow": ...}) and their files."""
+    builders = {"onnx-fp16": (_fp16, [FP16_FILE]), "onnx-int8": (_int8, [INT8_FILE]),
+                "savedmodel": (_savedmodel, [SAVEDMODEL_DIR]), "tf-serving": (_tf_serving, [TF_SERVING_DIR]),
+                "triton": (_triton, ["triton"])}
+    sections: dict[str, dict] = {}
     files: list[str] = []
     for fmt in FORMATS:
         if fmt not in formats or fmt not in builders:
             continue
         make, outputs = builders[fmt]
         try:
-            row, variant, written = make(context)
+            row, section, written = make(context)
         except ExportError as exc:
             for name in outputs:
                 target = context.staging / name
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-            row, variant, written = _row(fmt, outputs[0], context.staging, status=f"failed: {exc}"), None, []
+            row, section, written = _row(fmt, outputs[0], context.staging, status=f"failed: {exc}"), {}, []
         rows.append(row)
         files += written
-        if variant:
-            variants.update(variant)
-    return variants, files
+        for key, value in section.items():
+            sections.setdefault(key, {}).update(value)
+    return sections, files
 
 
 def _session(path: Path):
@@ -278,7 +306,7 @@ def _fp16(context: _Context):
     row = _row("onnx-fp16", FP16_FILE, context.staging, results)
     variant = {"file": FP16_FILE, "max_abs_diff": row["max_abs_diff"], "top1_agreement": row["top1_agreement"],
                "atol": EXPORT_ATOL["float16"]}
-    return row, {"fp16": variant}, [FP16_FILE]
+    return row, {"variants": {"fp16": variant}}, [FP16_FILE]
 
 
 def _int8(context: _Context):
@@ -289,7 +317,7 @@ def _int8(context: _Context):
     held_out = None
     if entry.modality == "image":
         quantize_static_int8(context.staging / MODEL_FILE, target,
-                             calibration_images(entry.input, context.calibration).numpy())
+                             calibration_images(entry.input, context.options.calibration).numpy())
         images = held_out_images(entry.input)
         with torch.inference_mode():
             expected = context.torch_model(images).float().numpy()
@@ -297,7 +325,7 @@ def _int8(context: _Context):
         held_out = compare(f"{len(images)} held-out views", actual, expected, None,
                            classifier=entry.output.kind == "logits", cosine_floor=INT8_MIN_COSINE)
         method = ("static QDQ, per-channel int8 weights, uint8 activations (MinMax), calibrated on "
-                  + (str(context.calibration) if context.calibration else "the default photo set"))
+                  + (str(context.options.calibration) if context.options.calibration else "the default photo set"))
     else:
         quantize_dynamic_int8(context.staging / MODEL_FILE, target)
         method = "dynamic, per-channel int8 MatMul/Gemm weights and embeddings"
@@ -305,12 +333,35 @@ def _int8(context: _Context):
     row = _row("onnx-int8", INT8_FILE, context.staging, results, held_out=held_out)
     variant = {"file": INT8_FILE, "quantization": method, "max_abs_diff": row["max_abs_diff"],
                "min_cosine": row["min_cosine"], "top1_agreement": row["top1_agreement"], "top1_on": row["top1_on"]}
-    return row, {"int8": variant}, [INT8_FILE]
+    return row, {"variants": {"int8": variant}}, [INT8_FILE]
+
+
+def _savedmodel(context: _Context):
+    folder = context.staging / SAVEDMODEL_DIR
+    result = write_savedmodel(context.staging / MODEL_FILE, folder, context.torch_model, context.entry, context.cases,
+                              context.inputs, context.output_name, context.options.text_shape, context.pad_id)
+    files = files_under(context.staging, folder)
+    row = _row("savedmodel", f"{SAVEDMODEL_DIR}/saved_model.pb", context.staging, result.results)
+    row["size_mb"] = sum((context.staging / f).stat().st_size for f in files) / 1e6
+    section = {"savedmodel": {"directory": SAVEDMODEL_DIR, "signature": "serving_default", "inputs": result.inputs,
+                              "outputs": result.outputs, "max_abs_diff": row["max_abs_diff"],
+                              "atol": EXPORT_ATOL["float32"], "converter": "onnx2tf",
+                              "seconds": round(result.seconds, 1)}}
+    return row, {"tensorflow": section}, files
+
+
+def _tf_serving(context: _Context):
+    files = write_tf_serving(context.staging, context.entry.id)
+    row = _row("tf-serving", f"{TF_SERVING_DIR}/{context.entry.id}/1/", context.staging)
+    row["size_mb"] = sum((context.staging / f).stat().st_size for f in files) / 1e6
+    section = {"tf_serving": {"model_base_path": f"{TF_SERVING_DIR}/{context.entry.id}", "model_name": context.entry.id,
+                              "version": 1}}
+    return row, {"tensorflow": section}, files
 
 
 def _triton(context: _Context):
     written = write_triton(context.staging, context.entry.id, MODEL_FILE, context.inputs, context.outputs)
-    return _row("triton", written[0], context.staging), None, written
+    return _row("triton", written[0], context.staging), {}, written
 
 
 def _dtype(onnx_type: str) -> str:

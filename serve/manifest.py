@@ -70,6 +70,9 @@ class Manifest:
     producer: dict[str, str]  # package versions that made the bundle
     # Other precisions of the same model: {"fp16": {"file": ..., "max_abs_diff": ..., "top1_agreement": ...}}
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # TensorFlow exports (not loaded by serve): {"savedmodel": {directory, signature, inputs, outputs, ...},
+    # "tf_serving": {model_base_path, model_name, version}}
+    tensorflow: dict[str, dict[str, Any]] = field(default_factory=dict)
     bundle_format: str = BUNDLE_FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -192,6 +195,7 @@ def parse_manifest(data: Any) -> Manifest:
         inputs=_tensors(top, "inputs"), outputs=_tensors(top, "outputs"),
         preprocessing=preprocessing, postprocessing=postprocessing, files=dict(files),
         source=top.get("source", dict), producer=top.get("producer", dict), variants=_variants(top),
+        tensorflow=top.get("tensorflow", dict, {}),
     )
 
 

@@ -43,3 +43,13 @@ def torch_models(private_cache: Path):
     import zoo
 
     return {name: zoo.build(name) for name in REAL_MODELS}
+
+
+@pytest.fixture(scope="session")
+def all_formats(tmp_path_factory: pytest.TempPathFactory, private_cache: Path) -> dict[str, Path]:
+    """Both real backbones exported to every format, once for the whole session."""
+    from export import export_bundle
+    from export.bundle import FORMATS
+
+    out = tmp_path_factory.mktemp("all")
+    return {name: export_bundle(name, out / name, formats=FORMATS).directory for name in REAL_MODELS}

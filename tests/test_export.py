@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from export import export_bundle
-from export.bundle import FORMATS
+from export.bundle import FORMATS, FormatOptions
 from serve.manifest import read_manifest
 from zoo.errors import ExportError, InputError
 from zoo.preprocess import load_tokenizer, tokenize
@@ -89,13 +89,6 @@ def test_existing_output_is_not_overwritten_without_force(tmp_path: Path, bundle
     assert (out / "keep.txt").read_text() == "user data"
 
 
-@pytest.fixture(scope="module")
-def all_formats(tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("all")
-    return {name: export_bundle(name, out / name, formats=FORMATS).directory
-            for name in ("efficientnet_lite0", "all-minilm-l6-v2")}
-
-
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "all-minilm-l6-v2"])
 def test_fp16_variant_agrees_with_fp32(all_formats, name: str) -> None:
     import serve
@@ -148,7 +141,7 @@ def test_int8_calibrates_on_a_user_folder(tmp_path: Path, capsys) -> None:
     for photo in ("flower.jpg", "china.jpg"):
         shutil.copyfile(ROOT / "zoo" / "assets" / photo, folder / photo)
     result = export_bundle("efficientnet_lite0", tmp_path / "b", formats=("onnx", "onnx-int8"),
-                           calibration=tmp_path / "calib")
+                           options=FormatOptions(calibration=tmp_path / "calib"))
     assert str(tmp_path / "calib") in result.manifest.variants["int8"]["quantization"]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -188,7 +181,7 @@ def test_triton_repository_layout(all_formats, name: str) -> None:
 
 def test_report_lists_every_format(all_formats) -> None:
     rows = json.loads((all_formats["efficientnet_lite0"] / "report.json").read_text())
-    assert [r["format"] for r in rows] == ["onnx", "onnx-fp16", "onnx-int8", "triton"]
+    assert [r["format"] for r in rows] == list(FORMATS)
     assert all(r["status"] == "ok" for r in rows)
     markdown = (all_formats["efficientnet_lite0"] / "report.md").read_text()
     assert markdown.startswith("| format | file | size MB |") and "| onnx-fp16 | model.fp16.onnx |" in markdown
@@ -204,6 +197,7 @@ def test_a_failing_format_is_left_out_and_reported(tmp_path: Path, monkeypatch, 
     assert code == 1 and "1 format(s) failed" in captured.err and "onnx-fp16" in captured.err
     manifest = read_manifest(tmp_path / "b")  # the other formats are written, verified and usable
     assert list(manifest.variants) == ["int8"] and not (tmp_path / "b" / "model.fp16.onnx").exists()
+    assert (tmp_path / "b" / "savedmodel" / "saved_model.pb").is_file()
     assert (tmp_path / "b" / "triton" / "efficientnet_lite0" / "config.pbtxt").is_file()
     rows = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed", "ok", "ok"]
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed", "ok", "ok", "ok", "ok"]

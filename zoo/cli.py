@@ -23,6 +23,16 @@ def _sources(source_dir: tuple[str, ...]):
     return [SourceSpec(kind="path", path=str(Path(folder).resolve())) for folder in source_dir]
 
 
+def _shape(value: str | tuple[int, int]) -> tuple[int, int]:
+    """click type: "1,128" -> (1, 128)."""
+    if isinstance(value, tuple):
+        return value
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise click.BadParameter(f"expected BATCH,SEQ (two integers, e.g. 1,128), found {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
 source_dir_option = click.option("--source-dir", multiple=True, metavar="DIR",
                                  help="Folder holding the model's files; tried before the registry's sources.")
 
@@ -96,7 +106,7 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
 @cli.command()
 @click.argument("name", metavar="NAME|RUN_DIR")
 @click.option("--format", "formats", multiple=True, default=("onnx",), show_default=True,
-              type=click.Choice(["onnx", "onnx-fp16", "onnx-int8", "triton", "all"]),
+              type=click.Choice(["onnx", "onnx-fp16", "onnx-int8", "savedmodel", "tf-serving", "triton", "all"]),
               help="Repeatable. onnx (fp32) is always written; others derive from it.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
 @click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True)
@@ -105,18 +115,20 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
 @click.option("--calibration", type=click.Path(path_type=Path),
               help="onnx-int8 of image models: a folder of images to calibrate on (default: a documented "
                    "offline photo set).")
+@click.option("--text-shape", type=_shape, metavar="BATCH,SEQ",
+              help="savedmodel of text models: the fixed input shape (default 1,max_length).")
 @source_dir_option
 def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: float | None, force: bool,
-           calibration: Path | None, source_dir: tuple[str, ...]) -> None:
+           calibration: Path | None, text_shape: tuple[int, int] | None, source_dir: tuple[str, ...]) -> None:
     """Export NAME to a validated bundle (model, manifest, validation report) in --out."""
     from zoo.runs import resolve_name
 
     entry = resolve_name(name)  # unknown names fail before torch is imported
-    from export.bundle import FORMATS, export_bundle
+    from export.bundle import FORMATS, FormatOptions, export_bundle
 
     chosen = FORMATS if "all" in formats else tuple(dict.fromkeys(("onnx", *formats)))
     result = export_bundle(entry, out, opset=opset, atol=atol, overwrite=force, extra_sources=_sources(source_dir),
-                           formats=chosen, calibration=calibration)
+                           formats=chosen, options=FormatOptions(calibration, text_shape))
     click.echo("\n".join(result.lines()))
     if result.failed:
         raise ExportError(f"{len(result.failed)} format(s) failed and were left out: "

@@ -1,0 +1,134 @@
+"""`savedmodel` and `tf-serving`: a TensorFlow SavedModel converted from the validated ONNX model,
+loaded back and compared with torch, and the versioned folder TF Serving serves.
+
+    savedmodel/                 saved_model.pb, variables/ ; signature `serving_default`, named like the
+                                ONNX model's inputs and output (images NCHW, dynamic batch)
+    tf_serving/NAME/1/          the same SavedModel where `tensorflow_model_server --model_base_path`
+                                expects it
+
+Conversion runs in a subprocess (export.tf_worker). Image models keep a dynamic batch; text encoders
+convert only at a fixed shape (`text_shape`, default 1 x max_length; longer inputs must be truncated
+and shorter ones padded to it, with attention_mask 0 on the padding), which the manifest declares."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.parity import ParityCase
+from serve.manifest import TensorSpec
+from zoo.errors import ExportError, InputError
+from zoo.reference import Comparison, compare
+from zoo.schema import ModelEntry
+from zoo.tolerances import EXPORT_ATOL
+
+SAVEDMODEL_DIR = "savedmodel"
+TF_SERVING_DIR = "tf_serving"
+TF_REQUIREMENTS = ("tensorflow", "tf_keras", "onnx2tf", "onnxslim")
+INSTALL_HINT = ("pip install 'zoo[tf]' && pip install --no-deps onnx2tf==1.29.24 'tf-keras>=2.21,<2.22' "
+                "(onnx2tf pins old exact releases of TensorFlow and numpy, hence --no-deps)")
+WORKER_TIMEOUT_S = 1800
+
+
+def check_available() -> None:
+    missing = [name for name in TF_REQUIREMENTS if find_spec(name) is None]
+    if missing:
+        raise InputError(f"--format savedmodel/tf-serving needs {', '.join(missing)}; install them with: {INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class SavedModelResult:
+    results: list[Comparison]
+    inputs: list[dict]  # name, dtype, shape (None: dynamic), layout
+    outputs: list[dict]
+    seconds: float
+
+
+def _text_cases(cases: list[ParityCase], shape: tuple[int, int], pad_id: int) -> list[ParityCase]:
+    """Each parity case's rows padded (ids pad_id, mask 0) to the fixed shape, in chunks of `shape[0]`
+    rows (a short last chunk is filled with copies of its first row)."""
+    batch, length = shape
+    padded = []
+    for case in cases:
+        ids, mask = case.inputs["input_ids"][:, :length], case.inputs["attention_mask"][:, :length]
+        ids = torch.nn.functional.pad(ids, (0, length - ids.shape[1]), value=pad_id)
+        mask = torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=0)
+        for start in range(0, ids.shape[0], batch):
+            rows = list(range(start, min(start + batch, ids.shape[0])))
+            rows += [start] * (batch - len(rows))
+            padded.append(ParityCase(f"{case.label}, rows {start}+ padded to {batch}x{length}",
+                                     {"input_ids": ids[rows], "attention_mask": mask[rows]}))
+    return padded
+
+
+def write_savedmodel(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entry: ModelEntry,
+                     cases: list[ParityCase], inputs: list[TensorSpec], output_name: str,
+                     text_shape: tuple[int, int] | None = None, pad_id: int = 0) -> SavedModelResult:
+    """Convert, load back, and compare every case with torch; ExportError (with every diff) otherwise."""
+    check_available()
+    if entry.modality == "text":
+        shape = text_shape or (1, entry.input.max_length)
+        cases = _text_cases(cases, shape, pad_id)
+        specs = [{"name": i.name, "dtype": i.dtype, "shape": list(shape)} for i in inputs]
+    else:
+        specs = [{"name": i.name, "dtype": i.dtype, "shape": [None if isinstance(d, str) else d for d in i.shape]}
+                 for i in inputs]
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".savedmodel.") as scratch:
+        scratch = Path(scratch)
+        np.savez(scratch / "cases.npz", **{f"{k}/{name}": t.numpy() for k, case in enumerate(cases)
+                                           for name, t in case.inputs.items()})
+        spec = {"onnx": str(onnx_path), "out": str(out), "scratch": str(scratch), "inputs": specs,
+                "output": output_name, "keep_nchw": [s["name"] for s in specs] if entry.modality == "image" else [],
+                "fixed_shape": entry.modality == "text", "cases": str(scratch / "cases.npz"),
+                "results": str(scratch / "results.npz")}
+        (scratch / "spec.json").write_text(json.dumps(spec))
+        try:
+            done = subprocess.run([sys.executable, "-m", "export.tf_worker", str(scratch / "spec.json")],
+                                  capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ExportError(f"the SavedModel conversion did not finish in {WORKER_TIMEOUT_S} s") from None
+        if done.returncode != 0:
+            tail = "\n    ".join(done.stderr.strip().splitlines()[-6:])
+            raise ExportError(f"onnx2tf/TensorFlow could not convert {entry.id} (exit {done.returncode}):\n    {tail}")
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        actual = np.load(scratch / "results.npz")
+        results = []
+        for k, case in enumerate(cases):
+            with torch.inference_mode():
+                expected = torch_model(*case.inputs.values()).float().numpy()
+            results.append(compare(case.label, actual[str(k)], expected, EXPORT_ATOL["float32"],
+                                   classifier=entry.output.kind == "logits"))
+    failing = [c.line() for c in results if not c.ok]
+    if failing:
+        raise ExportError("the SavedModel disagrees with torch: " + "; ".join(failing))
+    layout = "NCHW" if entry.modality == "image" else None
+    signature = report["signature"]
+    described_inputs = [{"name": s["name"], "dtype": s["dtype"], "shape": s["shape"], "layout": layout} for s in specs]
+    if sorted(signature["inputs"]) != sorted(s["name"] for s in specs) or list(signature["outputs"]) != [output_name]:
+        raise ExportError(f"the SavedModel signature is not named like the ONNX model: {signature}")
+    dtype, shape = signature["outputs"][output_name]
+    return SavedModelResult(results, described_inputs, [{"name": output_name, "dtype": dtype, "shape": shape}],
+                            report["seconds_total"])
+
+
+def write_tf_serving(bundle: Path, name: str) -> list[str]:
+    """tf_serving/NAME/1/: a copy of the bundle's SavedModel, the layout TF Serving loads."""
+    source = bundle / SAVEDMODEL_DIR
+    if not (source / "saved_model.pb").is_file():
+        raise ExportError("tf-serving lays out the SavedModel, which was not written (see the savedmodel row)")
+    target = bundle / TF_SERVING_DIR / name / "1"
+    shutil.copytree(source, target)
+    return files_under(bundle, target)
+
+
+def files_under(bundle: Path, folder: Path) -> list[str]:
+    return sorted(p.relative_to(bundle).as_posix() for p in folder.rglob("*") if p.is_file())
