@@ -1,8 +1,9 @@
 """`zoo bench`: latency percentiles and throughput of one model on every engine available, in one
 process, interleaved call by call so machine noise hits all engines alike, each as a ratio to torch
-eager: torch eager, raw onnxruntime (fp32 and any fp16/int8 files in the bundle), the `serve`
-predictor on preprocessed input and end to end from raw inputs, and for text the Optimum ONNX
-Runtime pipeline when `optimum` is installed."""
+eager: torch eager, raw onnxruntime (fp32 and any fp16/int8 files in the bundle), the bundle's
+TensorFlow SavedModel when it has one and TensorFlow is installed, the `serve` predictor on
+preprocessed input and end to end from raw inputs, and for text the Optimum ONNX Runtime pipeline
+when `optimum` is installed."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class _Sessions:
                     for name, file in {"onnxruntime fp32": "model.onnx", **QUANTIZED_FILES}.items()
                     if (bundle / file).is_file()}
         self.optimum = _optimum_pipeline(entry, options) if entry.modality == "text" else None
+        self.savedmodel = _savedmodel(bundle, threads)
 
     def engines(self, batch: int, torch_model: torch.nn.Module) -> dict[str, Callable[[], Any]]:
         """One callable per engine, all on the same batch."""
@@ -78,11 +80,48 @@ class _Sessions:
         engines: dict[str, Callable[[], Any]] = {"torch eager": torch_eager}
         for name, session in self.raw.items():
             engines[name] = lambda session=session: session.run(None, feeds)
+        if self.savedmodel is not None:
+            engines.update(self.savedmodel(feeds))
         engines["serve run (preprocessed)"] = lambda: predictor.run(feeds)
         engines["serve predict (raw input)"] = lambda: predictor.predict(raw_inputs, batch_size=batch)
         if self.optimum is not None:
             engines["optimum ORT pipeline (raw input)"] = lambda: self.optimum(raw_inputs)
         return engines
+
+
+def _savedmodel(bundle: Path, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, Callable[[], Any]]] | None:
+    """The bundle's SavedModel signature, when both it and TensorFlow are there. TensorFlow is imported
+    after torch (the other order segfaulted with triton-loading modules, see export.tf_worker). A
+    fixed-shape (text) signature runs on the same texts padded to its shape, and says so in its name."""
+    from importlib.util import find_spec
+
+    from serve.manifest import read_manifest
+
+    manifest = read_manifest(bundle, verify=False)
+    described = manifest.tensorflow.get("savedmodel")
+    if described is None or find_spec("tensorflow") is None:
+        return None
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    endpoint = tf.saved_model.load(str(bundle / described["directory"])).signatures[described["signature"]]
+    shapes = {i["name"]: i["shape"] for i in described["inputs"]}
+
+    def engines(feeds: dict[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
+        fixed = {name: shape for name, shape in shapes.items() if all(isinstance(d, int) for d in shape)}
+        if not fixed:
+            tensors = {name: tf.constant(value) for name, value in feeds.items()}
+            return {"tensorflow savedmodel": lambda: endpoint(**tensors)}
+        batch, length = next(iter(fixed.values()))
+        if any(len(value) != batch or value.shape[1] > length for value in feeds.values()):
+            return {}  # this batch does not fit the fixed signature
+        pad = {"input_ids": manifest.preprocessing.pad_id}  # attention_mask (and the rest): 0
+        tensors = {name: tf.constant(np.pad(value, ((0, 0), (0, length - value.shape[1])), constant_values=pad.get(name, 0)))
+                   for name, value in feeds.items()}
+        return {f"tensorflow savedmodel (padded to {batch}x{length})": lambda: endpoint(**tensors)}
+
+    return engines
 
 
 def _optimum_pipeline(entry, options) -> Callable[[list[str]], Any] | None:

@@ -35,3 +35,15 @@ def test_bench_bad_arguments(capsys) -> None:
     assert "--batch" in capsys.readouterr().err
     assert main(["bench", "efficientnet-lite"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_bench_measures_every_format_in_the_bundle(all_formats) -> None:
+    report = bench(str(all_formats["efficientnet_lite0"]), batches=(2,), threads=1, warmup=1, min_repeats=3,
+                   seconds=0.1)
+    assert [r["engine"] for r in report["results"]] == [
+        "torch eager", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8", "tensorflow savedmodel",
+        "serve run (preprocessed)", "serve predict (raw input)"]
+    text = bench(str(all_formats["all-minilm-l6-v2"]), batches=(1, 2), threads=1, warmup=1, min_repeats=3,
+                 seconds=0.1)
+    savedmodel = [(r["engine"], r["batch"]) for r in text["results"] if r["engine"].startswith("tensorflow")]
+    assert savedmodel == [("tensorflow savedmodel (padded to 1x256)", 1)]  # its signature is 1 x 256

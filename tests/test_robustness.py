@@ -58,7 +58,7 @@ def test_symlink_out_of_the_bundle_is_refused(bundles, tmp_path: Path) -> None:
     (["predict", ".", "x"], "has no manifest.json"),
     (["finetune", "vit_b_61", "--data", "."], "did you mean 'vit_b_16'"),
     (["finetune", "resnet18", "--data", ".", "--epochs", "many"], "--epochs"),
-    (["export", "resnet18", "--format", "savedmodel", "--out", "x"], "--format"),
+    (["export", "resnet18", "--format", "tflite", "--out", "x"], "--format"),
     (["export", "resnet18"], "Missing option '--out'"),
     (["validate", "/no/such/run/dir"], "/no/such/run/dir does not exist"),
     (["bench", "resnet18", "--threads", "0"], "--threads"),
