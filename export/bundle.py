@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from serve.manifest import (
@@ -42,8 +43,8 @@ from zoo.schema import ModelEntry, SourceSpec
 from zoo.tolerances import EXPORT_ATOL, INT8_MIN_COSINE
 
 from export.calibration import calibration_files
-from export.onnx_export import DEFAULT_OPSET, export_onnx
-from export.parity import ParityCase, check_parity, parity_cases, summary
+from export.onnx_export import DEFAULT_OPSET, export_onnx, external_data_file
+from export.parity import ParityCase, at_static_shape, check_parity, parity_cases, summary
 from export.savedmodel import SAVEDMODEL_DIR, TF_SERVING_DIR, check_available as check_tensorflow
 from export.savedmodel import files_under, write_savedmodel, write_tf_serving
 from export.variants import to_fp16, write_triton
@@ -61,7 +62,9 @@ class FormatOptions:
     """Settings of the derived formats."""
 
     calibration: Path | None = None  # onnx-int8 of image models: a folder of images (default: offline set)
-    text_shape: tuple[int, int] | None = None  # savedmodel of text models: (batch, sequence); default 1 x max_length
+    # Every format at this fixed input shape, no dynamic axes: (batch,) for images, (batch, sequence) for
+    # text. Text SavedModels are always fixed-shape: this, or 1 x max_length.
+    static_shape: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ def _row(fmt: str, file: str, staging: Path, results=None, status: str = "ok", h
     top1, top1_on = (min(agreements), "parity cases") if agreements else (None, None)
     if held_out is not None and held_out.top1_agreement is not None:
         top1, top1_on = held_out.top1_agreement, held_out.label
-    return {"format": fmt, "file": file, "size_mb": path.stat().st_size / 1e6 if path.is_file() else 0.0,
+    size = sum(f.stat().st_size for f in (path, path.with_name(path.name + ".data")) if f.is_file())
+    return {"format": fmt, "file": file, "size_mb": size / 1e6,
             "max_abs_diff": max((c.max_abs_diff for c in results), default=None),
             "min_cosine": min((c.min_cosine for c in results), default=None),
             "top1_agreement": top1, "top1_on": top1_on, "status": status}
@@ -149,6 +153,31 @@ def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:
                 raise ExportError(f"input {name} axis {axis} ({label}) was exported as fixed size {shapes[name][axis]}")
 
 
+def _informative_random_weights(model: torch.nn.Module, entry: ModelEntry, cases: list[ParityCase]) -> None:
+    """Random-weight exports only (conversion checks and benchmarks): with an architecture's own
+    initialisation some outputs are constant (torchvision's ViT starts its head at zero; EfficientNet-B0's
+    logits differ by ~1e-13), which makes every parity check vacuous. Zero linear layers get N(0, 0.02)
+    weights and batch-norm statistics are set from every image the export is checked or calibrated on
+    (parity inputs and export.calibration's photo views), so activations keep their scale on all of them."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                torch.nn.init.normal_(module.weight, std=0.02)
+        if norms:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average: the statistics of exactly this batch
+            model.train()
+            images = [case.inputs["pixel_values"] for case in cases]
+            if entry.modality == "image":
+                from export.calibration import calibration_images, held_out_images
+
+                images += [calibration_images(entry.input), held_out_images(entry.input)]
+            model(torch.cat(images))
+            model.eval()
+
+
 def _check_options(entry: ModelEntry, formats: Sequence[str], options: FormatOptions) -> None:
     if options.calibration is not None and "onnx-int8" in formats:
         if entry.modality != "image":
@@ -157,11 +186,13 @@ def _check_options(entry: ModelEntry, formats: Sequence[str], options: FormatOpt
         calibration_files(options.calibration)
     if "savedmodel" in formats:
         check_tensorflow()
-    if options.text_shape is not None:
-        batch, length = options.text_shape
-        if batch < 1 or length < 1 or (entry.modality == "text" and length > entry.input.max_length):
-            raise InputError(f"--text-shape {batch},{length}: expected a batch >= 1 and a sequence length in "
-                             f"1..{getattr(entry.input, 'max_length', '?')}")
+    shape = options.static_shape
+    if shape is not None:
+        text = entry.modality == "text"
+        expected = f"BATCH,SEQ with a batch >= 1 and SEQ in 1..{entry.input.max_length}" if text else "BATCH >= 1"
+        if len(shape) != (2 if text else 1) or min(shape) < 1 or (text and shape[1] > entry.input.max_length):
+            raise InputError(f"--static-shape {','.join(map(str, shape))}: {entry.id} is a {entry.modality} model; "
+                             f"expected {expected}")
 
 
 def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET, atol: float | None = None,
@@ -195,6 +226,14 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     torch.manual_seed(0)
     torch_model = build(entry, pretrained=pretrained, extra_sources=extra_sources)
     example, dynamic_axes, output_name, preprocessing, tokenizer = _io(entry, fetched)
+    pad_id = tokenizer.padding["pad_id"] if tokenizer else 0
+    if options.static_shape:
+        example, dynamic_axes = at_static_shape([ParityCase("example", example)], options.static_shape, pad_id)[0].inputs, {}
+    cases = parity_cases(entry, tokenizer)
+    if options.static_shape:
+        cases = at_static_shape(cases, options.static_shape, pad_id)
+    if not pretrained:
+        _informative_random_weights(torch_model, entry, cases)
     tolerance = EXPORT_ATOL["float32"] if atol is None else atol
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
@@ -202,7 +241,6 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         export_onnx(torch_model, example, dynamic_axes, output_name, staging / MODEL_FILE, opset=opset)
         session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
         _check_dynamic(session, dynamic_axes)
-        cases = parity_cases(entry, tokenizer)
         results = check_parity(torch_model, session, entry, cases, tolerance, output_name)
         inputs = [TensorSpec(i.name, _dtype(i.type), list(i.shape)) for i in session.get_inputs()]
         outputs = [TensorSpec(o.name, _dtype(o.type), list(o.shape)) for o in session.get_outputs()]
@@ -213,17 +251,18 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             raise ExportError(f"{entry.id}: exported model disagrees with torch; nothing was written:\n  "
                               + "\n  ".join(c.line() for c in results) + f"\n({len(failing)} failing)")
         (staging / VALIDATION_FILE).write_text(json.dumps(report, indent=1) + "\n")
+        weights_data = external_data_file(staging / MODEL_FILE)
         copied = [spec.name for spec in entry.files if spec.role == "tokenizer"]
         for name in copied:
             shutil.copyfile(fetched.files[name], staging / name)
         rows = [_row("onnx", MODEL_FILE, staging, results)]
-        context = _Context(staging, torch_model, entry, cases, output_name, inputs, outputs, options,
-                           tokenizer.padding["pad_id"] if tokenizer else 0)
+        context = _Context(staging, torch_model, entry, cases, output_name, inputs, outputs, options, pad_id)
         sections, extra_files = _derived_formats(formats, context, rows)
         (staging / "report.json").write_text(json.dumps(rows, indent=1) + "\n")
         (staging / "report.md").write_text("\n".join(format_table(rows)) + "\n")
         files = {name: sha256_file(staging / name)
-                 for name in [MODEL_FILE, VALIDATION_FILE, *copied, *extra_files, *REPORT_FILES]}
+                 for name in [MODEL_FILE, *([weights_data.name] if weights_data else []), VALIDATION_FILE, *copied,
+                              *extra_files, *REPORT_FILES]}
         manifest = Manifest(
             model_id=entry.id, task=entry.task, modality=entry.modality, model_file=MODEL_FILE, opset=opset,
             inputs=inputs, outputs=outputs,
@@ -262,7 +301,7 @@ class _Context:
 def _derived_formats(formats: Sequence[str], context: _Context, rows: list[dict]) -> tuple[dict, list[str]]:
     """Every requested format beside fp32, each checked; a failing one leaves no file and a failed row.
     Returns the manifest sections they add ({"variants": ..., "tensorflow": ...}) and their files."""
-    builders = {"onnx-fp16": (_fp16, [FP16_FILE]), "onnx-int8": (_int8, [INT8_FILE]),
+    builders = {"onnx-fp16": (_fp16, [FP16_FILE, f"{FP16_FILE}.data"]), "onnx-int8": (_int8, [INT8_FILE, f"{INT8_FILE}.data"]),
                 "savedmodel": (_savedmodel, [SAVEDMODEL_DIR]), "tf-serving": (_tf_serving, [TF_SERVING_DIR]),
                 "triton": (_triton, ["triton"])}
     sections: dict[str, dict] = {}
@@ -286,14 +325,18 @@ def _derived_formats(formats: Sequence[str], context: _Context, rows: list[dict]
 
 
 def _session(path: Path):
+    from serve.providers import FLOAT16_DISABLED_OPTIMIZERS
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    disabled = list(FLOAT16_DISABLED_OPTIMIZERS) if path.name == FP16_FILE else []
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
 
 
-def _checked(context: _Context, path: Path, atol: float | None, cosine_floor: float | None = None) -> list[Comparison]:
-    results = check_parity(context.torch_model, _session(path), context.entry, context.cases, atol,
-                           context.output_name, cosine_floor)
+def _checked(context: _Context, path: Path, atol: float | None, cosine_floor: float | None = None,
+             cases: list[ParityCase] | None = None, extra: Sequence[Comparison] = ()) -> list[Comparison]:
+    results = check_parity(context.torch_model, _session(path), context.entry,
+                           context.cases if cases is None else cases, atol, context.output_name, cosine_floor)
+    results += extra
     failing = [c.line() for c in results if not c.ok]
     if failing:
         raise ExportError("; ".join(failing))
@@ -303,10 +346,11 @@ def _checked(context: _Context, path: Path, atol: float | None, cosine_floor: fl
 def _fp16(context: _Context):
     to_fp16(context.staging / MODEL_FILE, context.staging / FP16_FILE)
     results = _checked(context, context.staging / FP16_FILE, EXPORT_ATOL["float16"])
+    data = external_data_file(context.staging / FP16_FILE)
     row = _row("onnx-fp16", FP16_FILE, context.staging, results)
     variant = {"file": FP16_FILE, "max_abs_diff": row["max_abs_diff"], "top1_agreement": row["top1_agreement"],
                "atol": EXPORT_ATOL["float16"]}
-    return row, {"variants": {"fp16": variant}}, [FP16_FILE]
+    return row, {"variants": {"fp16": variant}}, [FP16_FILE, *([data.name] if data else [])]
 
 
 def _int8(context: _Context):
@@ -316,12 +360,15 @@ def _int8(context: _Context):
     entry, target = context.entry, context.staging / INT8_FILE
     held_out = None
     if entry.modality == "image":
+        batch = context.options.static_shape[0] if context.options.static_shape else 1
         quantize_static_int8(context.staging / MODEL_FILE, target,
-                             calibration_images(entry.input, context.options.calibration).numpy())
+                             calibration_images(entry.input, context.options.calibration).numpy(), batch)
         images = held_out_images(entry.input)
         with torch.inference_mode():
             expected = context.torch_model(images).float().numpy()
-        actual = _session(target).run([context.output_name], {context.inputs[0].name: images.numpy()})[0]
+        session, chunks = _session(target), at_static_shape([ParityCase("", {"x": images})], (batch,))
+        actual = np.concatenate([session.run([context.output_name], {context.inputs[0].name: c.inputs["x"].numpy()})[0]
+                                 for c in chunks])[:len(images)]
         held_out = compare(f"{len(images)} held-out views", actual, expected, None,
                            classifier=entry.output.kind == "logits", cosine_floor=INT8_MIN_COSINE)
         method = ("static QDQ, per-channel int8 weights, uint8 activations (MinMax), calibrated on "
@@ -329,24 +376,29 @@ def _int8(context: _Context):
     else:
         quantize_dynamic_int8(context.staging / MODEL_FILE, target)
         method = "dynamic, per-channel int8 MatMul/Gemm weights and embeddings"
-    results = _checked(context, target, None, INT8_MIN_COSINE)
+    if held_out is None:
+        results = _checked(context, target, None, INT8_MIN_COSINE)
+    else:  # static int8 is judged on photographs: synthetic patterns lie outside any calibration set
+        results = _checked(context, target, None, INT8_MIN_COSINE, [c for c in context.cases if c.real], [held_out])
     row = _row("onnx-int8", INT8_FILE, context.staging, results, held_out=held_out)
     variant = {"file": INT8_FILE, "quantization": method, "max_abs_diff": row["max_abs_diff"],
                "min_cosine": row["min_cosine"], "top1_agreement": row["top1_agreement"], "top1_on": row["top1_on"]}
-    return row, {"variants": {"int8": variant}}, [INT8_FILE]
+    data = external_data_file(target)
+    return row, {"variants": {"int8": variant}}, [INT8_FILE, *([data.name] if data else [])]
 
 
 def _savedmodel(context: _Context):
     folder = context.staging / SAVEDMODEL_DIR
     result = write_savedmodel(context.staging / MODEL_FILE, folder, context.torch_model, context.entry, context.cases,
-                              context.inputs, context.output_name, context.options.text_shape, context.pad_id)
+                              context.inputs, context.output_name, context.pad_id)
     files = files_under(context.staging, folder)
-    row = _row("savedmodel", f"{SAVEDMODEL_DIR}/saved_model.pb", context.staging, result.results)
+    row = _row("savedmodel", f"{SAVEDMODEL_DIR}/saved_model.pb", context.staging, result.results,
+               status="ok" if not result.note else f"ok ({result.note.split(':')[0]})")
     row["size_mb"] = sum((context.staging / f).stat().st_size for f in files) / 1e6
     section = {"savedmodel": {"directory": SAVEDMODEL_DIR, "signature": "serving_default", "inputs": result.inputs,
                               "outputs": result.outputs, "max_abs_diff": row["max_abs_diff"],
                               "atol": EXPORT_ATOL["float32"], "converter": "onnx2tf",
-                              "seconds": round(result.seconds, 1)}}
+                              "seconds": round(result.seconds, 1), "note": result.note}}
     return row, {"tensorflow": section}, files
 
 

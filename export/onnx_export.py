@@ -18,11 +18,36 @@ from torch import nn
 from zoo.errors import ExportError
 
 DEFAULT_OPSET = 18
+# A protobuf message cannot exceed 2 GiB: above this many bytes of weights, they go to PATH.data.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def external_data_file(path: Path) -> Path | None:
+    """The weights file written beside `path` when the model was saved with external data."""
+    data = path.with_name(path.name + ".data")
+    return data if data.is_file() else None
+
+
+def save_model(model, path: Path) -> None:
+    """onnx.save, with the weights in PATH.data when they would not fit in one protobuf."""
+    import onnx
+
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_BYTES:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save(model, str(path))
 
 
 def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]],
                 output_name: str, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Export `model(*example.values())` to `path`, then run onnx.checker (full) and shape inference."""
+    """Export `model(*example.values())` to `path`, then run onnx.checker (full) and shape inference.
+    Weights over EXTERNAL_DATA_BYTES are written to PATH.data (ONNX external data)."""
     import onnx
 
     for name, tensor in example.items():
@@ -41,7 +66,8 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], dynamic_axes
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, tuple(example.values()), str(path), input_names=list(example), output_names=[output_name],
-                opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, external_data=False,
+                opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes,
+                external_data=weight_bytes(model) > EXTERNAL_DATA_BYTES,
             )
     except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc

@@ -19,6 +19,7 @@ from zoo.schema import ModelEntry
 class ParityCase:
     label: str
     inputs: dict[str, torch.Tensor]
+    real: bool = False  # real photographs or sentences, as opposed to synthetic patterns
 
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
@@ -28,13 +29,35 @@ def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
             ParityCase("synthetic batch 1", {"pixel_values": synthetic_images(entry.input, 1)}),
             ParityCase("synthetic batch 5", {"pixel_values": synthetic_images(entry.input, 5)}),
             ParityCase("photos batch 2", {"pixel_values": preprocess_images(
-                entry.input, [asset_path("flower.jpg"), asset_path("china.jpg")])}),
+                entry.input, [asset_path("flower.jpg"), asset_path("china.jpg")])}, real=True),
         ]
     long_text = " ".join(SENTENCES * 60)  # past max_length: exercises truncation and the longest sequence
     cases = [("1 text, 3 tokens", [SENTENCES[3]]), ("1 text", [SENTENCES[1]]),
              ("4 texts, mixed lengths (padded)", list(SENTENCES)), ("2 texts, truncated at max_length", [long_text, SENTENCES[0]])]
-    return [ParityCase(f"{label}: seq {t['input_ids'].shape[1]}", t)
+    return [ParityCase(f"{label}: seq {t['input_ids'].shape[1]}", t, real=True)
             for label, texts in cases for t in [tokenize(tokenizer, texts)]]
+
+
+def at_static_shape(cases: list[ParityCase], shape: tuple[int, ...], pad_id: int = 0) -> list[ParityCase]:
+    """The cases for a model with a fixed input shape, (batch,) or (batch, length): rows in chunks of
+    `batch` (a short last chunk is filled with copies of its first row) and, for text, sequences
+    truncated or padded (ids `pad_id`, attention_mask 0) to `length`."""
+    batch, length = shape[0], (shape[1] if len(shape) > 1 else None)
+    fixed = []
+    for case in cases:
+        inputs = dict(case.inputs)
+        if length is not None:
+            inputs = {name: torch.nn.functional.pad(t[:, :length], (0, length - t[:, :length].shape[1]),
+                                                    value=pad_id if name == "input_ids" else 0)
+                      for name, t in inputs.items()}
+        rows_total = len(next(iter(inputs.values())))
+        for start in range(0, rows_total, batch):
+            rows = list(range(start, min(start + batch, rows_total)))
+            rows += [start] * (batch - len(rows))
+            size = "x".join(str(d) for d in next(iter(inputs.values()))[rows].shape[:2 if length else 1])
+            fixed.append(ParityCase(f"{case.label}, rows {start}+ at {size}", {k: v[rows] for k, v in inputs.items()},
+                                    case.real))
+    return fixed
 
 
 def check_parity(model: nn.Module, session: Any, entry: ModelEntry, cases: list[ParityCase], atol: float | None,

@@ -15,14 +15,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from export.onnx_export import external_data_file
 from zoo.errors import ExportError
 
 
-class _Batches:
-    """onnxruntime's CalibrationDataReader protocol over an NCHW array, one image per call."""
+def _large(source: Path) -> bool:
+    """The source keeps its weights in external data: so must every model derived from it."""
+    return external_data_file(source) is not None
 
-    def __init__(self, name: str, images: np.ndarray):
-        self._feeds = iter({name: images[i:i + 1]} for i in range(len(images)))
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over an NCHW array, `batch` images per call (a
+    short last batch is filled with copies of its first image, for fixed-batch models)."""
+
+    def __init__(self, name: str, images: np.ndarray, batch: int = 1):
+        chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+        self._feeds = iter({name: np.concatenate([c, np.repeat(c[:1], batch - len(c), axis=0)])} for c in chunks)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
@@ -32,11 +40,11 @@ def quantize_dynamic_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+                     op_types_to_quantize=["MatMul", "Gemm", "Gather"], use_external_data_format=_large(source))
     onnx.checker.check_model(str(target))
 
 
-def quantize_static_int8(source: Path, target: Path, images: np.ndarray) -> None:
+def quantize_static_int8(source: Path, target: Path, images: np.ndarray, batch: int = 1) -> None:
     """QDQ per-channel int8 with activations calibrated on `images` (preprocessed NCHW float32)."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
@@ -45,11 +53,13 @@ def quantize_static_int8(source: Path, target: Path, images: np.ndarray) -> None
         raise ExportError("int8 calibration needs at least one image")
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".int8.") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))  # shape inference + graph optimisation, as ORT advises
+        large = _large(source)
+        quant_pre_process(str(source), str(prepared), save_as_external_data=large)  # shape inference + graph
+        # optimisation, as onnxruntime advises before static quantization
         model = onnx.load(str(prepared), load_external_data=False)
         input_name = model.graph.input[0].name
-        quantize_static(str(prepared), str(target), _Batches(input_name, np.ascontiguousarray(images, np.float32)),
+        quantize_static(str(prepared), str(target), _Batches(input_name, np.ascontiguousarray(images, np.float32), batch),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"CalibTensorRangeSymmetric": False})
+                        extra_options={"CalibTensorRangeSymmetric": False}, use_external_data_format=large)
     onnx.checker.check_model(str(target))

@@ -7,8 +7,9 @@ loaded back and compared with torch, and the versioned folder TF Serving serves.
                                 expects it
 
 Conversion runs in a subprocess (export.tf_worker). Image models keep a dynamic batch; text encoders
-convert only at a fixed shape (`text_shape`, default 1 x max_length; longer inputs must be truncated
-and shorter ones padded to it, with attention_mask 0 on the padding), which the manifest declares."""
+convert only at a fixed shape (`--static-shape BATCH,SEQ`, default 1 x max_length; longer inputs must
+be truncated and shorter ones padded to it, with attention_mask 0 on the padding), which the manifest
+declares."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.parity import ParityCase
+from export.parity import ParityCase, at_static_shape
 from serve.manifest import TensorSpec
 from zoo.errors import ExportError, InputError
 from zoo.reference import Comparison, compare
@@ -51,45 +52,54 @@ class SavedModelResult:
     inputs: list[dict]  # name, dtype, shape (None: dynamic), layout
     outputs: list[dict]
     seconds: float
+    note: str = ""  # why the shape is not the ONNX model's, when it is not
 
 
-def _text_cases(cases: list[ParityCase], shape: tuple[int, int], pad_id: int) -> list[ParityCase]:
-    """Each parity case's rows padded (ids pad_id, mask 0) to the fixed shape, in chunks of `shape[0]`
-    rows (a short last chunk is filled with copies of its first row)."""
-    batch, length = shape
-    padded = []
-    for case in cases:
-        ids, mask = case.inputs["input_ids"][:, :length], case.inputs["attention_mask"][:, :length]
-        ids = torch.nn.functional.pad(ids, (0, length - ids.shape[1]), value=pad_id)
-        mask = torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=0)
-        for start in range(0, ids.shape[0], batch):
-            rows = list(range(start, min(start + batch, ids.shape[0])))
-            rows += [start] * (batch - len(rows))
-            padded.append(ParityCase(f"{case.label}, rows {start}+ padded to {batch}x{length}",
-                                     {"input_ids": ids[rows], "attention_mask": mask[rows]}))
-    return padded
+class _ConversionFailed(ExportError):
+    """onnx2tf or TensorFlow rejected the graph (as opposed to a timeout or a numeric disagreement)."""
 
 
 def write_savedmodel(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entry: ModelEntry,
                      cases: list[ParityCase], inputs: list[TensorSpec], output_name: str,
-                     text_shape: tuple[int, int] | None = None, pad_id: int = 0) -> SavedModelResult:
-    """Convert, load back, and compare every case with torch; ExportError (with every diff) otherwise."""
+                     pad_id: int = 0) -> SavedModelResult:
+    """Convert, load back, and compare every case with torch; ExportError (with every diff) otherwise.
+    A model exported with a static shape keeps it. Otherwise image models are converted with a dynamic
+    batch or, when onnx2tf cannot convert that graph (seen: ConvNeXt, whose exported graph computes
+    indices from the batch size), with a fixed batch of 1; text encoders at 1 x max_length."""
     check_available()
+    static = all(isinstance(d, int) for spec in inputs for d in spec.shape)
     if entry.modality == "text":
-        shape = text_shape or (1, entry.input.max_length)
-        cases = _text_cases(cases, shape, pad_id)
+        shape = tuple(inputs[0].shape) if static else (1, entry.input.max_length)
         specs = [{"name": i.name, "dtype": i.dtype, "shape": list(shape)} for i in inputs]
-    else:
-        specs = [{"name": i.name, "dtype": i.dtype, "shape": [None if isinstance(d, str) else d for d in i.shape]}
-                 for i in inputs]
+        return _convert(onnx_path, out, torch_model, entry, at_static_shape(cases, shape, pad_id), specs, output_name)
+    specs = [{"name": i.name, "dtype": i.dtype, "shape": [None if isinstance(d, str) else d for d in i.shape]}
+             for i in inputs]
+    try:
+        return _convert(onnx_path, out, torch_model, entry, cases, specs, output_name)
+    except _ConversionFailed as dynamic:
+        if static:
+            raise
+        shutil.rmtree(out, ignore_errors=True)
+        fixed = [{**spec, "shape": [1, *spec["shape"][1:]]} for spec in specs]
+        try:
+            result = _convert(onnx_path, out, torch_model, entry, at_static_shape(cases, (1,)), fixed, output_name)
+        except _ConversionFailed as exc:
+            raise ExportError(f"{dynamic}; and with a fixed batch of 1: {str(exc).split(': ', 1)[-1]}") from None
+        reason = str(dynamic).split(": ", 1)[-1]
+        return SavedModelResult(result.results, result.inputs, result.outputs, result.seconds,
+                                f"fixed batch 1: the dynamic-batch graph did not convert ({reason})")
+
+
+def _convert(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entry: ModelEntry, cases: list[ParityCase],
+             specs: list[dict], output_name: str) -> SavedModelResult:
+    fixed_shape = all(isinstance(d, int) for spec in specs for d in spec["shape"])
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".savedmodel.") as scratch:
         scratch = Path(scratch)
         np.savez(scratch / "cases.npz", **{f"{k}/{name}": t.numpy() for k, case in enumerate(cases)
                                            for name, t in case.inputs.items()})
         spec = {"onnx": str(onnx_path), "out": str(out), "scratch": str(scratch), "inputs": specs,
                 "output": output_name, "keep_nchw": [s["name"] for s in specs] if entry.modality == "image" else [],
-                "fixed_shape": entry.modality == "text", "cases": str(scratch / "cases.npz"),
-                "results": str(scratch / "results.npz")}
+                "fixed_shape": fixed_shape, "cases": str(scratch / "cases.npz"), "results": str(scratch / "results.npz")}
         (scratch / "spec.json").write_text(json.dumps(spec))
         try:
             done = subprocess.run([sys.executable, "-m", "export.tf_worker", str(scratch / "spec.json")],
@@ -97,8 +107,8 @@ def write_savedmodel(onnx_path: Path, out: Path, torch_model: torch.nn.Module, e
         except subprocess.TimeoutExpired:
             raise ExportError(f"the SavedModel conversion did not finish in {WORKER_TIMEOUT_S} s") from None
         if done.returncode != 0:
-            tail = "\n    ".join(done.stderr.strip().splitlines()[-6:])
-            raise ExportError(f"onnx2tf/TensorFlow could not convert {entry.id} (exit {done.returncode}):\n    {tail}")
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]  # the worker's one-line summary
+            raise _ConversionFailed(f"onnx2tf/TensorFlow could not convert {entry.id} (exit {done.returncode}): {last}")
         report = json.loads(done.stdout.strip().splitlines()[-1])
         actual = np.load(scratch / "results.npz")
         results = []

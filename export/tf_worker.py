@@ -105,7 +105,13 @@ def convert(spec: dict) -> dict:
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
-    print(json.dumps(convert(spec)))
+    try:
+        report = convert(spec)
+    except Exception as exc:  # onnx2tf and TensorFlow raise many types; the parent reports the last line
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        print(f"{type(exc).__name__}: {' '.join(lines[:2]) or 'no message'}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 
+from export.onnx_export import external_data_file, save_model
 from serve.manifest import TensorSpec
 from zoo.errors import ExportError, InputError
 
@@ -25,23 +26,31 @@ def to_fp16(source: Path, target: Path) -> None:
 
     converted = OnnxModel(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
     converted.topological_sort()  # the converter appends its input casts at the end of the graph
-    onnx.save(converted.model, str(target))
+    save_model(converted.model, target)
     onnx.checker.check_model(str(target))
 
 
-def _dims(spec: TensorSpec) -> str:
-    return "[ " + ", ".join(str(d) if isinstance(d, int) else "-1" for d in spec.shape[1:]) + " ]"
+def _fixed_batch(specs: list[TensorSpec]) -> bool:
+    return isinstance(specs[0].shape[0], int)
+
+
+def _dims(spec: TensorSpec, with_batch: bool) -> str:
+    shape = spec.shape if with_batch else spec.shape[1:]
+    return "[ " + ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape) + " ]"
 
 
 def triton_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> str:
-    """config.pbtxt: dynamic batching; GPU instances (on a CPU-only server use KIND_CPU, see comment)."""
+    """config.pbtxt: dynamic batching (a model exported with a fixed batch: max_batch_size 0 and the
+    full shape, as Triton requires); GPU instances (on a CPU-only server use KIND_CPU, see comment)."""
+    fixed = _fixed_batch(inputs)
+
     def tensors(kind: str, specs: list[TensorSpec]) -> str:
         return f"{kind} [\n" + ",\n".join(
-            f'  {{\n    name: "{s.name}"\n    data_type: {TRITON_TYPES[s.dtype]}\n    dims: {_dims(s)}\n  }}'
+            f'  {{\n    name: "{s.name}"\n    data_type: {TRITON_TYPES[s.dtype]}\n    dims: {_dims(s, fixed)}\n  }}'
             for s in specs) + "\n]\n"
-    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {TRITON_MAX_BATCH}\n'
+    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {0 if fixed else TRITON_MAX_BATCH}\n'
             + tensors("input", inputs) + tensors("output", outputs)
-            + "dynamic_batching {\n  max_queue_delay_microseconds: 5000\n}\n"
+            + ("" if fixed else "dynamic_batching {\n  max_queue_delay_microseconds: 5000\n}\n")
             + "# KIND_GPU needs a GPU; on a CPU-only Triton server change it to KIND_CPU.\n"
             + "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  }\n]\n")
 
@@ -63,10 +72,16 @@ def write_triton(bundle: Path, name: str, model_file: str, inputs: list[TensorSp
     """The repository layout inside the bundle; returns the files written (relative to the bundle)."""
     text = triton_config(name, inputs, outputs)
     config = parse_triton_config(text)
-    if config.max_batch_size != TRITON_MAX_BATCH or [i.name for i in config.input] != [s.name for s in inputs]:
+    batch = 0 if _fixed_batch(inputs) else TRITON_MAX_BATCH
+    if config.max_batch_size != batch or [i.name for i in config.input] != [s.name for s in inputs]:
         raise ExportError("the Triton config does not describe the exported model's inputs")
     folder = bundle / "triton" / name
     (folder / "1").mkdir(parents=True)
     (folder / "config.pbtxt").write_text(text)
     shutil.copyfile(bundle / model_file, folder / "1" / "model.onnx")
-    return [f"triton/{name}/config.pbtxt", f"triton/{name}/1/model.onnx"]
+    written = [f"triton/{name}/config.pbtxt", f"triton/{name}/1/model.onnx"]
+    data = external_data_file(bundle / model_file)
+    if data:  # the graph names its weights file relative to itself: model.onnx.data
+        shutil.copyfile(data, folder / "1" / data.name)
+        written.append(f"triton/{name}/1/{data.name}")
+    return written

@@ -39,9 +39,14 @@ class Predictor:
         self.provider_line = choice.line
         self.input_names = [spec.name for spec in manifest.inputs]
         self.output_name = manifest.outputs[0].name
+        # A bundle exported with a static shape: a fixed batch (run() splits and pads to it) and, for
+        # text, a fixed sequence length (the tokenizer pads to it).
+        first = manifest.inputs[0].shape
+        self.fixed_batch = first[0] if isinstance(first[0], int) else None
         self._text = None
         if manifest.modality == "text":
-            self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing)
+            length = first[1] if isinstance(first[1], int) else None
+            self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing, length)
 
     @property
     def is_classifier(self) -> bool:
@@ -56,8 +61,20 @@ class Predictor:
         return self._text(items)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The model's raw output for already-preprocessed inputs (checked against the manifest)."""
-        return self.session.run([self.output_name], self._check(feeds))[0]
+        """The model's raw output for already-preprocessed inputs (checked against the manifest). A
+        fixed-batch model takes any batch: it runs in chunks of its batch, the last one padded."""
+        checked = self._check(feeds)
+        if self.fixed_batch is None:
+            return self.session.run([self.output_name], checked)[0]
+        size, total = self.fixed_batch, len(next(iter(checked.values())))
+        outputs = []
+        for start in range(0, total, size):
+            chunk = {name: array[start:start + size] for name, array in checked.items()}
+            short = size - len(next(iter(chunk.values())))
+            if short:
+                chunk = {name: np.concatenate([array, np.repeat(array[-1:], short, axis=0)]) for name, array in chunk.items()}
+            outputs.append(self.session.run([self.output_name], chunk)[0])
+        return np.concatenate(outputs)[:total]
 
     def _check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in self.input_names if name not in feeds]
@@ -74,7 +91,7 @@ class Predictor:
             if array.ndim != len(spec.shape):
                 raise InputError(f"input {spec.name}: {array.ndim} dimensions {array.shape}, expected {expected}")
             for axis, (size, want) in enumerate(zip(array.shape, spec.shape)):
-                if isinstance(want, int) and size != want:
+                if isinstance(want, int) and size != want and not (axis == 0 and self.fixed_batch):
                     raise InputError(f"input {spec.name}: size {size} on axis {axis}, expected {expected}")
             if array.shape[0] == 0:
                 raise InputError(f"input {spec.name}: empty batch; expected at least one example")
@@ -130,6 +147,6 @@ def load(directory: str | Path, device: str = "auto", threads: int | None = None
             raise BundleError(f"{path} has no {variant!r} variant; it has: fp32"
                               + "".join(f", {v}" for v in manifest.variants))
         model_file = manifest.variants[variant]["file"]
-    choice = create_session(path / model_file, config, manifest.files[model_file])
+    choice = create_session(path / model_file, config, manifest.files[model_file], float16=variant == "fp16")
     log.info(choice.line)
     return Predictor(path, manifest, choice)

@@ -86,9 +86,10 @@ def preprocess_images(spec: ImagePreprocessing, items: Sequence[Any]) -> np.ndar
 
 
 class TextEncoder:
-    """The bundle's tokenizer with its manifest settings: truncation at max_length, padding to the longest."""
+    """The bundle's tokenizer with its manifest settings: truncation at max_length, padding to the
+    longest text, or to `length` for a model exported with a fixed sequence length."""
 
-    def __init__(self, path: Path, spec: TextPreprocessing):
+    def __init__(self, path: Path, spec: TextPreprocessing, length: int | None = None):
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -96,9 +97,9 @@ class TextEncoder:
                              "install it with `pip install zoo[text]`") from None
 
         self.tokenizer = Tokenizer.from_file(str(path))
-        self.max_length = spec.max_length
-        self.tokenizer.enable_truncation(spec.max_length)
-        self.tokenizer.enable_padding(pad_id=spec.pad_id, pad_token=spec.pad_token)
+        self.max_length = length or spec.max_length
+        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.enable_padding(pad_id=spec.pad_id, pad_token=spec.pad_token, length=length)
 
     def __call__(self, texts: Sequence[Any]) -> dict[str, np.ndarray]:
         for text in texts:

@@ -79,8 +79,16 @@ def _options(ort, config: SessionConfig, level: str):
     return options
 
 
-def create_session(model_path: Path, config: SessionConfig | None = None, model_sha256: str = "") -> SessionChoice:
-    """An InferenceSession on CUDA if the config allows it and it works, else on CPU."""
+# onnxruntime 1.32's NCHWc layout transformer crashes the process (SIGSEGV) while creating a session
+# for some float16 graphs (seen: torchvision's vit_b_16 converted to fp16, issue 4). float16 models are
+# loaded without it; their CPU convolutions do not use the NCHWc layout anyway.
+FLOAT16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+
+
+def create_session(model_path: Path, config: SessionConfig | None = None, model_sha256: str = "",
+                   float16: bool = False) -> SessionChoice:
+    """An InferenceSession on CUDA if the config allows it and it works, else on CPU. `float16`: the
+    model computes in float16 (see FLOAT16_DISABLED_OPTIMIZERS)."""
     import onnxruntime as ort
 
     config = config or SessionConfig()
@@ -93,14 +101,14 @@ def create_session(model_path: Path, config: SessionConfig | None = None, model_
                 ort.preload_dlls()
             except Exception as exc:  # missing CUDA libraries: reported below as the reason for CPU
                 reason = f"CUDA: libraries could not be loaded: {exc}"
-        session = _session(ort, model_path, _options(ort, config, config.optimization), [CUDA, CPU])
+        session = _session(ort, model_path, _options(ort, config, config.optimization), [CUDA, CPU], float16)
         if session.get_providers()[0] == CUDA:
             return SessionChoice(session, CUDA, f"serve: {model_path.parent.name} on {CUDA} (GPU), "
                                                 f"optimisation {config.optimization}")
         reason = "CUDA: provider listed but did not initialise (no usable GPU or driver)"
     if config.device == "cuda":
         raise ProviderError(f"device 'cuda' requested but {reason}; use device='auto' or 'cpu'")
-    session, cache_note = _cpu_session(ort, model_path, config, model_sha256)
+    session, cache_note = _cpu_session(ort, model_path, config, model_sha256, float16)
     actual = session.get_providers()[0]
     threads = f"threads {config.intra_op_threads or 'default'}/{config.inter_op_threads or 'default'}"
     why = "" if config.device == "cpu" else f"; {reason}"
@@ -108,25 +116,25 @@ def create_session(model_path: Path, config: SessionConfig | None = None, model_
                                           f"{config.optimization}{cache_note}{why})")
 
 
-def _cpu_session(ort, model_path: Path, config: SessionConfig, model_sha256: str):
+def _cpu_session(ort, model_path: Path, config: SessionConfig, model_sha256: str, float16: bool):
     """With cache_optimized: reuse `<model>.optimized.onnx` when its stamp matches this model, this
     onnxruntime and this level; otherwise optimise now and save it (skipped if the folder is read-only)."""
     if not config.cache_optimized:
-        return _session(ort, model_path, _options(ort, config, config.optimization), [CPU]), ""
+        return _session(ort, model_path, _options(ort, config, config.optimization), [CPU], float16), ""
     optimized = model_path.with_name(model_path.stem + OPTIMIZED_SUFFIX)
     stamp_path = optimized.with_suffix(".json")
     stamp = {"model_sha256": model_sha256, "onnxruntime": ort.__version__, "optimization": config.optimization}
     try:
         saved = json.loads(stamp_path.read_text())
         if {k: saved.get(k) for k in stamp} == stamp and sha256_file(optimized) == saved.get("optimized_sha256"):
-            return _session(ort, optimized, _options(ort, config, "disable"), [CPU]), ", cached optimised graph"
+            return _session(ort, optimized, _options(ort, config, "disable"), [CPU], float16), ", cached optimised graph"
     except (OSError, ValueError):
         pass
     options = _options(ort, config, config.optimization)
     tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
     options.optimized_model_filepath = str(tmp)
     try:
-        session = _session(ort, model_path, options, [CPU])
+        session = _session(ort, model_path, options, [CPU], float16)
         os.replace(tmp, optimized)
         stamp_tmp = stamp_path.with_name(f".{stamp_path.name}.{os.getpid()}.tmp")
         stamp_tmp.write_text(json.dumps({**stamp, "optimized_sha256": sha256_file(optimized)}))
@@ -134,13 +142,14 @@ def _cpu_session(ort, model_path: Path, config: SessionConfig, model_sha256: str
         return session, ", optimised graph saved"
     except OSError:  # read-only bundle: run without the cache
         tmp.unlink(missing_ok=True)
-        return _session(ort, model_path, _options(ort, config, config.optimization), [CPU]), \
+        return _session(ort, model_path, _options(ort, config, config.optimization), [CPU], float16), \
             ", optimised graph not saved (bundle folder not writable)"
 
 
-def _session(ort, model_path: Path, options, providers: list[str]):
+def _session(ort, model_path: Path, options, providers: list[str], float16: bool = False):
+    disabled = list(FLOAT16_DISABLED_OPTIMIZERS) if float16 else []
     try:
-        return ort.InferenceSession(str(model_path), options, providers=providers)
+        return ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
     except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BundleError(f"onnxruntime could not load {model_path}: {first}; re-export the bundle") from None

@@ -201,3 +201,47 @@ def test_a_failing_format_is_left_out_and_reported(tmp_path: Path, monkeypatch, 
     assert (tmp_path / "b" / "triton" / "efficientnet_lite0" / "config.pbtxt").is_file()
     rows = json.loads((tmp_path / "b" / "report.json").read_text())
     assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed", "ok", "ok", "ok", "ok"]
+
+
+def test_weights_over_the_protobuf_limit_go_to_external_data(tmp_path: Path, monkeypatch) -> None:
+    import serve
+    from export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # as if EfficientNet-Lite0 were over 2 GB
+    result = export_bundle("efficientnet_lite0", tmp_path / "b", formats=("onnx", "onnx-fp16", "onnx-int8", "triton"))
+    bundle = result.directory
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "triton/efficientnet_lite0/1/model.onnx"):
+        graph, data = bundle / name, bundle / f"{name}.data"
+        assert graph.stat().st_size < 1_000_000 < data.stat().st_size and f"{name}.data" in result.manifest.files
+    assert all(row["status"] == "ok" for row in result.formats) and result.formats[0]["size_mb"] > 18
+    photo = str(ROOT / "zoo" / "assets" / "flower.jpg")
+    for variant in ("fp32", "fp16", "int8"):
+        assert serve.load(bundle, variant=variant).predict([photo])[0]["top_k"][0]["label"] == "daisy"
+
+
+def test_static_shape_bundles_run_any_batch(all_formats, tmp_path: Path) -> None:
+    """--static-shape: no dynamic axis in any format; serve splits and pads to the fixed batch."""
+    import serve
+    from export.variants import parse_triton_config
+
+    photos = [str(ROOT / "zoo" / "assets" / name) for name in ("flower.jpg", "china.jpg", "flower.jpg")]
+    image = export_bundle("efficientnet_lite0", tmp_path / "image", options=FormatOptions(static_shape=(2,)),
+                          formats=("onnx", "onnx-int8", "savedmodel", "triton"))
+    assert all(row["status"] == "ok" for row in image.formats)
+    assert image.manifest.inputs[0].shape == [2, 3, 224, 224]
+    assert image.manifest.tensorflow["savedmodel"]["inputs"][0]["shape"] == [2, 3, 224, 224]
+    config = parse_triton_config((image.directory / "triton" / "efficientnet_lite0" / "config.pbtxt").read_text())
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [2, 3, 224, 224]
+    dynamic, fixed = serve.load(all_formats["efficientnet_lite0"]), serve.load(image.directory)
+    for batch in (photos[:1], photos):  # 1 and 3 inputs on a batch-2 model
+        a = dynamic.run(dynamic.preprocess(batch))
+        b = fixed.run(fixed.preprocess(batch))
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+    assert fixed.predict(photos)[1]["top_k"][0]["label"] == "palace"
+
+    text = export_bundle("all-minilm-l6-v2", tmp_path / "text", options=FormatOptions(static_shape=(2, 64)))
+    assert [i.shape for i in text.manifest.inputs] == [[2, 64], [2, 64]]
+    texts = ["a short text", "a much longer sentence about fixed shapes and padding", "ok"]
+    a = np.array([r["embedding"] for r in serve.load(all_formats["all-minilm-l6-v2"]).predict(texts)])
+    b = np.array([r["embedding"] for r in serve.load(text.directory).predict(texts)])
+    assert np.abs(a - b).max() < 1e-5  # padding to 64 with attention_mask 0 changes nothing

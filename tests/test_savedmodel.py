@@ -89,7 +89,7 @@ def test_a_conversion_that_fails_leaves_no_savedmodel(tmp_path: Path, monkeypatc
     assert not list(tmp_path.glob("b/.savedmodel*")) and read_manifest(tmp_path / "b").tensorflow == {}
 
 
-def test_missing_tensorflow_and_bad_text_shape_fail_before_exporting(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_missing_tensorflow_and_bad_static_shape_fail_before_exporting(tmp_path: Path, monkeypatch, capsys) -> None:
     from export import savedmodel
     from zoo.cli import main
 
@@ -98,8 +98,16 @@ def test_missing_tensorflow_and_bad_text_shape_fail_before_exporting(tmp_path: P
     err = capsys.readouterr().err
     assert code == 2 and "needs a_module_that_is_not_installed" in err and "pip install --no-deps onnx2tf" in err
     monkeypatch.undo()
-    for shape, message in [("1,100000", "sequence length in 1..256"), ("one", "expected BATCH,SEQ")]:
-        code = main(["export", "all-minilm-l6-v2", "--format", "savedmodel", "--text-shape", shape,
-                     "--out", str(tmp_path / "b")])
+    for name, shape, message in [("all-minilm-l6-v2", "1,100000", "SEQ in 1..256"),
+                                 ("all-minilm-l6-v2", "4", "expected BATCH,SEQ"),
+                                 ("efficientnet_lite0", "4,16", "expected BATCH >= 1"),
+                                 ("efficientnet_lite0", "one", "expected BATCH or BATCH,SEQ")]:
+        code = main(["export", name, "--format", "savedmodel", "--static-shape", shape, "--out", str(tmp_path / "b")])
         assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_tensorflow_worker_does_not_import_torch() -> None:
+    code = "import sys, export.tf_worker; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False"

@@ -23,14 +23,14 @@ def _sources(source_dir: tuple[str, ...]):
     return [SourceSpec(kind="path", path=str(Path(folder).resolve())) for folder in source_dir]
 
 
-def _shape(value: str | tuple[int, int]) -> tuple[int, int]:
-    """click type: "1,128" -> (1, 128)."""
+def _shape(value: str | tuple[int, ...]) -> tuple[int, ...]:
+    """click type: "8" -> (8,), "1,128" -> (1, 128)."""
     if isinstance(value, tuple):
         return value
     parts = value.split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise click.BadParameter(f"expected BATCH,SEQ (two integers, e.g. 1,128), found {value!r}")
-    return int(parts[0]), int(parts[1])
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise click.BadParameter(f"expected BATCH or BATCH,SEQ (integers, e.g. 8 or 1,128), found {value!r}")
+    return tuple(int(p) for p in parts)
 
 
 source_dir_option = click.option("--source-dir", multiple=True, metavar="DIR",
@@ -115,11 +115,12 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
 @click.option("--calibration", type=click.Path(path_type=Path),
               help="onnx-int8 of image models: a folder of images to calibrate on (default: a documented "
                    "offline photo set).")
-@click.option("--text-shape", type=_shape, metavar="BATCH,SEQ",
-              help="savedmodel of text models: the fixed input shape (default 1,max_length).")
+@click.option("--static-shape", type=_shape, metavar="BATCH[,SEQ]",
+              help="Export every format at this fixed input shape (no dynamic axes): BATCH for image models, "
+                   "BATCH,SEQ for text models. Text SavedModels are always fixed: this, or 1,max_length.")
 @source_dir_option
 def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: float | None, force: bool,
-           calibration: Path | None, text_shape: tuple[int, int] | None, source_dir: tuple[str, ...]) -> None:
+           calibration: Path | None, static_shape: tuple[int, ...] | None, source_dir: tuple[str, ...]) -> None:
     """Export NAME to a validated bundle (model, manifest, validation report) in --out."""
     from zoo.runs import resolve_name
 
@@ -128,7 +129,7 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: flo
 
     chosen = FORMATS if "all" in formats else tuple(dict.fromkeys(("onnx", *formats)))
     result = export_bundle(entry, out, opset=opset, atol=atol, overwrite=force, extra_sources=_sources(source_dir),
-                           formats=chosen, options=FormatOptions(calibration, text_shape))
+                           formats=chosen, options=FormatOptions(calibration, static_shape))
     click.echo("\n".join(result.lines()))
     if result.failed:
         raise ExportError(f"{len(result.failed)} format(s) failed and were left out: "
