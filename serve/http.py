@@ -72,6 +72,7 @@ class _State:
     def load(self) -> None:
         try:
             predictor = load(self.config.bundle, config=self.config.session)
+            predictor.warm_up(self.config.max_batch_size)  # before reporting ready: no slow first requests
             self.batcher = MicroBatcher(predictor, self.config.max_batch_size, self.config.max_wait_ms,
                                         on_batch=self.batch_sizes.observe)
             self.predictor = predictor

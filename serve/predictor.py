@@ -76,6 +76,19 @@ class Predictor:
             outputs.append(self.session.run([self.output_name], chunk)[0])
         return np.concatenate(outputs)[:total]
 
+    def warm_up(self, batch_size: int) -> None:
+        """One run at the largest shapes this predictor will serve (`batch_size` rows; text at its
+        longest sequence), so the first requests are not slow and onnxruntime's memory arena has
+        reached its plateau before traffic arrives."""
+        feeds = {}
+        for spec in self.manifest.inputs:
+            if self.manifest.modality == "text":
+                shape = [batch_size, spec.shape[1] if isinstance(spec.shape[1], int) else self._text.max_length]
+            else:
+                shape = [batch_size, *spec.shape[1:]]
+            feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
+        self.run(feeds)
+
     def _check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in self.input_names if name not in feeds]
         if missing:

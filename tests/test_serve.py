@@ -244,3 +244,11 @@ def test_text_inputs_must_be_strings(bundles) -> None:
         predictor.predict([b"bytes"])
     with pytest.raises(serve.InputError, match="no inputs"):
         predictor.predict([])
+
+
+def test_warm_up_runs_the_largest_shapes(bundles) -> None:
+    for name in ("efficientnet_lite0", "all-minilm-l6-v2"):
+        predictor = serve.load(bundles[name])
+        predictor.warm_up(3)  # must not raise: every input at batch 3 (text at its max_length)
+    with pytest.raises(serve.InputError):
+        predictor.warm_up(0)
