@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from serve.providers import FLOAT16_DISABLED_OPTIMIZERS, session_options
+from serve.providers import disabled_optimizers, session_options
 from zoo.errors import InputError
 from zoo.reference import SENTENCES, asset_path, synthetic_images
 
@@ -57,7 +57,7 @@ class _Sessions:
         self.predictor = serve.load(bundle, config=config)
         options = session_options(config)
         self.raw = {name: ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"],
-                                               disabled_optimizers=list(FLOAT16_DISABLED_OPTIMIZERS) if "fp16" in name else [])
+                                               disabled_optimizers=disabled_optimizers("fp16" in name))
                     for name, file in {"onnxruntime fp32": "model.onnx", **QUANTIZED_FILES}.items()
                     if (bundle / file).is_file()}
         self.optimum = _optimum_pipeline(entry, options) if entry.modality == "text" else None

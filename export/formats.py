@@ -113,11 +113,11 @@ def derived_formats(formats: Sequence[str], context: DerivedContext, rows: list[
 
 
 def _session(path: Path):
-    from serve.providers import FLOAT16_DISABLED_OPTIMIZERS
+    from serve.providers import disabled_optimizers
     import onnxruntime as ort
 
-    disabled = list(FLOAT16_DISABLED_OPTIMIZERS) if path.name == FP16_FILE else []
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers(path.name == FP16_FILE))
 
 
 def _checked(context: DerivedContext, path: Path, atol: float | None, cosine_floor: float | None = None,

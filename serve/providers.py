@@ -85,6 +85,11 @@ def _options(ort, config: SessionConfig, level: str):
 FLOAT16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 
 
+def disabled_optimizers(float16: bool) -> list[str]:
+    """The `disabled_optimizers` argument of an InferenceSession for a float16 or other model."""
+    return list(FLOAT16_DISABLED_OPTIMIZERS) if float16 else []
+
+
 def create_session(model_path: Path, config: SessionConfig | None = None, model_sha256: str = "",
                    float16: bool = False) -> SessionChoice:
     """An InferenceSession on CUDA if the config allows it and it works, else on CPU. `float16`: the
@@ -147,9 +152,9 @@ def _cpu_session(ort, model_path: Path, config: SessionConfig, model_sha256: str
 
 
 def _session(ort, model_path: Path, options, providers: list[str], float16: bool = False):
-    disabled = list(FLOAT16_DISABLED_OPTIMIZERS) if float16 else []
     try:
-        return ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
+        return ort.InferenceSession(str(model_path), options, providers=providers,
+                                    disabled_optimizers=disabled_optimizers(float16))
     except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BundleError(f"onnxruntime could not load {model_path}: {first}; re-export the bundle") from None
