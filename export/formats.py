@@ -4,7 +4,7 @@ the staging folder; a format that fails leaves no file behind and a failed row i
     onnx-fp16    model.fp16.onnx       export.variants.to_fp16
     onnx-int8    model.int8.onnx       export.quantize (+ export.calibration for image models)
     savedmodel   savedmodel/           export.savedmodel (onnx2tf in a subprocess)
-    tf-serving   tf_serving/NAME/1/    a copy of the SavedModel
+    tf-serving   tf_serving/NAME/1/    the SavedModel, hard-linked where the filesystem allows
     triton       triton/NAME/...       export.variants.write_triton"""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from zoo.tolerances import EXPORT_ATOL, INT8_MIN_COSINE
 
 from export.onnx_export import external_data_file
 from export.parity import ParityCase, at_static_shape, check_parity
-from export.savedmodel import SAVEDMODEL_DIR, TF_SERVING_DIR, files_under, write_savedmodel, write_tf_serving
+from export.files import files_under
+from export.savedmodel import SAVEDMODEL_DIR, TF_SERVING_DIR, write_savedmodel, write_tf_serving
 from export.variants import to_fp16, write_triton
 
 MODEL_FILE = "model.onnx"

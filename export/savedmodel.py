@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.files import files_under, link_tree
 from export.parity import ParityCase, at_static_shape
 from serve.manifest import TensorSpec
 from zoo.errors import ExportError, InputError
@@ -131,14 +132,10 @@ def _convert(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entry: Mo
 
 
 def write_tf_serving(bundle: Path, name: str) -> list[str]:
-    """tf_serving/NAME/1/: a copy of the bundle's SavedModel, the layout TF Serving loads."""
+    """tf_serving/NAME/1/: the bundle's SavedModel (hard-linked where possible), the layout TF Serving loads."""
     source = bundle / SAVEDMODEL_DIR
     if not (source / "saved_model.pb").is_file():
         raise ExportError("tf-serving lays out the SavedModel, which was not written (see the savedmodel row)")
     target = bundle / TF_SERVING_DIR / name / "1"
-    shutil.copytree(source, target)
+    link_tree(source, target)
     return files_under(bundle, target)
-
-
-def files_under(bundle: Path, folder: Path) -> list[str]:
-    return sorted(p.relative_to(bundle).as_posix() for p in folder.rglob("*") if p.is_file())

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import onnx
 
+from export.files import link_or_copy
 from export.onnx_export import external_data_file, save_model
 from serve.manifest import TensorSpec
 from zoo.errors import ExportError, InputError
@@ -78,10 +78,10 @@ def write_triton(bundle: Path, name: str, model_file: str, inputs: list[TensorSp
     folder = bundle / "triton" / name
     (folder / "1").mkdir(parents=True)
     (folder / "config.pbtxt").write_text(text)
-    shutil.copyfile(bundle / model_file, folder / "1" / "model.onnx")
+    link_or_copy(bundle / model_file, folder / "1" / "model.onnx")
     written = [f"triton/{name}/config.pbtxt", f"triton/{name}/1/model.onnx"]
     data = external_data_file(bundle / model_file)
     if data:  # the graph names its weights file relative to itself: model.onnx.data
-        shutil.copyfile(data, folder / "1" / data.name)
+        link_or_copy(data, folder / "1" / data.name)
         written.append(f"triton/{name}/1/{data.name}")
     return written

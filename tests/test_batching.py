@@ -49,7 +49,8 @@ def test_a_bad_request_fails_alone(bundles) -> None:
         with pytest.raises(serve.InputError, match="not a readable image"):
             futures[1].result(60)
         assert [p["label"] for p in futures[2].result(60)["top_k"]] == ["palace"]
-    assert batcher.stats.sizes == [2]  # the bad input never reached the batch
+    # The bad input never reached a batch (the two good ones may or may not share one: timing).
+    assert batcher.stats.requests == 2 and sum(batcher.stats.sizes) == 2
 
 
 def test_text_requests_are_batched_with_padding(bundles) -> None:

@@ -174,9 +174,27 @@ def test_triton_repository_layout(all_formats, name: str) -> None:
     assert config.dynamic_batching.max_queue_delay_microseconds == 5000
     manifest = read_manifest(all_formats[name])
     assert [i.name for i in config.input] == [i.name for i in manifest.inputs]
-    assert (folder / "1" / "model.onnx").read_bytes() == (all_formats[name] / "model.onnx").read_bytes()
+    assert (folder / "1" / "model.onnx").samefile(all_formats[name] / "model.onnx")  # a hard link: no second copy
     with pytest.raises(ExportError, match="does not parse"):
         parse_triton_config((folder / "config.pbtxt").read_text().replace("max_batch_size", "max_batch_sise"))
+
+
+def test_layout_copies_fall_back_to_copying_where_links_fail(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from export.files import link_or_copy
+
+    (tmp_path / "model.onnx").write_bytes(b"weights")
+    link_or_copy(tmp_path / "model.onnx", tmp_path / "linked.onnx")
+    assert (tmp_path / "linked.onnx").samefile(tmp_path / "model.onnx")
+
+    def cross_device(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    link_or_copy(tmp_path / "model.onnx", tmp_path / "copied.onnx")
+    assert (tmp_path / "copied.onnx").read_bytes() == b"weights"
+    assert not (tmp_path / "copied.onnx").samefile(tmp_path / "model.onnx")
 
 
 def test_report_lists_every_format(all_formats) -> None:

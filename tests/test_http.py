@@ -4,7 +4,6 @@ predict convenience route, JSON errors, limits, metrics, a bounded load test, gr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket

@@ -72,7 +72,7 @@ def test_tf_serving_layout_is_listed_and_hashed(all_formats, name: str) -> None:
     serving = manifest.tensorflow["tf_serving"]
     assert serving == {"model_base_path": f"tf_serving/{name}", "model_name": name, "version": 1}
     version = bundle / "tf_serving" / name / "1"
-    assert (version / "saved_model.pb").read_bytes() == (bundle / "savedmodel" / "saved_model.pb").read_bytes()
+    assert (version / "saved_model.pb").samefile(bundle / "savedmodel" / "saved_model.pb")  # hard-linked
     on_disk = {p.relative_to(bundle).as_posix() for p in (bundle / "tf_serving").rglob("*") if p.is_file()}
     assert on_disk and on_disk <= set(manifest.files)
 
