@@ -85,8 +85,8 @@ def _io(entry: ModelEntry, fetched: FetchedModel):
         spec = entry.input
         preprocessing = ImagePreprocessing(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation,
                                            mean=list(spec.mean), std=list(spec.std))
-        return ({"pixel_values": synthetic_images(spec, 2)}, {"pixel_values": {0: "batch"}}, "logits",
-                preprocessing, None)
+        axes = {0: "batch", 2: "height", 3: "width"} if entry.output.kind == "segmentation" else {0: "batch"}
+        return {"pixel_values": synthetic_images(spec, 2)}, {"pixel_values": axes}, "logits", preprocessing, None
     tokenizer = load_tokenizer(fetched.files[entry.input.tokenizer], entry.input)
     axes = {0: "batch", 1: "sequence"}
     preprocessing = TextPreprocessing(tokenizer=entry.input.tokenizer, max_length=entry.input.max_length,
@@ -97,6 +97,8 @@ def _io(entry: ModelEntry, fetched: FetchedModel):
 
 
 def _postprocessing(entry: ModelEntry) -> Postprocessing:
+    if entry.output.kind == "segmentation":
+        return Postprocessing(kind="segmentation", labels=list(entry.output.labels))
     if entry.output.kind == "logits":
         binary = entry.builder_args.get("head") == "binary"
         return Postprocessing(kind="classification", labels=list(entry.output.labels),
@@ -127,14 +129,22 @@ def _informative_random_weights(model: torch.nn.Module, entry: ModelEntry, cases
         if norms:
             for norm in norms:
                 norm.reset_running_stats()
-                norm.momentum = None  # a cumulative average: the statistics of exactly this batch
+                norm.momentum = None  # a cumulative average: the statistics of exactly these inputs
             model.train()
-            images = [case.inputs["pixel_values"] for case in cases]
+            batches = [case.inputs for case in cases]
             if entry.modality == "image":
                 from export.calibration import calibration_images, held_out_images
 
-                images += [calibration_images(entry.input), held_out_images(entry.input)]
-            model(torch.cat(images))
+                batches += [{"pixel_values": calibration_images(entry.input)},
+                            {"pixel_values": held_out_images(entry.input)}]
+            by_shape: dict[tuple, list[dict[str, torch.Tensor]]] = {}
+            for batch in batches:
+                by_shape.setdefault(tuple(t.shape[1:] for t in batch.values()), []).append(batch)
+            for group in by_shape.values():  # one call per input shape (segmentation takes several)
+                inputs = [torch.cat([batch[name] for batch in group]) for name in group[0]]
+                if entry.modality == "image" and len(inputs[0]) == 1:  # pooled features need two images
+                    inputs = [torch.cat([inputs[0], inputs[0].flip(-1)])]
+                model(*inputs)
             model.eval()
 
 
@@ -147,6 +157,9 @@ def _check_options(entry: ModelEntry, formats: Sequence[str], options: FormatOpt
     if "savedmodel" in formats:
         check_tensorflow()
     shape = options.static_shape
+    if shape is not None and entry.output.kind == "segmentation":
+        raise InputError(f"--static-shape: {entry.id} is a segmentation model, exported for any image size "
+                         "(its masks come back at each image's resolution); leave --static-shape out")
     if shape is not None:
         text = entry.modality == "text"
         expected = f"BATCH,SEQ with a batch >= 1 and SEQ in 1..{entry.input.max_length}" if text else "BATCH >= 1"

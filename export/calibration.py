@@ -11,6 +11,8 @@ one view each); the agreement is still measured on the default held-out half."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -72,9 +74,15 @@ def views(image: Image.Image) -> list[Image.Image]:
     return [image, *(image.crop(box) for box in boxes)]
 
 
+def _one_shape(spec: ImageInputSpec) -> ImageInputSpec:
+    """A model that takes any image size (no crop) is calibrated on square center crops at its resize:
+    a calibration set is one batch of one shape."""
+    return spec if spec.crop is not None else dataclasses.replace(spec, crop=spec.resize)
+
+
 def _default_batch(spec: ImageInputSpec, photos) -> torch.Tensor:
     images = [view for photo in photos for view in views(open_image(_photo(*photo)))]
-    return preprocess_images(spec, images)
+    return preprocess_images(_one_shape(spec), images)
 
 
 def held_out_images(spec: ImageInputSpec) -> torch.Tensor:
@@ -86,7 +94,7 @@ def calibration_images(spec: ImageInputSpec, directory: Path | None = None) -> t
     """The calibration views, preprocessed (NCHW): the user's images in `directory`, else the default half."""
     if directory is None:
         return _default_batch(spec, CALIBRATION_PHOTOS)
-    return preprocess_images(spec, calibration_files(directory))
+    return preprocess_images(_one_shape(spec), calibration_files(directory))
 
 
 def calibration_files(directory: Path) -> list[Path]:

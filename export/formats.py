@@ -19,7 +19,7 @@ import torch
 
 from serve.manifest import TensorSpec
 from zoo.errors import ExportError
-from zoo.reference import Comparison, compare
+from zoo.reference import Comparison, compare_outputs
 from zoo.schema import ModelEntry
 from zoo.tolerances import EXPORT_ATOL, INT8_MIN_COSINE
 
@@ -158,8 +158,7 @@ def _int8(context: DerivedContext):
         session, chunks = _session(target), at_static_shape([ParityCase("", {"x": images})], (batch,))
         actual = np.concatenate([session.run([context.output_name], {context.inputs[0].name: c.inputs["x"].numpy()})[0]
                                  for c in chunks])[:len(images)]
-        held_out = compare(f"{len(images)} held-out views", actual, expected, None,
-                           classifier=entry.output.kind == "logits", cosine_floor=INT8_MIN_COSINE)
+        held_out = compare_outputs(entry, f"{len(images)} held-out views", actual, expected, None, INT8_MIN_COSINE)
         method = ("static QDQ, per-channel int8 weights, uint8 activations (MinMax), calibrated on "
                   + (str(context.options.calibration) if context.options.calibration else "the default photo set"))
     else:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from zoo.preprocess import preprocess_images, tokenize
-from zoo.reference import SENTENCES, Comparison, asset_path, compare, synthetic_images
+from zoo.reference import SENTENCES, Comparison, asset_path, compare_outputs, synthetic_images
 from zoo.schema import ModelEntry
 
 
@@ -24,6 +24,15 @@ class ParityCase:
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
     """Inputs that exercise every dynamic axis at sizes other than the export example's."""
+    if entry.output.kind == "segmentation":  # any height and width: square, wide, and a photo's own shape
+        height, width = entry.input.size
+        return [
+            ParityCase("synthetic batch 1", {"pixel_values": synthetic_images(entry.input, 1)}),
+            ParityCase(f"synthetic batch 2 at {height * 3 // 4}x{width}",
+                       {"pixel_values": synthetic_images(entry.input, 2, (height * 3 // 4, width))}),
+            ParityCase("photo batch 1", {"pixel_values": preprocess_images(entry.input, [asset_path("flower.jpg")])},
+                       real=True),
+        ]
     if entry.modality == "image":
         return [
             ParityCase("synthetic batch 1", {"pixel_values": synthetic_images(entry.input, 1)}),
@@ -70,8 +79,7 @@ def check_parity(model: nn.Module, session: Any, entry: ModelEntry, cases: list[
             expected = model(*case.inputs.values()).float().numpy()
         feeds = {name: tensor.numpy() for name, tensor in case.inputs.items()}
         actual = session.run([output_name], feeds)[0]
-        results.append(compare(case.label, actual, expected, atol, classifier=entry.output.kind == "logits",
-                               cosine_floor=cosine_floor))
+        results.append(compare_outputs(entry, case.label, actual, expected, atol, cosine_floor))
     return results
 
 

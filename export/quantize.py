@@ -24,6 +24,12 @@ def _large(source: Path) -> bool:
     return external_data_file(source) is not None
 
 
+def _dynamic_image_size(source: Path) -> bool:
+    """An image input whose height or width is a named (dynamic) dimension."""
+    graph = onnx.load(str(source), load_external_data=False).graph
+    return any(dim.dim_param for spec in graph.input for dim in spec.type.tensor_type.shape.dim[2:])
+
+
 class _Batches:
     """onnxruntime's CalibrationDataReader protocol over an NCHW array, `batch` images per call (a
     short last batch is filled with copies of its first image, for fixed-batch models)."""
@@ -54,8 +60,12 @@ def quantize_static_int8(source: Path, target: Path, images: np.ndarray, batch: 
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".int8.") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         large = _large(source)
-        quant_pre_process(str(source), str(prepared), save_as_external_data=large)  # shape inference + graph
-        # optimisation, as onnxruntime advises before static quantization
+        # Shape inference + graph optimisation, as onnxruntime advises before static quantization. Its
+        # symbolic pass cannot follow sizes computed from a dynamic height/width (segmentation upsamples
+        # back to the input size) and, when it fails, dumps the model into the working directory: such
+        # graphs get onnx's own shape inference only.
+        quant_pre_process(str(source), str(prepared), save_as_external_data=large,
+                          skip_symbolic_shape=_dynamic_image_size(source))
         model = onnx.load(str(prepared), load_external_data=False)
         input_name = model.graph.input[0].name
         quantize_static(str(prepared), str(target), _Batches(input_name, np.ascontiguousarray(images, np.float32), batch),

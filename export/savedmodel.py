@@ -9,10 +9,11 @@ loaded back and compared with torch, and the versioned folder TF Serving serves.
 Conversion runs in a subprocess (export.tf_worker). Image models keep a dynamic batch; text encoders
 convert only at a fixed shape (`--static-shape BATCH,SEQ`, default 1 x max_length; longer inputs must
 be truncated and shorter ones padded to it, with attention_mask 0 on the padding), which the manifest
-declares."""
+declares; segmentation models at 1 x 3 x resize x resize (NCHW logits out, like the ONNX model)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -29,7 +30,8 @@ from export.files import files_under, link_tree
 from export.parity import ParityCase, at_static_shape
 from serve.manifest import TensorSpec
 from zoo.errors import ExportError, InputError
-from zoo.reference import Comparison, compare
+from zoo.preprocess import preprocess_images
+from zoo.reference import Comparison, asset_path, compare_outputs
 from zoo.schema import ModelEntry
 from zoo.tolerances import EXPORT_ATOL
 
@@ -66,9 +68,12 @@ def write_savedmodel(onnx_path: Path, out: Path, torch_model: torch.nn.Module, e
     """Convert, load back, and compare every case with torch; ExportError (with every diff) otherwise.
     A model exported with a static shape keeps it. Otherwise image models are converted with a dynamic
     batch or, when onnx2tf cannot convert that graph (seen: ConvNeXt, whose exported graph computes
-    indices from the batch size), with a fixed batch of 1; text encoders at 1 x max_length."""
+    indices from the batch size), with a fixed batch of 1; text encoders at 1 x max_length; segmentation
+    models at 1 x 3 x resize x resize."""
     check_available()
     static = all(isinstance(d, int) for spec in inputs for d in spec.shape)
+    if entry.output.kind == "segmentation":
+        return _segmentation(onnx_path, out, torch_model, entry, cases, inputs, output_name)
     if entry.modality == "text":
         shape = tuple(inputs[0].shape) if static else (1, entry.input.max_length)
         specs = [{"name": i.name, "dtype": i.dtype, "shape": list(shape)} for i in inputs]
@@ -91,8 +96,23 @@ def write_savedmodel(onnx_path: Path, out: Path, torch_model: torch.nn.Module, e
                                 f"fixed batch 1: the dynamic-batch graph did not convert ({reason})")
 
 
+def _segmentation(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entry: ModelEntry,
+                  cases: list[ParityCase], inputs: list[TensorSpec], output_name: str) -> SavedModelResult:
+    """Segmentation graphs take any height and width, which onnx2tf 1.29 does not convert (IndexError);
+    they convert at a fixed 1 x 3 x resize x resize, checked on the square parity cases and a photo
+    resized and center-cropped to that square (what a TF Serving client then sends)."""
+    side = entry.input.resize
+    square = [case for case in at_static_shape(cases, (1,)) if tuple(case.inputs["pixel_values"].shape[2:]) == (side, side)]
+    photo = preprocess_images(dataclasses.replace(entry.input, crop=side), [asset_path("flower.jpg")])
+    square.append(ParityCase(f"photo cropped to {side}x{side}", {"pixel_values": photo}, real=True))
+    specs = [{"name": inputs[0].name, "dtype": inputs[0].dtype, "shape": [1, 3, side, side]}]
+    result = _convert(onnx_path, out, torch_model, entry, square, specs, output_name, output_nchw=True)
+    return dataclasses.replace(result, note=f"fixed 1x3x{side}x{side}: resize and crop images to {side}x{side}; "
+                                            "the any-size graph does not convert (onnx2tf: IndexError)")
+
+
 def _convert(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entry: ModelEntry, cases: list[ParityCase],
-             specs: list[dict], output_name: str) -> SavedModelResult:
+             specs: list[dict], output_name: str, output_nchw: bool = False) -> SavedModelResult:
     fixed_shape = all(isinstance(d, int) for spec in specs for d in spec["shape"])
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".savedmodel.") as scratch:
         scratch = Path(scratch)
@@ -100,7 +120,8 @@ def _convert(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entry: Mo
                                            for name, t in case.inputs.items()})
         spec = {"onnx": str(onnx_path), "out": str(out), "scratch": str(scratch), "inputs": specs,
                 "output": output_name, "keep_nchw": [s["name"] for s in specs] if entry.modality == "image" else [],
-                "fixed_shape": fixed_shape, "cases": str(scratch / "cases.npz"), "results": str(scratch / "results.npz")}
+                "fixed_shape": fixed_shape, "output_nchw": output_nchw, "cases": str(scratch / "cases.npz"),
+                "results": str(scratch / "results.npz")}
         (scratch / "spec.json").write_text(json.dumps(spec))
         try:
             done = subprocess.run([sys.executable, "-m", "export.tf_worker", str(scratch / "spec.json")],
@@ -116,8 +137,7 @@ def _convert(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entry: Mo
         for k, case in enumerate(cases):
             with torch.inference_mode():
                 expected = torch_model(*case.inputs.values()).float().numpy()
-            results.append(compare(case.label, actual[str(k)], expected, EXPORT_ATOL["float32"],
-                                   classifier=entry.output.kind == "logits"))
+            results.append(compare_outputs(entry, case.label, actual[str(k)], expected, EXPORT_ATOL["float32"]))
     failing = [c.line() for c in results if not c.ok]
     if failing:
         raise ExportError("the SavedModel disagrees with torch: " + "; ".join(failing))

@@ -8,7 +8,7 @@ loads the result back with `tf.saved_model.load` and runs it on the cases the pa
 parent can compare the outputs with torch.
 
 SPEC.json: {"onnx", "out", "scratch", "inputs": [{"name", "dtype", "shape"}], "output",
-            "keep_nchw": [names], "fixed_shape": bool, "cases": NPZ, "results": NPZ}
+            "keep_nchw": [names], "fixed_shape": bool, "output_nchw": bool, "cases": NPZ, "results": NPZ}
 Cases are named "<case index>/<input name>"; results "<case index>". Prints one JSON line."""
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ def convert(spec: dict) -> dict:
     def serving(*tensors):
         by_name = dict(zip(names, tensors))
         result = keras_model([by_name[n] for n in order])
-        return {output: result[0] if isinstance(result, (list, tuple)) else result}
+        result = result[0] if isinstance(result, (list, tuple)) else result
+        if spec.get("output_nchw"):  # onnx2tf lays 4-D outputs out NHWC; the signature keeps ONNX's NCHW
+            result = tf.transpose(result, [0, 3, 1, 2])
+        return {output: result}
 
     archive = tf_keras.export.ExportArchive()
     archive.track(keras_model)

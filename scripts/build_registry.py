@@ -28,13 +28,32 @@ TORCHVISION = {
 }
 
 
-def torchvision_entry(arch: str, paper: str) -> dict:
+def _torchvision_weights(arch: str, paper: str):
+    """(weights enum, transform, the fields every torchvision entry shares: file, source, provenance, size)."""
     weights = get_model_weights(arch).DEFAULT
-    transform = weights.transforms()
     file_name = weights.url.rsplit("/", 1)[1]
     prefix = re.search(r"-([0-9a-f]{8,})\.pth$", file_name).group(1)
-    meta = weights.meta
     origin = f"torchvision {type(weights).__name__}.{weights.name}"
+    shared = {
+        "weights_format": "torch-state-dict",
+        "files": [{"name": file_name, "role": "weights", "sha256_prefix": prefix}],
+        "sources": [{"kind": "url", "base_url": weights.url.rsplit("/", 1)[0] + "/"}],
+        "provenance": {"license": "BSD-3-Clause", "origin": origin, "paper": paper},
+        "params": weights.meta["num_params"],
+        "gflops": weights.meta["_ops"],
+    }
+    return weights, weights.transforms(), shared
+
+
+def _image_input(transform, crop: int | None) -> dict:
+    side = crop if crop is not None else transform.resize_size[0]
+    return {"kind": "image", "size": [side, side], "resize": transform.resize_size[0], "crop": crop,
+            "interpolation": transform.interpolation.value, "mean": list(transform.mean), "std": list(transform.std)}
+
+
+def torchvision_entry(arch: str, paper: str) -> dict:
+    weights, transform, shared = _torchvision_weights(arch, paper)
+    origin = shared["provenance"]["origin"]
     return {
         "id": arch,
         "description": f"torchvision {arch}, ImageNet-1k weights {weights.name}",
@@ -42,27 +61,44 @@ def torchvision_entry(arch: str, paper: str) -> dict:
         "task": "image-classification",
         "architecture": arch,
         "builder": "torchvision",
-        "builder_args": {"arch": arch, "num_classes": len(meta["categories"])},
-        "weights_format": "torch-state-dict",
-        "files": [{"name": file_name, "role": "weights", "sha256_prefix": prefix}],
-        "sources": [{"kind": "url", "base_url": weights.url.rsplit("/", 1)[0] + "/"}],
-        "provenance": {"license": "BSD-3-Clause", "origin": origin, "paper": paper},
-        "params": meta["num_params"],
-        "gflops": meta["_ops"],
-        "metrics": [
-            {"name": f"imagenet-1k/{k}", "value": v, "source": origin}
-            for k, v in meta["_metrics"]["ImageNet-1K"].items()
-        ],
-        "input": {
-            "kind": "image",
-            "size": [transform.crop_size[0], transform.crop_size[0]],
-            "resize": transform.resize_size[0],
-            "crop": transform.crop_size[0],
-            "interpolation": transform.interpolation.value,
-            "mean": list(transform.mean),
-            "std": list(transform.std),
-        },
+        "builder_args": {"arch": arch, "num_classes": len(weights.meta["categories"])},
+        **shared,
+        "metrics": [{"name": f"imagenet-1k/{k}", "value": v, "source": origin}
+                    for k, v in weights.meta["_metrics"]["ImageNet-1K"].items()],
+        "input": _image_input(transform, transform.crop_size[0]),
         "output": {"kind": "logits", "labels": "imagenet-1k"},
+    }
+
+
+SEGMENTATION = {
+    # id: (paper, model name in the description)
+    "lraspp_mobilenet_v3_large": ("https://arxiv.org/abs/1905.02244", "LR-ASPP"),
+    "deeplabv3_mobilenet_v3_large": ("https://arxiv.org/abs/1706.05587", "DeepLabV3"),
+}
+
+
+def segmentation_entry(arch: str, paper: str, name: str) -> dict:
+    """torchvision semantic segmentation: any input size (resize the shorter side, no crop), the 20
+    Pascal VOC categories + background; DeepLabV3's weights carry the auxiliary head (aux_loss)."""
+    weights, transform, shared = _torchvision_weights(arch, paper)
+    origin = shared["provenance"]["origin"]
+    args = {"arch": arch, "num_classes": len(weights.meta["categories"])}
+    if arch.startswith("deeplabv3"):
+        args["aux_loss"] = True
+    return {
+        "id": arch,
+        "description": f"torchvision {name} on a MobileNetV3-Large backbone, {weights.name} weights "
+                       "(COCO train2017 restricted to the 20 Pascal VOC categories + background)",
+        "modality": "image",
+        "task": "semantic-segmentation",
+        "architecture": arch,
+        "builder": "torchvision_segmentation",
+        "builder_args": args,
+        **shared,
+        "metrics": [{"name": f"coco-val2017-voc-labels/{k}", "value": v, "source": origin}
+                    for k, v in weights.meta["_metrics"]["COCO-val2017-VOC-labels"].items()],
+        "input": _image_input(transform, None),
+        "output": {"kind": "segmentation", "labels": "voc-21"},
     }
 
 
@@ -210,10 +246,12 @@ def main() -> int:
     models = [EFFICIENTNET_LITE0, *TEXT_ENTRIES[:1]]
     models += [torchvision_entry(arch, paper) for arch, paper in TORCHVISION.items()]
     models += TEXT_ENTRIES[1:]
+    models += [segmentation_entry(arch, paper, name) for arch, (paper, name) in SEGMENTATION.items()]
     for model in models:
         if model["id"] in references:
             model["reference"] = references[model["id"]]
-    document = {"format_version": 1, "label_sets": {"imagenet-1k": categories}, "models": models}
+    voc = get_model_weights("lraspp_mobilenet_v3_large").DEFAULT.meta["categories"]
+    document = {"format_version": 1, "label_sets": {"imagenet-1k": categories, "voc-21": voc}, "models": models}
     REGISTRY.write_text(dumps(document))
     print(f"wrote {REGISTRY} with {len(models)} models", file=sys.stderr)
     return 0

@@ -18,14 +18,15 @@ import numpy as np
 
 from serve.errors import InputError, ServeError
 from serve.predictor import Predictor
-from serve.preprocess import describe
+from serve.preprocess import describe, preprocess_image_sized
 
 
 @dataclass
 class _Request:
     item: Any
     top_k: int
-    array: np.ndarray | None = None  # the preprocessed image (image models)
+    array: np.ndarray | None = None  # the preprocessed CHW image (image models)
+    size: tuple[int, int] | None = None  # the image's own (width, height): segmentation masks go back to it
     future: Future = field(default_factory=Future)
 
 
@@ -59,7 +60,7 @@ class MicroBatcher:
         request = _Request(item, top_k)
         try:  # in the caller's thread: preprocessing runs in parallel, and a bad input fails alone
             if self.predictor.manifest.modality == "image":
-                request.array = next(iter(self.predictor.preprocess([item]).values()))
+                request.array, request.size = preprocess_image_sized(self.predictor.manifest.preprocessing, item)
             elif not isinstance(item, str):
                 raise InputError(f"text input {describe(item)}: expected a str")
         except Exception as exc:
@@ -124,14 +125,14 @@ class MicroBatcher:
         if self.on_batch is not None:
             self.on_batch(len(good))
         try:
-            if images:
-                feeds = {predictor.input_names[0]: np.concatenate([r.array for r in good])}
+            if images:  # one run per distinct image shape (segmentation takes any size)
+                output = predictor.run_images([r.array for r in good])
             else:  # tokenised together: padded to the longest text of this batch
-                feeds = predictor.preprocess([r.item for r in good])
-            output = predictor.run(feeds)
+                output = predictor.run(predictor.preprocess([r.item for r in good]))
         except Exception as exc:
             for request in good:
                 request.future.set_exception(exc)
             return
         for request, row in zip(good, output):
-            request.future.set_result({"input": describe(request.item), **predictor.postprocess(row, request.top_k)})
+            result = predictor.postprocess(row, request.top_k, request.size)
+            request.future.set_result({"input": describe(request.item), **result})

@@ -31,6 +31,7 @@ from serve.batching import MicroBatcher
 from serve.errors import ServeError
 from serve.predictor import Predictor, load
 from serve.providers import SessionConfig
+from serve.segmentation import jsonable
 
 DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8", "int8": "INT8"}
 NUMPY = {v: k for k, v in DATATYPES.items()}
@@ -241,7 +242,7 @@ def create_app(config: ServerConfig) -> Starlette:
             results = await asyncio.wait_for(asyncio.gather(*futures), config.inference_timeout_s)
         except asyncio.TimeoutError:
             raise HttpError(504, f"inference did not finish within {config.inference_timeout_s:g}s") from None
-        return JSONResponse(list(results))
+        return JSONResponse([jsonable(result) for result in results])
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -28,7 +28,7 @@ class TensorSpec:
 @dataclass(frozen=True)
 class ImagePreprocessing:
     resize: int
-    crop: int
+    crop: int | None  # None: the whole resized image, any aspect ratio (segmentation)
     interpolation: Literal["bilinear", "bicubic"]
     mean: list[float]
     std: list[float]
@@ -46,7 +46,7 @@ class TextPreprocessing:
 
 @dataclass(frozen=True)
 class Postprocessing:
-    kind: Literal["classification", "embedding"]
+    kind: Literal["classification", "segmentation", "embedding"]  # segmentation: NCHW per-pixel logits
     labels: list[str] = field(default_factory=list)
     activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one logit, P(labels[1])
     pooling: str | None = None
@@ -165,7 +165,7 @@ def parse_manifest(data: Any) -> Manifest:
         pre.fail("kind", f"expected {modality!r} to match the bundle's modality")
     if modality == "image":
         preprocessing: ImagePreprocessing | TextPreprocessing = ImagePreprocessing(
-            resize=pre.get("resize", int), crop=pre.get("crop", int), interpolation=pre.get("interpolation", str),
+            resize=pre.get("resize", int), crop=pre.get("crop", (int, type(None))), interpolation=pre.get("interpolation", str),
             mean=[float(v) for v in pre.items("mean", (int, float))], std=[float(v) for v in pre.items("std", (int, float))])
         if preprocessing.interpolation not in ("bilinear", "bicubic"):
             pre.fail("interpolation", f"expected 'bilinear' or 'bicubic', found {preprocessing.interpolation!r}")
@@ -176,8 +176,8 @@ def parse_manifest(data: Any) -> Manifest:
                                           pad_token=pre.get("pad_token", str), pad_id=pre.get("pad_id", int))
     post = top.child("postprocessing")
     kind = post.get("kind", str)
-    if kind not in ("classification", "embedding"):
-        post.fail("kind", f"expected 'classification' or 'embedding', found {kind!r}")
+    if kind not in ("classification", "segmentation", "embedding"):
+        post.fail("kind", f"expected 'classification', 'segmentation' or 'embedding', found {kind!r}")
     activation = post.get("activation", str, "softmax")
     if activation not in ("softmax", "sigmoid"):
         post.fail("activation", f"expected 'softmax' or 'sigmoid', found {activation!r}")

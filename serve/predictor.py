@@ -11,7 +11,8 @@ import numpy as np
 
 from serve.errors import BundleError, InputError
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
-from serve.preprocess import TextEncoder, describe, preprocess_images
+from serve.preprocess import TextEncoder, describe, preprocess_image_sized, preprocess_images
+from serve.segmentation import class_areas, mask_from_logits
 from serve.providers import SessionChoice, SessionConfig, create_session
 
 log = logging.getLogger("serve")
@@ -52,6 +53,10 @@ class Predictor:
     def is_classifier(self) -> bool:
         return self.manifest.postprocessing.kind == "classification"
 
+    @property
+    def is_segmenter(self) -> bool:
+        return self.manifest.postprocessing.kind == "segmentation"
+
     def preprocess(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
         """Model inputs for a batch of raw inputs, exactly as the bundle's manifest describes."""
         if len(items) == 0:
@@ -76,6 +81,19 @@ class Predictor:
             outputs.append(self.session.run([self.output_name], chunk)[0])
         return np.concatenate(outputs)[:total]
 
+    def run_images(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One output row per preprocessed CHW image, in order: images of equal shape share a run
+        (segmentation bundles take any height and width, so one batch may hold several shapes)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, array in enumerate(arrays):
+            groups.setdefault(array.shape, []).append(index)
+        rows: list[np.ndarray] = [np.empty(0)] * len(arrays)
+        for indices in groups.values():
+            output = self.run({self.input_names[0]: np.stack([arrays[i] for i in indices])})
+            for index, row in zip(indices, output):
+                rows[index] = row
+        return rows
+
     def warm_up(self, batch_size: int) -> None:
         """One run at the largest shapes this predictor will serve (`batch_size` rows; text at its
         longest sequence), so the first requests are not slow and onnxruntime's memory arena has
@@ -84,8 +102,9 @@ class Predictor:
         for spec in self.manifest.inputs:
             if self.manifest.modality == "text":
                 shape = [batch_size, spec.shape[1] if isinstance(spec.shape[1], int) else self._text.max_length]
-            else:
-                shape = [batch_size, *spec.shape[1:]]
+            else:  # a named height/width (segmentation): the square the preprocessing resizes to
+                side = self.manifest.preprocessing.resize
+                shape = [batch_size, *(d if isinstance(d, int) else side for d in spec.shape[1:])]
             feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
         self.run(feeds)
 
@@ -113,7 +132,8 @@ class Predictor:
 
     def predict(self, items: Sequence[Any], top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
         """One result per input: `{"input", "top_k": [{"index", "label", "score"}]}` for classifiers,
-        `{"input", "embedding": [...]}` for embedding models."""
+        `{"input", "size", "mask", "classes"}` for segmentation (see `postprocess`), `{"input",
+        "embedding": [...]}` for embedding models."""
         if isinstance(items, (str, bytes, Path)) or not isinstance(items, Sequence):
             items = [items]
         if len(items) == 0:
@@ -124,13 +144,26 @@ class Predictor:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         results: list[dict[str, Any]] = []
         for batch in _batches(list(items), batch_size):
+            if self.is_segmenter:
+                prepared = [preprocess_image_sized(self.manifest.preprocessing, item) for item in batch]
+                rows = self.run_images([array for array, _ in prepared])
+                results += [{"input": describe(item), **self.postprocess(row, top_k, size)}
+                            for item, row, (_, size) in zip(batch, rows, prepared)]
+                continue
             output = self.run(self.preprocess(batch))
             for item, row in zip(batch, output):
                 results.append({"input": describe(item), **self.postprocess(row, top_k)})
         return results
 
-    def postprocess(self, row: np.ndarray, top_k: int) -> dict[str, Any]:
-        """One output row -> `{"top_k": [...]}` (classifiers) or `{"embedding": [...]}`."""
+    def postprocess(self, row: np.ndarray, top_k: int, size: tuple[int, int] | None = None) -> dict[str, Any]:
+        """One output row -> `{"top_k": [...]}` (classifiers), `{"embedding": [...]}`, or for
+        segmentation `{"size": [width, height], "mask": HxW uint8 class indices at the image's own
+        resolution (`size`; default the model's), "classes": the `top_k` largest classes by area}`."""
+        if self.is_segmenter:
+            size = size or (row.shape[2], row.shape[1])
+            mask = mask_from_logits(row, size)
+            return {"size": list(size), "mask": mask,
+                    "classes": class_areas(mask, self.manifest.postprocessing.labels)[:top_k]}
         if not self.is_classifier:
             return {"embedding": [float(v) for v in row]}
         post = self.manifest.postprocessing

@@ -1,6 +1,6 @@
 """Preprocessing in numpy/PIL that reproduces the training-side torchvision pipeline step for step:
 EXIF transpose -> RGB -> resize shorter side (PIL, antialiased) -> center crop (torchvision's
-rounding) -> float32 / 255 -> (x - mean) / std, NCHW. Text: the bundle's `tokenizers` file."""
+rounding; none for segmentation) -> float32 / 255 -> (x - mean) / std, NCHW. Text: the bundle's `tokenizers` file."""
 
 from __future__ import annotations
 
@@ -74,7 +74,20 @@ def _center_crop(image: Image.Image, crop: int) -> Image.Image:
 
 def preprocess_image(spec: ImagePreprocessing, item: Any) -> np.ndarray:
     """One CHW float32 array."""
-    image = _center_crop(_resize_shorter(to_rgb_image(item), spec.resize, _RESAMPLE[spec.interpolation]), spec.crop)
+    return preprocess_image_sized(spec, item)[0]
+
+
+def preprocess_image_sized(spec: ImagePreprocessing, item: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    """One CHW float32 array and the image's own (width, height), which a mask is mapped back to."""
+    image = to_rgb_image(item)
+    size = image.size
+    image = _resize_shorter(image, spec.resize, _RESAMPLE[spec.interpolation])
+    if spec.crop is not None:
+        image = _center_crop(image, spec.crop)
+    return _normalize(spec, image), size
+
+
+def _normalize(spec: ImagePreprocessing, image: Image.Image) -> np.ndarray:
     pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
@@ -82,7 +95,13 @@ def preprocess_image(spec: ImagePreprocessing, item: Any) -> np.ndarray:
 
 
 def preprocess_images(spec: ImagePreprocessing, items: Sequence[Any]) -> np.ndarray:
-    return np.stack([preprocess_image(spec, item) for item in items])
+    """One NCHW batch; the images must come out the same size (always so with a crop)."""
+    arrays = [preprocess_image(spec, item) for item in items]
+    shapes = sorted({a.shape[1:] for a in arrays})
+    if len(shapes) > 1:
+        raise InputError(f"images of different aspect ratios give inputs of sizes {shapes}, which cannot share a "
+                         "batch; predict() runs each size separately")
+    return np.stack(arrays)
 
 
 class TextEncoder:

@@ -15,6 +15,7 @@ from zoo.registry import default_registry_path, get_model, list_models, load_reg
 REGISTRY = load_registry()
 DOCUMENT = json.loads(default_registry_path().read_text())
 TORCHVISION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision"]
+SEGMENTATION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision_segmentation"]
 
 
 def test_registry_has_the_required_entries() -> None:
@@ -61,6 +62,17 @@ def test_duplicate_id_is_an_error() -> None:
         validate_document(_broken(lambda d: d["models"].append(copy.deepcopy(d["models"][0]))))
 
 
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda m: m["input"].update(size=[480, 480]), r"input.size: \[480, 480\] must equal \[resize, resize\] = \[520, 520\]"),
+    (lambda m: m.update(task="image-classification"), "output.kind: 'segmentation' goes with task 'semantic-segmentation'"),
+])
+def test_segmentation_entry_rules(mutate, expected: str) -> None:
+    def broken(d):
+        mutate(d["models"][[m["id"] for m in d["models"]].index("lraspp_mobilenet_v3_large")])
+    with pytest.raises(RegistryError, match=expected):
+        validate_document(_broken(broken))
+
+
 def test_unknown_label_set_is_an_error() -> None:
     def mutate(d):
         d["models"][_index("resnet18")]["output"]["labels"] = "imagenet-22k"
@@ -102,12 +114,14 @@ def test_entry_metadata_matches_the_built_model(name: str) -> None:
     assert sum(p.numel() for p in model.parameters()) == entry.params
     if entry.output.kind == "logits":
         assert model(torch.zeros(2, 3, *entry.input.size)).shape == (2, len(entry.output.labels))
+    elif entry.output.kind == "segmentation":  # any height and width, logits at the input's resolution
+        assert model(torch.zeros(2, 3, 97, 130)).shape == (2, len(entry.output.labels), 97, 130)
     else:
         ids = torch.ones(2, 5, dtype=torch.int64)
         assert model(ids, torch.ones_like(ids)).shape == (2, entry.output.dim)
 
 
-@pytest.mark.parametrize("name", TORCHVISION_IDS)
+@pytest.mark.parametrize("name", TORCHVISION_IDS + SEGMENTATION_IDS)
 def test_torchvision_entries_match_torchvision_weight_enums(name: str) -> None:
     from torchvision.models import get_model_weights
 
@@ -117,14 +131,33 @@ def test_torchvision_entries_match_torchvision_weight_enums(name: str) -> None:
     weights_file = entry.file("weights")
     assert entry.sources[0].base_url + weights_file.name == weights.url
     assert weights_file.name.endswith(f"-{weights_file.sha256_prefix}.pth")
-    assert entry.params == weights.meta["num_params"]
-    assert entry.gflops == weights.meta["_ops"]
+    assert (entry.params, entry.gflops) == (weights.meta["num_params"], weights.meta["_ops"])
     metrics = {m.name: m.value for m in entry.metrics}
-    assert metrics["imagenet-1k/acc@1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    if name in SEGMENTATION_IDS:  # COCO with the VOC categories; no crop: any aspect ratio
+        upstream = weights.meta["_metrics"]["COCO-val2017-VOC-labels"]
+        assert metrics["coco-val2017-voc-labels/miou"] == upstream["miou"]
+        assert metrics["coco-val2017-voc-labels/pixel_acc"] == upstream["pixel_acc"]
+        assert (entry.input.resize, entry.input.crop) == (transform.resize_size[0], None)
+    else:
+        assert metrics["imagenet-1k/acc@1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+        assert (entry.input.resize, entry.input.crop) == (transform.resize_size[0], transform.crop_size[0])
     assert list(entry.output.labels) == weights.meta["categories"]
-    assert (entry.input.resize, entry.input.crop) == (transform.resize_size[0], transform.crop_size[0])
     assert entry.input.interpolation == transform.interpolation.value
     assert list(entry.input.mean) == list(transform.mean) and list(entry.input.std) == list(transform.std)
+
+
+def test_segmentation_forward_is_torchvisions_without_the_auxiliary_head() -> None:
+    import torch
+    import torchvision
+
+    from zoo.builders.segmentation import SegmentationNet
+
+    torch.manual_seed(0)
+    for arch, extra in (("lraspp_mobilenet_v3_large", {}), ("deeplabv3_mobilenet_v3_large", {"aux_loss": True})):
+        net = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=21, **extra).eval()
+        image = torch.randn(1, 3, 75, 101)
+        with torch.inference_mode():
+            assert torch.equal(SegmentationNet(net)(image), net(image)["out"])
 
 
 def _installed(distribution: str) -> bool:

@@ -23,14 +23,19 @@ def card_dict(entry: ModelEntry) -> dict[str, Any]:
 def card_lines(entry: ModelEntry) -> list[str]:
     spec = entry.input
     if spec.kind == "image":
-        pre = (f"resize {spec.resize} ({spec.interpolation}) -> center crop {spec.crop}, "
+        crop = f"center crop {spec.crop}" if spec.crop is not None else "no crop (any aspect ratio)"
+        pre = (f"resize {spec.resize} ({spec.interpolation}) -> {crop}, "
                f"mean {[round(v, 4) for v in spec.mean]}, std {[round(v, 4) for v in spec.std]}")
     else:
         pre = f"tokenizer {spec.tokenizer}, max length {spec.max_length}"
     out = entry.output
     labels = f" ({out.label_set})" if out.label_set else f": {', '.join(out.labels[:8])}" + (" ..." if len(out.labels) > 8 else "")
-    head = (f"{len(out.labels)} classes{labels}" if out.kind == "logits"
-            else f"{out.dim}-d embedding, {out.pooling} pooling" + (", L2-normalised" if out.normalize else ""))
+    if out.kind == "logits":
+        head = f"{len(out.labels)} classes{labels}"
+    elif out.kind == "segmentation":
+        head = f"per-pixel logits, {len(out.labels)} classes{labels}, at the input's resolution"
+    else:
+        head = f"{out.dim}-d embedding, {out.pooling} pooling" + (", L2-normalised" if out.normalize else "")
     lines = [
         f"{entry.id}: {entry.description}",
         f"  task          {entry.task} ({entry.modality})",

@@ -46,7 +46,8 @@ def cli() -> None:
 @cli.command("list")
 @click.argument("patterns", nargs=-1)
 @click.option("--modality", type=click.Choice(["image", "text"]), help="Only image or text models.")
-@click.option("--task", help="Only this task (image-classification, sentence-embedding, feature-extraction).")
+@click.option("--task", help="Only this task (image-classification, semantic-segmentation, sentence-embedding, "
+                             "feature-extraction).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out ids matching this fnmatch pattern.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of ids.")
 def list_command(patterns: tuple[str, ...], modality: str | None, task: str | None, exclude: tuple[str, ...],
@@ -143,18 +144,37 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: flo
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, one object per input.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int) -> None:
+@click.option("--masks", type=click.Path(file_okay=False, path_type=Path),
+              help="Segmentation: write each mask here as NAME.png (class indices, shown in VOC colours).")
+def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int,
+            masks: Path | None) -> None:
     """Run a bundle on INPUTS (image files, or texts for text bundles) without torch."""
     import serve
+    from serve.segmentation import jsonable, mask_image
 
     predictor = serve.load(bundle, device=device)
+    if masks is not None and not predictor.is_segmenter:
+        raise click.BadParameter(f"applies to segmentation bundles; {bundle} is a {predictor.manifest.task} model",
+                                 param_hint="--masks")
     click.echo(predictor.provider_line, err=True)
     results = predictor.predict(list(inputs), top_k=top_k, batch_size=batch_size)
+    if masks is not None:
+        masks.mkdir(parents=True, exist_ok=True)
+        for index, result in enumerate(results):
+            stem = Path(result["input"]).stem
+            taken = sum(Path(r["input"]).stem == stem for r in results[:index])
+            target = masks / f"{stem}.png" if not taken else masks / f"{stem}-{taken + 1}.png"
+            mask_image(result.pop("mask")).save(target)
+            result["mask_file"] = str(target)
     if as_json:
-        click.echo(json.dumps(results))
+        click.echo(json.dumps([jsonable(result) for result in results]))
         return
     for result in results:
-        if "top_k" in result:
+        if "classes" in result:
+            areas = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in result["classes"])
+            where = f" -> {result['mask_file']}" if "mask_file" in result else ""
+            click.echo(f"{result['input']}: {result['size'][0]}x{result['size'][1]} mask; {areas}{where}")
+        elif "top_k" in result:
             best = ", ".join(f"{p['label']} {p['score']:.3f}" for p in result["top_k"])
             click.echo(f"{result['input']}: {best}")
         else:
@@ -165,7 +185,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @cli.command()
 @click.argument("name")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="Image folder (one subfolder per class, optional train/ val/) or CSV/JSONL with text,label.")
+              help="Image folder (one subfolder per class, optional train/ val/), CSV/JSONL with text,label, or for "
+                   "segmentation labels.txt + images/ + masks/ (optional train/ val/).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -178,7 +199,9 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--clip-grad", type=float, help="Clip the gradient norm to this value.")
 @click.option("--accumulate", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--patience", type=int, help="Early stopping: epochs without improvement of --metric.")
-@click.option("--metric", type=click.Choice(["macro_f1", "accuracy", "loss"]), default="macro_f1", show_default=True)
+@click.option("--metric", type=click.Choice(["auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "loss"]),
+              default="auto", show_default=True,
+              help="Model selection and early stopping: auto = macro_f1 (classification) or miou (segmentation).")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--freeze", default="full", show_default=True,

@@ -1,6 +1,7 @@
 """Task heads on a pretrained backbone: multi-class (softmax cross-entropy, one logit per class) or
 binary (one logit, sigmoid + BCE-with-logits). Image models get their last classifier layer
-replaced in place; text encoders get a linear layer on their pooled output."""
+replaced in place; text encoders get a linear layer on their pooled output; segmentation models
+get new per-pixel classifier convolutions (pixels marked 255 count in no loss)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from zoo.builders.segmentation import SegmentationNet
+from zoo.data import IGNORE_INDEX
 from zoo.errors import BuildError
 from zoo.schema import ModelEntry
 
@@ -52,6 +55,10 @@ def attach_head(model: nn.Module, entry: ModelEntry, kind: str, num_labels: int)
     """`model` with a freshly initialised head of the right size; the head's parameters are the
     ones `head_parameter_names` returns."""
     outputs = head_outputs(kind, num_labels)
+    if isinstance(model, SegmentationNet):
+        if kind != "multiclass":
+            raise BuildError(f"segmentation takes a multiclass head (one logit per class and pixel), not {kind!r}")
+        return _segmentation_head(model, entry.builder_args["num_classes"], outputs)
     if entry.modality == "text":
         return TextClassifier(model, entry.output.dim, outputs)
     parent, name, old = _last_linear(model)
@@ -59,10 +66,29 @@ def attach_head(model: nn.Module, entry: ModelEntry, kind: str, num_labels: int)
     return model
 
 
+def _segmentation_head(model: SegmentationNet, upstream_classes: int, outputs: int) -> SegmentationNet:
+    """The classifier's per-class 1x1 convolutions (LR-ASPP: low and high; DeepLabV3: the last) redrawn
+    for `outputs` classes; the auxiliary classifier, used by neither forward nor the loss, is dropped."""
+    replaced = 0
+    for parent in model.net.classifier.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.out_channels == upstream_classes:
+                setattr(parent, name, nn.Conv2d(child.in_channels, outputs, child.kernel_size, bias=child.bias is not None))
+                replaced += 1
+    if not replaced:
+        raise BuildError(f"{type(model.net).__name__} has no {upstream_classes}-class convolution to replace")
+    if getattr(model.net, "aux_classifier", None) is not None:
+        model.net.aux_classifier = None
+    return model
+
+
 def head_prefix(model: nn.Module) -> str:
-    """Parameter-name prefix of the head (`head.` for text, the replaced layer's path for images)."""
+    """Parameter-name prefix of the head (`head.` for text, the decoder for segmentation, the replaced
+    layer's path for images)."""
     if isinstance(model, TextClassifier):
         return "head."
+    if isinstance(model, SegmentationNet):
+        return "net.classifier."
     for name, module in model.named_modules():
         for child_name, child in module.named_children():
             if isinstance(child, nn.Linear):
@@ -70,9 +96,11 @@ def head_prefix(model: nn.Module) -> str:
     return last
 
 
-def loss_function(kind: str, label_smoothing: float = 0.0) -> nn.Module:
+def loss_function(kind: str, label_smoothing: float = 0.0, segmentation: bool = False) -> nn.Module:
     if kind == "binary":
         return nn.BCEWithLogitsLoss()  # the numerically stable log-sigmoid form
+    if segmentation:
+        return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 

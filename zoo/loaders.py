@@ -1,6 +1,7 @@
 """torch Datasets and DataLoaders for fine-tuning: torchvision v2 transforms derived from the
-entry's input spec (train: random resized crop + flip; eval: exactly the bundle's preprocessing)
-and dynamic padding with the model's tokenizer for text."""
+entry's input spec (train: random resized crop + flip; eval: exactly the bundle's preprocessing),
+the same jointly on image and mask for segmentation, and dynamic padding with the model's
+tokenizer for text."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from zoo.data import Example
+from zoo.data import IGNORE_INDEX, Example
 from zoo.preprocess import image_transform, open_image, tokenize
 from zoo.schema import ImageInputSpec
 
@@ -37,6 +38,59 @@ class ImageExamples(TorchDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         example = self.examples[index]
         return self.transform(open_image(example.item)), example.label
+
+
+def segmentation_transform(spec: ImageInputSpec, train: bool):
+    """Joint image + mask transform. Train: random rescale of the shorter side in [0.5, 2] x `resize`,
+    a random `resize`-square crop (padding: black image, ignored mask), horizontal flip. Eval: the bundle's
+    preprocessing (shorter side to `resize`, no crop); masks are always resized nearest-neighbour."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import InterpolationMode, v2
+
+    interpolation = InterpolationMode(spec.interpolation)
+    if train:
+        geometry = [v2.ToImage(),
+                    v2.RandomResize(spec.resize // 2, spec.resize * 2, interpolation=interpolation, antialias=True),
+                    v2.RandomCrop(spec.resize, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+                    v2.RandomHorizontalFlip()]
+    else:
+        geometry = [v2.Resize(spec.resize, interpolation=interpolation, antialias=True), v2.ToImage()]
+    return v2.Compose([
+        *geometry,
+        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
+        v2.Normalize(list(spec.mean), list(spec.std)),
+    ])
+
+
+class SegmentationExamples(TorchDataset):
+    def __init__(self, examples: Sequence[Example], transform):
+        self.examples, self.transform = list(examples), transform
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
+        from PIL import Image
+        from torchvision import tv_tensors
+
+        example = self.examples[index]
+        with Image.open(example.mask) as mask:
+            target = tv_tensors.Mask(torch.from_numpy(np.array(mask, dtype=np.uint8)))
+        image, target = self.transform(open_image(example.item), target)
+        return image, target
+
+
+def segmentation_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Images of different sizes padded to the largest (zeros after normalisation; their mask is ignored)."""
+    height = max(image.shape[1] for image, _ in batch)
+    width = max(image.shape[2] for image, _ in batch)
+    images = torch.zeros(len(batch), 3, height, width)
+    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.int64)
+    for index, (image, mask) in enumerate(batch):
+        images[index, :, :image.shape[1], :image.shape[2]] = image
+        masks[index, :mask.shape[0], :mask.shape[1]] = mask
+    return {"pixel_values": images}, masks
 
 
 class TextExamples(TorchDataset):
@@ -71,8 +125,11 @@ def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: An
                 seed: int, epoch: int, pin_memory: bool, distributed: bool) -> DataLoader:
     """A loader whose shuffling and augmentation depend only on (seed, epoch): a resumed run sees
     exactly the batches the uninterrupted run would have."""
-    if tokenizer is None:
-        dataset: TorchDataset = ImageExamples(examples, train_image_transform(spec) if train else image_transform(spec))
+    if examples and examples[0].mask is not None:
+        dataset: TorchDataset = SegmentationExamples(examples, segmentation_transform(spec, train))
+        collate = segmentation_collate
+    elif tokenizer is None:
+        dataset = ImageExamples(examples, train_image_transform(spec) if train else image_transform(spec))
         collate = image_collate
     else:
         dataset, collate = TextExamples(examples), TextCollate(tokenizer)

@@ -34,12 +34,14 @@ def open_image(source: ImageLike) -> Image.Image:
 
 
 def image_transform(spec: ImageInputSpec):
-    """Resize (shorter side) -> center crop -> float in [0, 1] -> normalise, as torchvision v2."""
+    """Resize (shorter side) -> center crop (unless `crop` is None) -> float in [0, 1] -> normalise,
+    as torchvision v2."""
     from torchvision.transforms import InterpolationMode, v2
 
+    crop = [] if spec.crop is None else [v2.CenterCrop(spec.crop)]
     return v2.Compose([
         v2.Resize(spec.resize, interpolation=InterpolationMode(spec.interpolation), antialias=True),
-        v2.CenterCrop(spec.crop),
+        *crop,
         v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(spec.mean), list(spec.std)),

@@ -101,8 +101,12 @@ def _check_semantics(document: dict[str, Any], origin: str) -> None:
         spec = model["input"]
         if spec["kind"] != model["modality"]:
             raise RegistryError(f"{where}.input.kind: {spec['kind']!r} does not match modality {model['modality']!r}")
-        if spec["kind"] == "image" and spec["size"] != [spec["crop"], spec["crop"]]:
-            raise RegistryError(f"{where}.input.size: {spec['size']} must equal [crop, crop] = [{spec['crop']}, {spec['crop']}]")
+        if spec["kind"] == "image":
+            side, name = (spec["crop"], "crop") if spec["crop"] is not None else (spec["resize"], "resize")
+            if spec["size"] != [side, side]:
+                raise RegistryError(f"{where}.input.size: {spec['size']} must equal [{name}, {name}] = [{side}, {side}]")
+        if (model["output"]["kind"] == "segmentation") != (model["task"] == "semantic-segmentation"):
+            raise RegistryError(f"{where}.output.kind: 'segmentation' goes with task 'semantic-segmentation' and only with it")
         if spec["kind"] == "text" and spec["tokenizer"] not in names:
             raise RegistryError(f"{where}.input.tokenizer: {spec['tokenizer']!r} is not one of the entry's files {sorted(names)}")
         labels = model["output"].get("labels")

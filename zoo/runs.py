@@ -52,6 +52,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
                          f"resume it with `zoo finetune ... --resume` or start it again")
     card = json.loads(card_path.read_text())
     base = get_model(card["base_model"])
+    segmentation = base.output.kind == "segmentation"
     files = tuple(FileSpec(name=name, role="weights" if name == MODEL_FILE else "tokenizer", sha256=digest)
                   for name, digest in card["files"].items())
     reference = Reference(
@@ -62,7 +63,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         base,
         id=f"run-{card['files'][MODEL_FILE][:12]}",
         description=f"{base.id} fine-tuned on {card['data']['source']} ({card['head']} head)",
-        task=f"{base.modality}-classification",
+        task=base.task if segmentation else f"{base.modality}-classification",
         builder="run",
         builder_args={"base": base.id, "head": card["head"], "num_labels": len(card["labels"]),
                       "run_dir": str(run_dir)},
@@ -70,7 +71,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         files=files,
         sources=(SourceSpec(kind="path", path=str(run_dir)),),
         params=card["params"],
-        output=OutputSpec(kind="logits", labels=tuple(card["labels"])),
+        output=OutputSpec(kind="segmentation" if segmentation else "logits", labels=tuple(card["labels"])),
         metrics=tuple(Metric(name=f"val/{k}", value=v, source=f"zoo finetune {run_dir}")
                       for k, v in card["best_metrics"].items()),
         reference=reference,
@@ -134,8 +135,9 @@ def _plot(path: Path, history: list[dict[str, Any]]) -> None:
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend()
-    right.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="val accuracy")
-    right.plot(epochs, [r["val_macro_f1"] for r in history], "o-", label="val macro-F1")
+    for key in history[0]:
+        if key.startswith("val_") and key != "val_loss":  # accuracy, macro_f1 / miou, pixel_accuracy
+            right.plot(epochs, [r[key] for r in history], "o-", label=key.replace("_", " "))
     right.set_xlabel("epoch")
     right.set_ylim(0, 1.02)
     right.legend()

@@ -48,9 +48,12 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class ImageInputSpec:
+    """Resize the shorter side to `resize`, then center-crop to `crop`; `crop` None keeps the whole
+    resized image (segmentation: any aspect ratio). `size` is the example input's height and width."""
+
     size: tuple[int, int]
     resize: int
-    crop: int
+    crop: int | None
     interpolation: Literal["bilinear", "bicubic"]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -66,7 +69,10 @@ class TextInputSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    kind: Literal["logits", "embedding"]
+    """`logits`: one row per input (classification); `segmentation`: per-pixel class logits, NCHW at the
+    input's resolution; `embedding`: one pooled vector per text."""
+
+    kind: Literal["logits", "segmentation", "embedding"]
     labels: tuple[str, ...] = ()
     label_set: str | None = None
     dim: int | None = None

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from zoo.data import Dataset, load_dataset
+from zoo.data import IGNORE_INDEX, Dataset, load_dataset, load_segmentation
 from zoo.errors import InputError, ZooError
 from zoo.factory import build, resolve
 from zoo.freeze import (
@@ -51,7 +51,10 @@ from zoo.schema import ModelEntry
 from zoo.tolerances import REFERENCE_ATOL
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
-METRICS = ("macro_f1", "accuracy", "loss")
+CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
+SEGMENTATION_METRICS = ("miou", "pixel_accuracy", "loss")
+METRICS = ("auto", *CLASSIFICATION_METRICS, *SEGMENTATION_METRICS[:2])  # auto: the task's first
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy"}
 STATE_FILE = "training_state.pt"
 TRAINING_PACKAGES = ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy")
 
@@ -71,7 +74,7 @@ class FinetuneConfig:
     clip_grad: float | None = None
     accumulate: int = 1
     patience: int | None = None
-    metric: str = "macro_f1"
+    metric: str = "auto"
     label_smoothing: float = 0.0
     seed: int = 0
     freeze: str = "full"
@@ -225,6 +228,16 @@ def classification_metrics(predicted: torch.Tensor, target: torch.Tensor, num_cl
     return {"accuracy": float(tp.sum() / max(1, len(target))), "macro_f1": float(f1.mean())}
 
 
+def segmentation_metrics(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Mean IoU over the classes present in prediction or target, and pixel accuracy; pixels marked
+    IGNORE_INDEX count in neither (torchmetrics)."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
+
+    kwargs = {"num_classes": num_classes, "ignore_index": IGNORE_INDEX, "validate_args": False}
+    return {"miou": float(multiclass_jaccard_index(predicted, target, average="macro", **kwargs)),
+            "pixel_accuracy": float(multiclass_accuracy(predicted, target, average="micro", **kwargs))}
+
+
 def _better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -261,6 +274,7 @@ class _Trainer:
         self.entry, self.dataset, self.config, self.runtime, self.quiet, self.log = entry, dataset, config, runtime, quiet, log
         backbone = build(entry, pretrained=config.pretrained)
         _seed_everything(config.seed)  # the new head's initialisation depends on the seed only
+        self.segmentation = dataset.task == "segmentation"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
         self.head_prefix = head_prefix(self.model)
         self.blocks = backbone_blocks(self.model, self.head_prefix)
@@ -270,7 +284,7 @@ class _Trainer:
             from zoo.cache import fetch
 
             self.tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
-        self.criterion = loss_function(config.head, config.label_smoothing)
+        self.criterion = loss_function(config.head, config.label_smoothing, self.segmentation)
         self.set_epoch_freeze(0)
 
     def set_epoch_freeze(self, epoch: int) -> None:
@@ -278,8 +292,10 @@ class _Trainer:
 
     def loader(self, train: bool, epoch: int):
         examples = self.dataset.train if train else self.dataset.val
+        # Segmentation is evaluated one image at a time, at its own size: exactly what serve runs.
+        batch_size = 1 if self.segmentation and not train else self.config.batch_size
         return make_loader(examples, train=train, spec=self.entry.input, tokenizer=self.tokenizer,
-                           batch_size=self.config.batch_size, workers=self.config.workers, seed=self.config.seed,
+                           batch_size=batch_size, workers=self.config.workers, seed=self.config.seed,
                            epoch=epoch, pin_memory=self.runtime.device.type == "cuda",
                            distributed=self.runtime.distributed and train)
 
@@ -342,24 +358,29 @@ class _Trainer:
             with self._autocast():
                 logits = model(*self._to_device(inputs)).float()
             losses += float(self.criterion(logits, self._target(labels))) * len(labels)
-            predicted.append(predictions(self.config.head, logits).cpu())
-            target.append(labels)
+            predicted.append(predictions(self.config.head, logits).cpu().flatten())
+            target.append(labels.flatten())
         predicted_all, target_all = torch.cat(predicted), torch.cat(target)
-        metrics = classification_metrics(predicted_all, target_all, len(self.dataset.labels))
-        return {"loss": losses / max(1, len(target_all)), **metrics}
+        score = segmentation_metrics if self.segmentation else classification_metrics
+        metrics = score(predicted_all, target_all, len(self.dataset.labels))
+        examples = len(self.dataset.val)
+        return {"loss": losses / max(1, examples), **metrics}
 
     def reference_cases(self, model: nn.Module) -> list[dict[str, Any]]:
         """The fine-tuned model's own outputs on fixed inputs: what `zoo validate RUN_DIR` checks."""
         from zoo.validation import case_inputs, run_model
 
         model.eval()
-        if self.entry.modality == "image":
-            cases: list[dict[str, Any]] = [{"input": "synthetic", "batch": 2}, {"input": "asset:flower.jpg", "batch": 1}]
+        if self.segmentation:  # per-pixel logits: small inputs keep the card small (2 x classes x 48 x 64)
+            cases: list[dict[str, Any]] = [{"input": "synthetic:48x64", "batch": 2}]
+        elif self.entry.modality == "image":
+            cases = [{"input": "synthetic", "batch": 2}, {"input": "asset:flower.jpg", "batch": 1}]
         else:
             cases = [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
         for case in cases:
             inputs = case_inputs(self.entry, case["input"], case.pop("batch"), case.get("texts", ()), self.tokenizer)
-            case["output"] = [[float(f"{v:.8g}") for v in row] for row in run_model(model, inputs).tolist()]
+            output = run_model(model, inputs)  # 8 significant digits hold a float32 exactly enough
+            case["output"] = np.array([float(f"{v:.8g}") for v in output.ravel()]).reshape(output.shape).tolist()
         return cases
 
 
@@ -387,7 +408,18 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
     if entry.builder == "run":
         raise InputError("fine-tuning a fine-tuned run is not supported yet; start from its base model "
                          f"{entry.builder_args['base']!r}")
-    dataset = load_dataset(data, entry.modality, config.val_fraction, config.seed)
+    segmentation = entry.output.kind == "segmentation"
+    allowed = SEGMENTATION_METRICS if segmentation else CLASSIFICATION_METRICS
+    if config.metric == "auto":
+        config = dataclasses.replace(config, metric=allowed[0])
+    elif config.metric not in allowed:
+        raise InputError(f"--metric {config.metric}: {entry.id} is a {entry.task} model; expected one of {', '.join(allowed)}")
+    if segmentation:
+        if config.head != "multiclass":
+            raise InputError(f"--head {config.head}: segmentation takes the multiclass head (one logit per class and pixel)")
+        dataset = load_segmentation(data, config.val_fraction, config.seed)
+    else:
+        dataset = load_dataset(data, entry.modality, config.val_fraction, config.seed)
     if config.head == "binary":
         head_outputs("binary", len(dataset.labels))
         dataset = _with_positive(dataset, config.positive)
@@ -463,7 +495,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
             _sync_buffers(model)
         metrics = trainer.evaluate(model)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["loss"],
-               "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
+               **{f"val_{name}": value for name, value in metrics.items() if name != "loss"},
                "lr": optimizer.param_groups[0]["lr"], "samples_per_second": seen * runtime.world_size / max(seconds, 1e-9),
                "frozen_blocks": frozen_count(*trainer.policy, len(trainer.blocks), epoch)}
         history.append(row)
@@ -483,8 +515,8 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
                         "scaler": scaler.state_dict(), "history": history, "best": best, "best_epoch": best_epoch,
                         "bad_epochs": bad_epochs}, tmp)
             os.replace(tmp, out / STATE_FILE)
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, val loss {metrics['loss']:.4f}, "
-            f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+        scores = ", ".join(f"{METRIC_NAMES[name]} {value:.4f}" for name, value in metrics.items() if name != "loss")
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, val loss {metrics['loss']:.4f}, {scores}"
             + (" (best)" if improved else "") + f", {row['samples_per_second']:.1f} samples/s")
         if runtime.distributed:
             dist.barrier()
@@ -496,7 +528,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
             break
     last_sha = _state_sha256(model)
     best_row = history[best_epoch]
-    best_metrics = {"accuracy": best_row["val_accuracy"], "macro_f1": best_row["val_macro_f1"], "loss": best_row["val_loss"]}
+    best_metrics = {key[len("val_"):]: value for key, value in best_row.items() if key.startswith("val_")}
     if runtime.is_main:
         _finish(trainer, model, entry, dataset, config, out, fingerprint, best_epoch, best_metrics, history, runtime)
     if runtime.distributed:

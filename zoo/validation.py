@@ -14,7 +14,7 @@ from zoo.errors import NoReferenceError, ToleranceExceeded
 from zoo.factory import build, resolve
 from zoo.cache import fetch
 from zoo.preprocess import load_tokenizer, preprocess_images, tokenize
-from zoo.reference import Check, Comparison, asset_path, compare, synthetic_images
+from zoo.reference import Check, Comparison, asset_path, compare_outputs, synthetic_images
 from zoo.schema import ModelEntry, SourceSpec
 
 
@@ -42,10 +42,13 @@ class ValidationReport:
 
 def case_inputs(entry: ModelEntry, kind: str, batch: int = 1, texts: Sequence[str] = (),
                 tokenizer=None) -> dict[str, torch.Tensor]:
-    """The exact model inputs of a reference case: `kind` "synthetic" (`batch` images), "asset:<file>",
-    or "texts" (`texts` through `tokenizer`)."""
+    """The exact model inputs of a reference case: `kind` "synthetic" (`batch` images at the entry's
+    size) or "synthetic:HxW" (at that size), "asset:<file>", or "texts" (`texts` through `tokenizer`)."""
     if kind == "synthetic":
         return {"pixel_values": synthetic_images(entry.input, batch=batch)}
+    if kind.startswith("synthetic:"):
+        height, width = (int(side) for side in kind.split(":", 1)[1].split("x"))
+        return {"pixel_values": synthetic_images(entry.input, batch=batch, size=(height, width))}
     if kind.startswith("asset:"):
         return {"pixel_values": preprocess_images(entry.input, [asset_path(kind.split(":", 1)[1])])}
     return tokenize(tokenizer, texts)
@@ -73,10 +76,9 @@ def validate(model: str | ModelEntry, atol: float | None = None, extra_sources: 
         fetched = fetch(entry, extra_sources)
         tokenizer = load_tokenizer(fetched.files[entry.input.tokenizer], entry.input)
     report = ValidationReport(entry.id, reference.producer)
-    classifier = entry.output.kind == "logits"
     for case in reference.cases:
         actual = run_model(torch_model, case_inputs(entry, case.input, len(case.output), case.texts, tokenizer))
-        report.comparisons.append(compare(case.input, actual, np.array(case.output), tolerance, classifier))
+        report.comparisons.append(compare_outputs(entry, case.input, actual, np.array(case.output), tolerance))
         if case.top1_label is not None:
             predicted = entry.output.labels[int(actual[0].argmax())]
             report.comparisons.append(Check(f"{case.input}: top-1 is {predicted!r} (expected {case.top1_label!r})",

@@ -9,6 +9,7 @@ from torch import nn
 
 from zoo.builders.efficientnet_lite import EfficientNetLite
 from zoo.builders.hf_encoder import build_hf_encoder
+from zoo.builders.segmentation import build_torchvision_segmentation
 from zoo.builders.state_dict import load_state_dict_strict, read_state_dict
 from zoo.schema import ModelEntry
 
@@ -47,6 +48,7 @@ def build_run(entry: ModelEntry, weights: Path | None) -> nn.Module:
 BUILDERS: dict[str, Callable[[ModelEntry, Path | None], nn.Module]] = {
     "efficientnet_lite": build_efficientnet_lite,
     "torchvision": build_torchvision,
+    "torchvision_segmentation": build_torchvision_segmentation,
     "hf_encoder": build_hf_encoder,
     "run": build_run,
 }
