@@ -32,7 +32,7 @@ def main() -> int:
     manifest = read_manifest(args.bundle)
     entry = resolve(manifest.source["id"])
     model = build(entry, pretrained=manifest.source.get("pretrained", True))
-    images = held_out_images(entry.input)
+    images = held_out_images(entry.input)[0]
     with torch.inference_mode():
         reference = model(images).numpy()
     top1 = reference.argmax(1)

@@ -136,7 +136,7 @@ def _informative_random_weights(model: torch.nn.Module, entry: ModelEntry, cases
                 from export.calibration import calibration_images, held_out_images
 
                 batches += [{"pixel_values": calibration_images(entry.input)},
-                            {"pixel_values": held_out_images(entry.input)}]
+                            {"pixel_values": held_out_images(entry.input)[0]}]
             by_shape: dict[tuple, list[dict[str, torch.Tensor]]] = {}
             for batch in batches:
                 by_shape.setdefault(tuple(t.shape[1:] for t in batch.values()), []).append(batch)

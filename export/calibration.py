@@ -6,8 +6,10 @@ sample photos. It is split by photograph, never by crop, so the held-out half is
 Each photo is seen as five views (the whole frame and its four 70 % corners) through the entry's
 evaluation transform, which multiplies a small set without inventing pixels.
 
-`--calibration DIR` replaces the calibration half with the user's images (every image file under DIR,
-one view each); the agreement is still measured on the default held-out half."""
+`--calibration DIR` replaces the default set with the user's images (every image file under DIR, one
+view each): with at least HELD_OUT_EVERY of them, every HELD_OUT_EVERY-th file (in sorted order) is held
+out for the agreement and the rest calibrates; with fewer, all calibrate and the agreement is measured
+on the default held-out half."""
 
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ HELD_OUT_PHOTOS = (
     ("zoo", "flower.jpg", "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638"),
 )
 CORNER = 0.7  # side of each corner view, as a share of the image's sides
+HELD_OUT_EVERY = 4  # --calibration DIR: one image in four is held out (never calibrated on)
 
 
 def _photo(origin: str, name: str, sha256: str) -> Path:
@@ -85,16 +88,28 @@ def _default_batch(spec: ImageInputSpec, photos) -> torch.Tensor:
     return preprocess_images(_one_shape(spec), images)
 
 
-def held_out_images(spec: ImageInputSpec) -> torch.Tensor:
-    """The default held-out views, preprocessed (NCHW)."""
-    return _default_batch(spec, HELD_OUT_PHOTOS)
+def user_split(directory: Path) -> tuple[list[Path], list[Path]]:
+    """(calibration files, held-out files) of a --calibration folder; no held-out files below HELD_OUT_EVERY."""
+    files = calibration_files(directory)
+    if len(files) < HELD_OUT_EVERY:
+        return files, []
+    return [f for i, f in enumerate(files) if i % HELD_OUT_EVERY], files[::HELD_OUT_EVERY]
+
+
+def held_out_images(spec: ImageInputSpec, directory: Path | None = None) -> tuple[torch.Tensor, str]:
+    """The held-out images, preprocessed (NCHW), and what they are: the user's held-out share of
+    `directory`, else the default held-out views."""
+    held_out = user_split(directory)[1] if directory is not None else []
+    if held_out:
+        return preprocess_images(_one_shape(spec), held_out), f"{len(held_out)} held-out images of {directory}"
+    return _default_batch(spec, HELD_OUT_PHOTOS), f"{len(HELD_OUT_PHOTOS) * 5} held-out views"
 
 
 def calibration_images(spec: ImageInputSpec, directory: Path | None = None) -> torch.Tensor:
     """The calibration views, preprocessed (NCHW): the user's images in `directory`, else the default half."""
     if directory is None:
         return _default_batch(spec, CALIBRATION_PHOTOS)
-    return preprocess_images(_one_shape(spec), calibration_files(directory))
+    return preprocess_images(_one_shape(spec), user_split(directory)[0])
 
 
 def calibration_files(directory: Path) -> list[Path]:

@@ -152,13 +152,13 @@ def _int8(context: DerivedContext):
         batch = context.options.static_shape[0] if context.options.static_shape else 1
         quantize_static_int8(context.staging / MODEL_FILE, target,
                              calibration_images(entry.input, context.options.calibration).numpy(), batch)
-        images = held_out_images(entry.input)
+        images, held_out_label = held_out_images(entry.input, context.options.calibration)
         with torch.inference_mode():
             expected = context.torch_model(images).float().numpy()
         session, chunks = _session(target), at_static_shape([ParityCase("", {"x": images})], (batch,))
         actual = np.concatenate([session.run([context.output_name], {context.inputs[0].name: c.inputs["x"].numpy()})[0]
                                  for c in chunks])[:len(images)]
-        held_out = compare_outputs(entry, f"{len(images)} held-out views", actual, expected, None, INT8_MIN_COSINE)
+        held_out = compare_outputs(entry, held_out_label, actual, expected, None, INT8_MIN_COSINE)
         method = ("static QDQ, per-channel int8 weights, uint8 activations (MinMax), calibrated on "
                   + (str(context.options.calibration) if context.options.calibration else "the default photo set"))
     else:

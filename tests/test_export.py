@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from export import export_bundle
 from export.bundle import FORMATS, FormatOptions
@@ -143,6 +144,16 @@ def test_int8_calibrates_on_a_user_folder(tmp_path: Path, capsys) -> None:
     result = export_bundle("efficientnet_lite0", tmp_path / "b", formats=("onnx", "onnx-int8"),
                            options=FormatOptions(calibration=tmp_path / "calib"))
     assert str(tmp_path / "calib") in result.manifest.variants["int8"]["quantization"]
+    assert result.manifest.variants["int8"]["top1_on"] == "30 held-out views"  # too few images to hold any out
+    from export.calibration import user_split
+
+    for photo in ("flower.jpg", "china.jpg"):  # four images: one is held out, three calibrate
+        Image.open(ROOT / "zoo" / "assets" / photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"m{photo}")
+    calibrate, held_out = user_split(tmp_path / "calib")
+    assert (len(calibrate), len(held_out)) == (3, 1) and not set(calibrate) & set(held_out)
+    again = export_bundle("efficientnet_lite0", tmp_path / "b2", formats=("onnx", "onnx-int8"),
+                          options=FormatOptions(calibration=tmp_path / "calib"))
+    assert again.manifest.variants["int8"]["top1_on"] == f"1 held-out images of {tmp_path / 'calib'}"
     empty = tmp_path / "empty"
     empty.mkdir()
     for bad, message in [(empty, "holds no images"), (tmp_path / "missing", "is not a folder")]:
