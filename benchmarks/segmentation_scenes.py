@@ -120,7 +120,7 @@ def main() -> int:
         exported = subprocess.run(export, capture_output=True, text=True)
         if exported.returncode not in (0, 1):  # 1: a derived format failed its check (reported below)
             raise SystemExit(exported.stderr)
-        table = (root / "bundle" / "report.md").read_text()
+        table = (root / "bundle" / "report.md").read_text().replace(str(root), "<scratch>")
         images = sorted((root / "test" / "images").iterdir())
         truths = [np.asarray(Image.open(root / "test" / "masks" / p.name)) for p in images]
         entry, model = resolve(str(root / "run")), zoo.build(str(root / "run"))
