@@ -13,8 +13,6 @@ on the default held-out half."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import hashlib
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 from PIL import Image
 
 from zoo.errors import InputError
-from zoo.preprocess import open_image, preprocess_images
+from zoo.preprocess import open_image, preprocess_images, square
 from zoo.reference import asset_path
 from zoo.schema import ImageInputSpec
 
@@ -77,15 +75,9 @@ def views(image: Image.Image) -> list[Image.Image]:
     return [image, *(image.crop(box) for box in boxes)]
 
 
-def _one_shape(spec: ImageInputSpec) -> ImageInputSpec:
-    """A model that takes any image size (no crop) is calibrated on square center crops at its resize:
-    a calibration set is one batch of one shape."""
-    return spec if spec.crop is not None else dataclasses.replace(spec, crop=spec.resize)
-
-
 def _default_batch(spec: ImageInputSpec, photos) -> torch.Tensor:
     images = [view for photo in photos for view in views(open_image(_photo(*photo)))]
-    return preprocess_images(_one_shape(spec), images)
+    return preprocess_images(square(spec), images)  # any-size models: one batch of one shape
 
 
 def user_split(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -101,15 +93,16 @@ def held_out_images(spec: ImageInputSpec, directory: Path | None = None) -> tupl
     `directory`, else the default held-out views."""
     held_out = user_split(directory)[1] if directory is not None else []
     if held_out:
-        return preprocess_images(_one_shape(spec), held_out), f"{len(held_out)} held-out images of {directory}"
-    return _default_batch(spec, HELD_OUT_PHOTOS), f"{len(HELD_OUT_PHOTOS) * 5} held-out views"
+        return preprocess_images(square(spec), held_out), f"{len(held_out)} held-out images of {directory}"
+    images = _default_batch(spec, HELD_OUT_PHOTOS)
+    return images, f"{len(images)} held-out views"
 
 
 def calibration_images(spec: ImageInputSpec, directory: Path | None = None) -> torch.Tensor:
     """The calibration views, preprocessed (NCHW): the user's images in `directory`, else the default half."""
     if directory is None:
         return _default_batch(spec, CALIBRATION_PHOTOS)
-    return preprocess_images(_one_shape(spec), user_split(directory)[0])
+    return preprocess_images(square(spec), user_split(directory)[0])
 
 
 def calibration_files(directory: Path) -> list[Path]:

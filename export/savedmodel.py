@@ -30,7 +30,7 @@ from export.files import files_under, link_tree
 from export.parity import ParityCase, at_static_shape
 from serve.manifest import TensorSpec
 from zoo.errors import ExportError, InputError
-from zoo.preprocess import preprocess_images
+from zoo.preprocess import preprocess_images, square
 from zoo.reference import Comparison, asset_path, compare_outputs
 from zoo.schema import ModelEntry
 from zoo.tolerances import EXPORT_ATOL
@@ -102,11 +102,11 @@ def _segmentation(onnx_path: Path, out: Path, torch_model: torch.nn.Module, entr
     they convert at a fixed 1 x 3 x resize x resize, checked on the square parity cases and a photo
     resized and center-cropped to that square (what a TF Serving client then sends)."""
     side = entry.input.resize
-    square = [case for case in at_static_shape(cases, (1,)) if tuple(case.inputs["pixel_values"].shape[2:]) == (side, side)]
-    photo = preprocess_images(dataclasses.replace(entry.input, crop=side), [asset_path("flower.jpg")])
-    square.append(ParityCase(f"photo cropped to {side}x{side}", {"pixel_values": photo}, real=True))
+    at_side = [case for case in at_static_shape(cases, (1,)) if tuple(case.inputs["pixel_values"].shape[2:]) == (side, side)]
+    photo = preprocess_images(square(entry.input), [asset_path("flower.jpg")])
+    at_side.append(ParityCase(f"photo cropped to {side}x{side}", {"pixel_values": photo}, real=True))
     specs = [{"name": inputs[0].name, "dtype": inputs[0].dtype, "shape": [1, 3, side, side]}]
-    result = _convert(onnx_path, out, torch_model, entry, square, specs, output_name, output_nchw=True)
+    result = _convert(onnx_path, out, torch_model, entry, at_side, specs, output_name, output_nchw=True)
     return dataclasses.replace(result, note=f"fixed 1x3x{side}x{side}: resize and crop images to {side}x{side}; "
                                             "the any-size graph does not convert (onnx2tf: IndexError)")
 

@@ -144,15 +144,14 @@ class Predictor:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         results: list[dict[str, Any]] = []
         for batch in _batches(list(items), batch_size):
-            if self.is_segmenter:
+            if self.manifest.modality == "image":  # sizes: where a segmentation mask goes back to
                 prepared = [preprocess_image_sized(self.manifest.preprocessing, item) for item in batch]
                 rows = self.run_images([array for array, _ in prepared])
-                results += [{"input": describe(item), **self.postprocess(row, top_k, size)}
-                            for item, row, (_, size) in zip(batch, rows, prepared)]
-                continue
-            output = self.run(self.preprocess(batch))
-            for item, row in zip(batch, output):
-                results.append({"input": describe(item), **self.postprocess(row, top_k)})
+                sizes = [size for _, size in prepared]
+            else:
+                rows, sizes = self.run(self.preprocess(batch)), [None] * len(batch)
+            results += [{"input": describe(item), **self.postprocess(row, top_k, size)}
+                        for item, row, size in zip(batch, rows, sizes)]
         return results
 
     def postprocess(self, row: np.ndarray, top_k: int, size: tuple[int, int] | None = None) -> dict[str, Any]:

@@ -40,7 +40,11 @@ class Dataset:
     source: str
     split: str  # "given" (train/ + val/ folders, or a split column) or "stratified seed=N fraction=F"
     skipped: list[str] = field(default_factory=list)
-    task: str = "classification"  # or "segmentation"
+
+    @property
+    def task(self) -> str:
+        """"segmentation" when the examples carry masks, else "classification"."""
+        return "segmentation" if self.train and self.train[0].mask is not None else "classification"
 
     def fingerprint(self) -> str:
         """sha256 over (split, label, content) of every example: changes when any byte of the data does."""
@@ -252,13 +256,11 @@ def load_segmentation(path: str | Path, val_fraction: float = 0.2, seed: int = 0
     if (root / "train").is_dir():
         train = _pairs(root / "train", labels, skipped)
         if (root / "val").is_dir():
-            return Dataset("image", labels, train, _pairs(root / "val", labels, skipped), str(root), "given",
-                           skipped, task="segmentation")
+            return Dataset("image", labels, train, _pairs(root / "val", labels, skipped), str(root), "given", skipped)
     else:
         train = _pairs(root, labels, skipped)
     train, val = random_split(train, val_fraction, seed)
-    return Dataset("image", labels, train, val, str(root), f"random seed={seed} fraction={val_fraction}", skipped,
-                   task="segmentation")
+    return Dataset("image", labels, train, val, str(root), f"random seed={seed} fraction={val_fraction}", skipped)
 
 
 def _pairs(folder: Path, labels: Sequence[str], skipped: list[str]) -> list[Example]:

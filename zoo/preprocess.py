@@ -4,6 +4,7 @@ tests hold the two to 1e-4 on real photos."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Sequence, Union
@@ -46,6 +47,13 @@ def image_transform(spec: ImageInputSpec):
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(spec.mean), list(spec.std)),
     ])
+
+
+def square(spec: ImageInputSpec) -> ImageInputSpec:
+    """The spec with a center crop at its resize when it has none: one fixed square shape, for a model
+    that takes any image size (segmentation) fed where one shape is needed (calibration, a fixed-size
+    SavedModel)."""
+    return spec if spec.crop is not None else dataclasses.replace(spec, crop=spec.resize)
 
 
 def preprocess_images(spec: ImageInputSpec, images: Sequence[ImageLike]) -> torch.Tensor:
