@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from serve.manifest import (
@@ -39,9 +40,9 @@ from zoo.errors import ExportError, InputError
 from zoo.factory import build, resolve
 from zoo.preprocess import load_tokenizer, tokenize
 from zoo.provenance import package_versions
-from zoo.reference import SENTENCES, synthetic_images
+from zoo.reference import SENTENCES, synthetic_images, synthetic_pixels
 from zoo.schema import ModelEntry, SourceSpec
-from zoo.tolerances import EXPORT_ATOL
+from zoo.tolerances import DETECTION_ATOL, EXPORT_ATOL
 
 from export.calibration import calibration_files
 from export.formats import (FORMATS, MODEL_FILE, DerivedContext, FormatOptions, derived_formats, format_table,
@@ -52,6 +53,12 @@ from export.savedmodel import check_available as check_tensorflow
 
 VALIDATION_FILE = "validation.json"
 REPORT_FILES = ("report.json", "report.md")
+DEFAULT_MIN_SCORE = 0.5  # detections below this score are not returned by serve (a request may lower it)
+# Measured with onnx2tf 1.29.24 at a fixed 1x3x240x320 input: SSDlite stops at a constant anchor tensor
+# ("Output tensors of a Functional model must be the output of a TensorFlow Layer"), Faster R-CNN inside
+# a Mul of its box decoding (ValueError in tf.math.multiply).
+DETECTION_SAVEDMODEL = ("onnx2tf does not convert torchvision's detection graphs, even at a fixed image size; "
+                        "serve the ONNX model (onnxruntime, Triton)")
 
 
 @dataclass(frozen=True)
@@ -74,29 +81,38 @@ class BundleResult:
                 f"wrote {self.directory} in {self.seconds:.1f}s"]
 
 
-def _versions() -> dict[str, str]:
+def _versions(traced: bool) -> dict[str, str]:
     names = ["zoo", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "transformers", "tokenizers"]
-    return {**package_versions(names), "exporter": "torch.onnx.export(dynamo=True)"}
+    return {**package_versions(names), "exporter": f"torch.onnx.export(dynamo={not traced})"}
 
 
 def _io(entry: ModelEntry, fetched: FetchedModel):
-    """(example inputs, dynamic axes, output name, preprocessing, tokenizer) for an entry."""
+    """(example inputs, dynamic axes, output names, preprocessing, tokenizer) for an entry."""
+    if entry.output.kind == "detection":  # one image of pixels in [0, 1]; the graph resizes and normalises
+        from zoo.builders.detection import OUTPUT_NAMES
+
+        preprocessing = ImagePreprocessing(resize=None, crop=None, interpolation=entry.input.interpolation,
+                                           mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+        axes = {"image": {2: "height", 3: "width"}, **{name: {0: "detections"} for name in OUTPUT_NAMES}}
+        return {"image": synthetic_pixels(1, (240, 320)).float()}, axes, list(OUTPUT_NAMES), preprocessing, None
     if entry.modality == "image":
         spec = entry.input
         preprocessing = ImagePreprocessing(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation,
                                            mean=list(spec.mean), std=list(spec.std))
         axes = {0: "batch", 2: "height", 3: "width"} if entry.output.kind == "segmentation" else {0: "batch"}
-        return {"pixel_values": synthetic_images(spec, 2)}, {"pixel_values": axes}, "logits", preprocessing, None
+        return {"pixel_values": synthetic_images(spec, 2)}, {"pixel_values": axes}, ["logits"], preprocessing, None
     tokenizer = load_tokenizer(fetched.files[entry.input.tokenizer], entry.input)
     axes = {0: "batch", 1: "sequence"}
     preprocessing = TextPreprocessing(tokenizer=entry.input.tokenizer, max_length=entry.input.max_length,
                                       pad_token=tokenizer.padding["pad_token"], pad_id=tokenizer.padding["pad_id"])
     output_name = "logits" if entry.output.kind == "logits" else "sentence_embedding"
-    return (tokenize(tokenizer, SENTENCES[:2]), {"input_ids": axes, "attention_mask": axes}, output_name,
+    return (tokenize(tokenizer, SENTENCES[:2]), {"input_ids": axes, "attention_mask": axes}, [output_name],
             preprocessing, tokenizer)
 
 
 def _postprocessing(entry: ModelEntry) -> Postprocessing:
+    if entry.output.kind == "detection":
+        return Postprocessing(kind="detection", labels=list(entry.output.labels), score_threshold=DEFAULT_MIN_SCORE)
     if entry.output.kind == "segmentation":
         return Postprocessing(kind="segmentation", labels=list(entry.output.labels))
     if entry.output.kind == "logits":
@@ -110,17 +126,22 @@ def _postprocessing(entry: ModelEntry) -> Postprocessing:
 def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:
     shapes = {i.name: i.shape for i in session.get_inputs()}
     for name, axes in dynamic_axes.items():
+        if name not in shapes:  # an output's axis (detections)
+            continue
         for axis, label in axes.items():
             if not isinstance(shapes[name][axis], str):
                 raise ExportError(f"input {name} axis {axis} ({label}) was exported as fixed size {shapes[name][axis]}")
 
 
-def _informative_random_weights(model: torch.nn.Module, entry: ModelEntry, cases: list[ParityCase]) -> None:
+def informative_random_weights(model: torch.nn.Module, entry: ModelEntry, cases: list[ParityCase]) -> None:
     """Random-weight exports only (conversion checks and benchmarks): with an architecture's own
     initialisation some outputs are constant (torchvision's ViT starts its head at zero; EfficientNet-B0's
     logits differ by ~1e-13), which makes every parity check vacuous. Zero linear layers get N(0, 0.02)
     weights and batch-norm statistics are set from every image the export is checked or calibrated on
     (parity inputs and export.calibration's photo views), so activations keep their scale on all of them."""
+    if entry.output.kind == "detection":
+        _informative_random_detector(model, cases)
+        return
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
         for module in model.modules():
@@ -148,6 +169,50 @@ def _informative_random_weights(model: torch.nn.Module, entry: ModelEntry, cases
             model.eval()
 
 
+def _informative_random_detector(model: torch.nn.Module, cases: list[ParityCase]) -> None:
+    """Detectors from random weights collapse: Faster R-CNN's frozen batch norms start as identities, so
+    activations fade through the backbone; SSDlite's class convolutions start at N(0, 0.03) and Faster
+    R-CNN's class layer spreads ~1/91 over 91 classes, below its 0.05 score threshold. Either way every
+    box scores alike (to 1e-7, so which ties survive NMS is arbitrary) or none is kept. Every batch norm,
+    frozen or not, gets the statistics of its own input on the parity images (set layer by layer in one
+    pass), then the class layers are redrawn so their logits have a standard deviation of 3 there."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    def set_statistics(norm, inputs):
+        norm.running_mean.copy_(inputs[0].mean(dim=(0, 2, 3)))
+        norm.running_var.copy_(inputs[0].var(dim=(0, 2, 3)))
+
+    net = model.net
+    classes = ([block[-1] for block in net.head.classification_head.module_list] if hasattr(net, "head")
+               else [net.roi_heads.box_predictor.cls_score])
+    squares: dict[torch.nn.Module, list[float]] = {layer: [] for layer in classes}
+
+    def record(layer, inputs):
+        squares[layer].append(float(inputs[0].pow(2).mean()))
+
+    with torch.no_grad():
+        model.eval()
+        norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]
+        hooks = [norm.register_forward_pre_hook(set_statistics) for norm in norms]
+        try:
+            model.feature_pass([image[0] for case in cases for image in case.inputs.values()])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        hooks = [layer.register_forward_pre_hook(record) for layer in classes]
+        try:
+            for case in cases:
+                model(*case.inputs.values())
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for layer, values in squares.items():
+            fan_in = layer.weight[0].numel()
+            rms = max(float(np.sqrt(np.mean(values))), 1e-6) if values else 1.0
+            torch.nn.init.normal_(layer.weight, std=3.0 / (rms * fan_in**0.5))
+            torch.nn.init.zeros_(layer.bias)
+
+
 def _check_options(entry: ModelEntry, formats: Sequence[str], options: FormatOptions) -> None:
     if options.calibration is not None and "onnx-int8" in formats:
         if entry.modality != "image":
@@ -157,6 +222,16 @@ def _check_options(entry: ModelEntry, formats: Sequence[str], options: FormatOpt
     if "savedmodel" in formats:
         check_tensorflow()
     shape = options.static_shape
+    if entry.output.kind == "detection":
+        refused = {"onnx-int8": "int8 quantization of detection graphs (NMS, RoIAlign, box decoding) is not "
+                                "supported; export onnx",
+                   "savedmodel": DETECTION_SAVEDMODEL, "tf-serving": DETECTION_SAVEDMODEL}
+        for fmt in formats:
+            if fmt in refused:
+                raise InputError(f"--format {fmt}: {entry.id} is a detection model; {refused[fmt]}")
+        if shape is not None:
+            raise InputError(f"--static-shape: {entry.id} is a detection model, exported for one image of any size; "
+                             "leave --static-shape out")
     if shape is not None and entry.output.kind == "segmentation":
         raise InputError(f"--static-shape: {entry.id} is a segmentation model, exported for any image size "
                          "(its masks come back at each image's resolution); leave --static-shape out")
@@ -198,7 +273,8 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         fetched = None
     torch.manual_seed(0)
     torch_model = build(entry, pretrained=pretrained, extra_sources=extra_sources)
-    example, dynamic_axes, output_name, preprocessing, tokenizer = _io(entry, fetched)
+    example, dynamic_axes, output_names, preprocessing, tokenizer = _io(entry, fetched)
+    output_name = output_names[0]
     pad_id = tokenizer.padding["pad_id"] if tokenizer else 0
     if options.static_shape:
         example, dynamic_axes = at_static_shape([ParityCase("example", example)], options.static_shape, pad_id)[0].inputs, {}
@@ -206,12 +282,14 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     if options.static_shape:
         cases = at_static_shape(cases, options.static_shape, pad_id)
     if not pretrained:
-        _informative_random_weights(torch_model, entry, cases)
-    tolerance = EXPORT_ATOL["float32"] if atol is None else atol
+        informative_random_weights(torch_model, entry, cases)
+    default_atol = DETECTION_ATOL if entry.output.kind == "detection" else EXPORT_ATOL["float32"]
+    tolerance = default_atol if atol is None else atol
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
-        export_onnx(torch_model, example, dynamic_axes, output_name, staging / MODEL_FILE, opset=opset)
+        opset = export_onnx(torch_model, example, dynamic_axes, output_names, staging / MODEL_FILE, opset=opset,
+                            tracer=entry.output.kind == "detection")
         session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
         _check_dynamic(session, dynamic_axes)
         results = check_parity(torch_model, session, entry, cases, tolerance, output_name)
@@ -242,7 +320,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             preprocessing=preprocessing, postprocessing=_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
                     "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
-            producer=_versions(), variants=sections.get("variants", {}),
+            producer=_versions(entry.output.kind == "detection"), variants=sections.get("variants", {}),
             tensorflow=sections.get("tensorflow", {}),
         )
         write_manifest(staging, manifest)

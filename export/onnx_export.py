@@ -1,8 +1,11 @@
-"""torch -> ONNX with the dynamo exporter: named dynamic axes, onnx.checker and shape inference.
+"""torch -> ONNX: named dynamic axes, onnx.checker and shape inference.
 
-The legacy TorchScript exporter baked a traced sequence length into a Reshape of a transformer
-encoder; `dynamo=True` with `dynamic_shapes` keeps the axes symbolic. Example inputs never use a
-size-1 axis that is meant to be dynamic (torch.export specialises sizes 0 and 1)."""
+The dynamo exporter is the default: the TorchScript exporter baked a traced sequence length into a
+Reshape of a transformer encoder; `dynamo=True` with `dynamic_shapes` keeps the axes symbolic. Example
+inputs never use a size-1 axis that is meant to be dynamic (torch.export specialises sizes 0 and 1).
+Detectors go through the TorchScript exporter: torch.export cannot guard on the data-dependent number
+of boxes after score thresholding and NMS (GuardOnDataDependentSymNode, torch 2.14), while torchvision's
+detection code is written for tracing (its own ONNX tests use it)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from torch import nn
 from zoo.errors import ExportError
 
 DEFAULT_OPSET = 18
+# torchvision's detectors need opset >= 11 and are exported at 17 in its own tests.
+TRACED_MAX_OPSET = 17
 # A protobuf message cannot exceed 2 GiB: above this many bytes of weights, they go to PATH.data.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
@@ -45,11 +50,16 @@ def save_model(model, path: Path) -> None:
 
 
 def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]],
-                output_name: str, path: Path, opset: int = DEFAULT_OPSET) -> None:
+                output_names: list[str], path: Path, opset: int = DEFAULT_OPSET, tracer: bool = False) -> int:
     """Export `model(*example.values())` to `path`, then run onnx.checker (full) and shape inference.
-    Weights over EXTERNAL_DATA_BYTES are written to PATH.data (ONNX external data)."""
-    import onnx
+    Weights over EXTERNAL_DATA_BYTES are written to PATH.data (ONNX external data). `tracer`: the
+    TorchScript exporter (`dynamic_axes` may then name output axes too), at opset 17 at most. Returns
+    the opset written."""
 
+    if tracer:
+        _export_traced(model, example, dynamic_axes, output_names, path, min(opset, TRACED_MAX_OPSET))
+        _check(path)
+        return min(opset, TRACED_MAX_OPSET)
     for name, tensor in example.items():
         for axis in dynamic_axes.get(name, {}):
             if tensor.shape[axis] < 2:
@@ -65,12 +75,32 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], dynamic_axes
         with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, tuple(example.values()), str(path), input_names=list(example), output_names=[output_name],
+                model, tuple(example.values()), str(path), input_names=list(example), output_names=list(output_names),
                 opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes,
                 external_data=weight_bytes(model) > EXTERNAL_DATA_BYTES,
             )
     except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    _check(path)
+    return opset
+
+
+def _export_traced(model: nn.Module, example: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]],
+                   output_names: list[str], path: Path, opset: int) -> None:
+    quiet = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
+            warnings.simplefilter("ignore")  # TracerWarnings about Python values, expected for detectors
+            torch.onnx.export(model, tuple(example.values()), str(path), input_names=list(example),
+                              output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
+                              dynamo=False)
+    except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
+        raise ExportError(f"torch.onnx.export (TorchScript) failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def _check(path: Path) -> None:
+    import onnx
+
     try:
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)

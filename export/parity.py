@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.preprocess import preprocess_images, tokenize
-from zoo.reference import SENTENCES, Comparison, asset_path, compare_outputs, synthetic_images
+from zoo.preprocess import image_pixels, preprocess_images, tokenize
+from zoo.reference import SENTENCES, Comparison, asset_path, compare_outputs, synthetic_images, synthetic_pixels
 from zoo.schema import ModelEntry
 
 
@@ -24,6 +24,13 @@ class ParityCase:
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
     """Inputs that exercise every dynamic axis at sizes other than the export example's."""
+    if entry.output.kind == "detection":  # one image at its own size: landscape, portrait, photos
+        return [
+            ParityCase("synthetic 240x320", {"image": synthetic_pixels(1, (240, 320)).float()}),
+            ParityCase("synthetic 300x200", {"image": synthetic_pixels(1, (300, 200)).float()}),
+            *[ParityCase(f"photo {name}", {"image": image_pixels(asset_path(name))}, real=True)
+              for name in ("flower.jpg", "china.jpg")],
+        ]
     if entry.output.kind == "segmentation":  # any height and width: square, wide, and a photo's own shape
         height, width = entry.input.size
         return [
@@ -73,13 +80,19 @@ def check_parity(model: nn.Module, session: Any, entry: ModelEntry, cases: list[
                  output_name: str, cosine_floor: float | None = None) -> list[Comparison]:
     """onnxruntime vs torch for every case (max |diff|, top-1 agreement for classifiers, min cosine);
     judged by `atol`, or by `cosine_floor` for quantized models."""
+    from zoo.builders.detection import detection_rows
+
     results = []
     for case in cases:
-        with torch.inference_mode():
-            expected = model(*case.inputs.values()).float().numpy()
         feeds = {name: tensor.numpy() for name, tensor in case.inputs.items()}
-        actual = session.run([output_name], feeds)[0]
-        results.append(compare_outputs(entry, case.label, actual, expected, atol, cosine_floor))
+        with torch.inference_mode():
+            expected = model(*case.inputs.values())
+        if entry.output.kind == "detection":  # boxes, scores, labels: compared as sets of detections
+            expected, actual = detection_rows(*expected), detection_rows(*session.run(None, feeds))
+        else:
+            expected, actual = expected.float().numpy(), session.run([output_name], feeds)[0]
+        scale = max(next(iter(feeds.values())).shape[-2:])
+        results.append(compare_outputs(entry, case.label, actual, expected, atol, cosine_floor, scale=scale))
     return results
 
 

@@ -24,8 +24,11 @@ def to_fp16(source: Path, target: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    converted = OnnxModel(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
-    converted.topological_sort()  # the converter appends its input casts at the end of the graph
+    try:
+        converted = OnnxModel(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
+        converted.topological_sort()  # the converter appends its input casts at the end of the graph
+    except RuntimeError as exc:  # e.g. "Graph is not a DAG" on graphs with Loop/If subgraphs (detectors)
+        raise ExportError(f"onnxruntime's float16 converter failed: {str(exc).splitlines()[0]}") from None
     save_model(converted.model, target)
     onnx.checker.check_model(str(target))
 

@@ -102,6 +102,44 @@ def segmentation_entry(arch: str, paper: str, name: str) -> dict:
     }
 
 
+DETECTION = {
+    # id: (paper, model name in the description)
+    "ssdlite320_mobilenet_v3_large": ("https://arxiv.org/abs/1801.04381", "SSDlite 320"),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": ("https://arxiv.org/abs/1506.01497", "Faster R-CNN (320 px) FPN"),
+    "fasterrcnn_mobilenet_v3_large_fpn": ("https://arxiv.org/abs/1506.01497", "Faster R-CNN FPN"),
+}
+
+
+def detection_entry(arch: str, paper: str, name: str) -> dict:
+    """torchvision object detection: the model resizes and normalises inside (its GeneralizedRCNNTransform,
+    whose settings the input spec records), 91 COCO category slots (0 = background, some "N/A").
+    Faster R-CNN is built with frozen batch norms, as torchvision does whenever it loads trained weights."""
+    from torchvision.models import get_model
+
+    weights, _, shared = _torchvision_weights(arch, paper)
+    origin = shared["provenance"]["origin"]
+    transform = get_model(arch, weights=None, weights_backbone=None).transform
+    args = {"arch": arch, "num_classes": len(weights.meta["categories"])}
+    if arch.startswith("fasterrcnn"):
+        args["frozen_batchnorm"] = True
+    side = transform.min_size[-1]
+    return {
+        "id": arch,
+        "description": f"torchvision {name} on a MobileNetV3-Large backbone, {weights.name} weights (COCO train2017)",
+        "modality": "image",
+        "task": "object-detection",
+        "architecture": arch,
+        "builder": "torchvision_detection",
+        "builder_args": args,
+        **shared,
+        "metrics": [{"name": f"coco-val2017/{k}", "value": v, "source": origin}
+                    for k, v in weights.meta["_metrics"]["COCO-val2017"].items()],
+        "input": {"kind": "image", "size": [side, side], "resize": side, "crop": None, "interpolation": "bilinear",
+                  "mean": list(transform.image_mean), "std": list(transform.image_std)},
+        "output": {"kind": "detection", "labels": "coco-91"},
+    }
+
+
 EFFICIENTNET_LITE0 = {
     "id": "efficientnet_lite0",
     "description": "EfficientNet-Lite0 (ImageNet-1k), EfficientNet-PyTorch key names, TF 'same' padding",
@@ -247,11 +285,14 @@ def main() -> int:
     models += [torchvision_entry(arch, paper) for arch, paper in TORCHVISION.items()]
     models += TEXT_ENTRIES[1:]
     models += [segmentation_entry(arch, paper, name) for arch, (paper, name) in SEGMENTATION.items()]
+    models += [detection_entry(arch, paper, name) for arch, (paper, name) in DETECTION.items()]
     for model in models:
         if model["id"] in references:
             model["reference"] = references[model["id"]]
     voc = get_model_weights("lraspp_mobilenet_v3_large").DEFAULT.meta["categories"]
-    document = {"format_version": 1, "label_sets": {"imagenet-1k": categories, "voc-21": voc}, "models": models}
+    coco = get_model_weights("ssdlite320_mobilenet_v3_large").DEFAULT.meta["categories"]
+    document = {"format_version": 1, "label_sets": {"imagenet-1k": categories, "voc-21": voc, "coco-91": coco},
+                "models": models}
     REGISTRY.write_text(dumps(document))
     print(f"wrote {REGISTRY} with {len(models)} models", file=sys.stderr)
     return 0

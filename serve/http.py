@@ -199,14 +199,17 @@ def create_app(config: ServerConfig) -> Starlette:
         predictor = state.ready_predictor(request.path_params["name"])
         payload = _json(await _body(request, state))
         feeds = _infer_inputs(payload, predictor)
+        # A detector's three outputs (boxes, scores, labels) come from one run at its batch of one image.
+        run = predictor.run_all if predictor.is_detector else (
+            lambda feeds: {predictor.manifest.outputs[0].name: predictor.run(feeds)})
         try:
-            output = await asyncio.wait_for(asyncio.to_thread(predictor.run, feeds), config.inference_timeout_s)
+            outputs = await asyncio.wait_for(asyncio.to_thread(run, feeds), config.inference_timeout_s)
         except asyncio.TimeoutError:
             raise HttpError(504, f"inference did not finish within {config.inference_timeout_s:g}s") from None
-        spec = predictor.manifest.outputs[0]
         body = {"model_name": state.name, "model_version": "1",
-                "outputs": [{"name": spec.name, "datatype": DATATYPES.get(str(output.dtype), str(output.dtype)),
-                             "shape": list(output.shape), "data": output.ravel().tolist()}]}
+                "outputs": [{"name": name, "datatype": DATATYPES.get(str(output.dtype), str(output.dtype)),
+                             "shape": list(output.shape), "data": output.ravel().tolist()}
+                            for name, output in outputs.items()]}
         if isinstance(payload, dict) and "id" in payload:
             body["id"] = payload["id"]
         return JSONResponse(body)

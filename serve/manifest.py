@@ -27,7 +27,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    resize: int
+    resize: int | None  # None: the image at its own size (detectors resize and normalise inside the graph)
     crop: int | None  # None: the whole resized image, any aspect ratio (segmentation)
     interpolation: Literal["bilinear", "bicubic"]
     mean: list[float]
@@ -46,12 +46,14 @@ class TextPreprocessing:
 
 @dataclass(frozen=True)
 class Postprocessing:
-    kind: Literal["classification", "segmentation", "embedding"]  # segmentation: NCHW per-pixel logits
+    # segmentation: NCHW per-pixel logits; detection: boxes, scores, labels (labels[0] is the background)
+    kind: Literal["classification", "segmentation", "detection", "embedding"]
     labels: list[str] = field(default_factory=list)
     activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one logit, P(labels[1])
     pooling: str | None = None
     normalized: bool = False
     dim: int | None = None
+    score_threshold: float | None = None  # detection: detections below it are not returned by default
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ def parse_manifest(data: Any) -> Manifest:
         pre.fail("kind", f"expected {modality!r} to match the bundle's modality")
     if modality == "image":
         preprocessing: ImagePreprocessing | TextPreprocessing = ImagePreprocessing(
-            resize=pre.get("resize", int), crop=pre.get("crop", (int, type(None))), interpolation=pre.get("interpolation", str),
+            resize=pre.get("resize", (int, type(None))), crop=pre.get("crop", (int, type(None))), interpolation=pre.get("interpolation", str),
             mean=[float(v) for v in pre.items("mean", (int, float))], std=[float(v) for v in pre.items("std", (int, float))])
         if preprocessing.interpolation not in ("bilinear", "bicubic"):
             pre.fail("interpolation", f"expected 'bilinear' or 'bicubic', found {preprocessing.interpolation!r}")
@@ -176,15 +178,16 @@ def parse_manifest(data: Any) -> Manifest:
                                           pad_token=pre.get("pad_token", str), pad_id=pre.get("pad_id", int))
     post = top.child("postprocessing")
     kind = post.get("kind", str)
-    if kind not in ("classification", "segmentation", "embedding"):
-        post.fail("kind", f"expected 'classification', 'segmentation' or 'embedding', found {kind!r}")
+    if kind not in ("classification", "segmentation", "detection", "embedding"):
+        post.fail("kind", f"expected 'classification', 'segmentation', 'detection' or 'embedding', found {kind!r}")
     activation = post.get("activation", str, "softmax")
     if activation not in ("softmax", "sigmoid"):
         post.fail("activation", f"expected 'softmax' or 'sigmoid', found {activation!r}")
     postprocessing = Postprocessing(kind=kind, labels=post.items("labels", str, []), activation=activation,
                                     pooling=post.get("pooling", (str, type(None)), None),
                                     normalized=post.get("normalized", bool, False),
-                                    dim=post.get("dim", (int, type(None)), None))
+                                    dim=post.get("dim", (int, type(None)), None),
+                                    score_threshold=post.get("score_threshold", (int, float, type(None)), None))
     files = top.get("files", dict)
     for name, digest in files.items():
         if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

@@ -12,6 +12,7 @@ import numpy as np
 from serve.errors import BundleError, InputError
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
 from serve.preprocess import TextEncoder, describe, preprocess_image_sized, preprocess_images
+from serve.detection import detections
 from serve.segmentation import class_areas, mask_from_logits
 from serve.providers import SessionChoice, SessionConfig, create_session
 
@@ -43,7 +44,9 @@ class Predictor:
         # A bundle exported with a static shape: a fixed batch (run() splits and pads to it) and, for
         # text, a fixed sequence length (the tokenizer pads to it).
         first = manifest.inputs[0].shape
-        self.fixed_batch = first[0] if isinstance(first[0], int) else None
+        # A detector takes exactly one image (its batch of 1 is the graph's, not a chunk size).
+        detector = manifest.postprocessing.kind == "detection"
+        self.fixed_batch = first[0] if isinstance(first[0], int) and not detector else None
         self._text = None
         if manifest.modality == "text":
             length = first[1] if isinstance(first[1], int) else None
@@ -56,6 +59,10 @@ class Predictor:
     @property
     def is_segmenter(self) -> bool:
         return self.manifest.postprocessing.kind == "segmentation"
+
+    @property
+    def is_detector(self) -> bool:
+        return self.manifest.postprocessing.kind == "detection"
 
     def preprocess(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
         """Model inputs for a batch of raw inputs, exactly as the bundle's manifest describes."""
@@ -81,9 +88,17 @@ class Predictor:
             outputs.append(self.session.run([self.output_name], chunk)[0])
         return np.concatenate(outputs)[:total]
 
-    def run_images(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of the model by name (a detector's boxes, scores and labels), for inputs at the
+        graph's own batch."""
+        return dict(zip([o.name for o in self.manifest.outputs], self.session.run(None, self._check(feeds))))
+
+    def run_images(self, arrays: Sequence[np.ndarray]) -> list[Any]:
         """One output row per preprocessed CHW image, in order: images of equal shape share a run
-        (segmentation bundles take any height and width, so one batch may hold several shapes)."""
+        (segmentation bundles take any height and width, so one batch may hold several shapes); a
+        detector runs each image alone and gives (boxes, scores, labels)."""
+        if self.is_detector:
+            return [tuple(self.run_all({self.input_names[0]: array[None]}).values()) for array in arrays]
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, array in enumerate(arrays):
             groups.setdefault(array.shape, []).append(index)
@@ -102,11 +117,14 @@ class Predictor:
         for spec in self.manifest.inputs:
             if self.manifest.modality == "text":
                 shape = [batch_size, spec.shape[1] if isinstance(spec.shape[1], int) else self._text.max_length]
-            else:  # a named height/width (segmentation): the square the preprocessing resizes to
-                side = self.manifest.preprocessing.resize
+            else:  # a named height/width: the square segmentation resizes to; a 480x640 photo for detectors
+                side = self.manifest.preprocessing.resize or 480
                 shape = [batch_size, *(d if isinstance(d, int) else side for d in spec.shape[1:])]
             feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
-        self.run(feeds)
+        if self.is_detector:
+            self.run_all({name: array[:1] for name, array in feeds.items()})
+        else:
+            self.run(feeds)
 
     def _check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in self.input_names if name not in feeds]
@@ -130,10 +148,11 @@ class Predictor:
             checked[spec.name] = array
         return checked
 
-    def predict(self, items: Sequence[Any], top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[Any], top_k: int = 5, batch_size: int = 32,
+                min_score: float | None = None) -> list[dict[str, Any]]:
         """One result per input: `{"input", "top_k": [{"index", "label", "score"}]}` for classifiers,
-        `{"input", "size", "mask", "classes"}` for segmentation (see `postprocess`), `{"input",
-        "embedding": [...]}` for embedding models."""
+        `{"input", "size", "mask", "classes"}` for segmentation, `{"input", "size", "detections"}` for
+        detectors (see `postprocess`), `{"input", "embedding": [...]}` for embedding models."""
         if isinstance(items, (str, bytes, Path)) or not isinstance(items, Sequence):
             items = [items]
         if len(items) == 0:
@@ -150,14 +169,24 @@ class Predictor:
                 sizes = [size for _, size in prepared]
             else:
                 rows, sizes = self.run(self.preprocess(batch)), [None] * len(batch)
-            results += [{"input": describe(item), **self.postprocess(row, top_k, size)}
+            results += [{"input": describe(item), **self.postprocess(row, top_k, size, min_score)}
                         for item, row, size in zip(batch, rows, sizes)]
         return results
 
-    def postprocess(self, row: np.ndarray, top_k: int, size: tuple[int, int] | None = None) -> dict[str, Any]:
-        """One output row -> `{"top_k": [...]}` (classifiers), `{"embedding": [...]}`, or for
+    def postprocess(self, row: Any, top_k: int, size: tuple[int, int] | None = None,
+                    min_score: float | None = None) -> dict[str, Any]:
+        """One output row -> `{"top_k": [...]}` (classifiers), `{"embedding": [...]}`, for
         segmentation `{"size": [width, height], "mask": HxW uint8 class indices at the image's own
-        resolution (`size`; default the model's), "classes": the `top_k` largest classes by area}`."""
+        resolution (`size`; default the model's), "classes": the `top_k` largest classes by area}`, for
+        detectors `{"size", "detections": [{"box": [x1, y1, x2, y2] in the image's pixels, "score",
+        "index", "label"}, ...]}`, best first, every one scoring at least `min_score` (default: the
+        bundle's threshold; `top_k` does not apply)."""
+        if self.is_detector:
+            post = self.manifest.postprocessing
+            threshold = post.score_threshold if min_score is None else min_score
+            if threshold is not None and not 0 <= threshold <= 1:
+                raise InputError(f"min_score {threshold}: expected a score between 0 and 1")
+            return {"size": list(size) if size else None, "detections": detections(*row, post.labels, threshold or 0.0)}
         if self.is_segmenter:
             size = size or (row.shape[2], row.shape[1])
             mask = mask_from_logits(row, size)

@@ -1,6 +1,7 @@
 """Preprocessing in numpy/PIL that reproduces the training-side torchvision pipeline step for step:
 EXIF transpose -> RGB -> resize shorter side (PIL, antialiased) -> center crop (torchvision's
-rounding; none for segmentation) -> float32 / 255 -> (x - mean) / std, NCHW. Text: the bundle's `tokenizers` file."""
+rounding; none for segmentation) -> float32 / 255 -> (x - mean) / std, NCHW. Detectors: float32 / 255
+at the image's own size (the graph resizes and normalises). Text: the bundle's `tokenizers` file."""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def preprocess_image_sized(spec: ImagePreprocessing, item: Any) -> tuple[np.ndar
     """One CHW float32 array and the image's own (width, height), which a mask is mapped back to."""
     image = to_rgb_image(item)
     size = image.size
-    image = _resize_shorter(image, spec.resize, _RESAMPLE[spec.interpolation])
+    if spec.resize is not None:  # None: detectors take the image as it is and resize inside the graph
+        image = _resize_shorter(image, spec.resize, _RESAMPLE[spec.interpolation])
     if spec.crop is not None:
         image = _center_crop(image, spec.crop)
     return _normalize(spec, image), size

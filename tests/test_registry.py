@@ -16,6 +16,7 @@ REGISTRY = load_registry()
 DOCUMENT = json.loads(default_registry_path().read_text())
 TORCHVISION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision"]
 SEGMENTATION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision_segmentation"]
+DETECTION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision_detection"]
 
 
 def test_registry_has_the_required_entries() -> None:
@@ -116,12 +117,17 @@ def test_entry_metadata_matches_the_built_model(name: str) -> None:
         assert model(torch.zeros(2, 3, *entry.input.size)).shape == (2, len(entry.output.labels))
     elif entry.output.kind == "segmentation":  # any height and width, logits at the input's resolution
         assert model(torch.zeros(2, 3, 97, 130)).shape == (2, len(entry.output.labels), 97, 130)
+    elif entry.output.kind == "detection":  # one image of any size -> boxes, scores, labels
+        with torch.inference_mode():
+            boxes, scores, labels = model(torch.rand(1, 3, 97, 130))
+        assert boxes.shape == (len(scores), 4) and labels.dtype == torch.int64
+        assert entry.builder_args["num_classes"] == len(entry.output.labels)
     else:
         ids = torch.ones(2, 5, dtype=torch.int64)
         assert model(ids, torch.ones_like(ids)).shape == (2, entry.output.dim)
 
 
-@pytest.mark.parametrize("name", TORCHVISION_IDS + SEGMENTATION_IDS)
+@pytest.mark.parametrize("name", TORCHVISION_IDS + SEGMENTATION_IDS + DETECTION_IDS)
 def test_torchvision_entries_match_torchvision_weight_enums(name: str) -> None:
     from torchvision.models import get_model_weights
 
@@ -133,6 +139,15 @@ def test_torchvision_entries_match_torchvision_weight_enums(name: str) -> None:
     assert weights_file.name.endswith(f"-{weights_file.sha256_prefix}.pth")
     assert (entry.params, entry.gflops) == (weights.meta["num_params"], weights.meta["_ops"])
     metrics = {m.name: m.value for m in entry.metrics}
+    if name in DETECTION_IDS:  # the model resizes and normalises inside: the entry records its settings
+        from torchvision.models import get_model
+
+        inner = get_model(name, weights=None, weights_backbone=None).transform
+        assert metrics["coco-val2017/box_map"] == weights.meta["_metrics"]["COCO-val2017"]["box_map"]
+        assert (entry.input.resize, entry.input.crop) == (inner.min_size[-1], None)
+        assert list(entry.input.mean) == inner.image_mean and list(entry.input.std) == inner.image_std
+        assert list(entry.output.labels) == weights.meta["categories"]
+        return
     if name in SEGMENTATION_IDS:  # COCO with the VOC categories; no crop: any aspect ratio
         upstream = weights.meta["_metrics"]["COCO-val2017-VOC-labels"]
         assert metrics["coco-val2017-voc-labels/miou"] == upstream["miou"]
@@ -188,3 +203,36 @@ def test_text_entry_config_matches_the_shipped_config() -> None:
     shipped = json.loads(fetched.files["config.json"].read_text())
     for key, value in entry.builder_args["config"].items():
         assert shipped[key] == value, key
+
+
+@pytest.mark.parametrize("name", DETECTION_IDS)
+def test_detection_state_dict_has_upstream_keys_and_forward(name: str) -> None:
+    """The built detector has exactly the parameter and buffer names of torchvision's model as torchvision
+    builds it to load trained weights (Faster R-CNN: frozen batch norms), so the upstream file loads
+    strictly; with the same weights its detections equal torchvision's wherever the resize is exact."""
+    import torch
+    import torchvision
+    from torchvision.models.detection import faster_rcnn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    import zoo
+
+    torch.manual_seed(0)
+    model = zoo.build(name, pretrained=False)
+    if name.startswith("fasterrcnn"):  # what torchvision builds when weights are given (is_trained)
+        backbone = torchvision.models.mobilenet_v3_large(norm_layer=FrozenBatchNorm2d)
+        backbone = faster_rcnn._mobilenet_extractor(backbone, True, 6)
+        anchors = faster_rcnn.AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+        kwargs = {"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150,
+                  "rpn_score_thresh": 0.05} if "320" in name else {}
+        upstream = faster_rcnn.FasterRCNN(backbone, 91, rpn_anchor_generator=anchors, **kwargs)
+    else:
+        upstream = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+    assert sorted(model.net.state_dict()) == sorted(upstream.state_dict())
+    upstream.load_state_dict(model.net.state_dict())
+    upstream.eval()
+    image = torch.rand(1, 3, 240, 320)  # 320 / 240 scales exactly: torchvision's resize and ours agree
+    with torch.inference_mode():
+        ours, theirs = model(image), upstream([image[0]])[0]
+    for got, key in zip(ours, ("boxes", "scores", "labels")):
+        assert torch.equal(got, theirs[key])

@@ -146,8 +146,10 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: flo
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--masks", type=click.Path(file_okay=False, path_type=Path),
               help="Segmentation: write each mask here as NAME.png (class indices, shown in VOC colours).")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+              help="Detection: return detections scoring at least this (default: the bundle's threshold, 0.5).")
 def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int,
-            masks: Path | None) -> None:
+            masks: Path | None, min_score: float | None) -> None:
     """Run a bundle on INPUTS (image files, or texts for text bundles) without torch."""
     import serve
     from serve.segmentation import jsonable, mask_image
@@ -156,8 +158,11 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
     if masks is not None and not predictor.is_segmenter:
         raise click.BadParameter(f"applies to segmentation bundles; {bundle} is a {predictor.manifest.task} model",
                                  param_hint="--masks")
+    if min_score is not None and not predictor.is_detector:
+        raise click.BadParameter(f"applies to detection bundles; {bundle} is a {predictor.manifest.task} model",
+                                 param_hint="--min-score")
     click.echo(predictor.provider_line, err=True)
-    results = predictor.predict(list(inputs), top_k=top_k, batch_size=batch_size)
+    results = predictor.predict(list(inputs), top_k=top_k, batch_size=batch_size, min_score=min_score)
     if masks is not None:
         masks.mkdir(parents=True, exist_ok=True)
         for index, result in enumerate(results):
@@ -174,6 +179,10 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
             areas = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in result["classes"])
             where = f" -> {result['mask_file']}" if "mask_file" in result else ""
             click.echo(f"{result['input']}: {result['size'][0]}x{result['size'][1]} mask; {areas}{where}")
+        elif "detections" in result:
+            found = "; ".join(f"{d['label']} {d['score']:.3f} at [{', '.join(f'{v:.0f}' for v in d['box'])}]"
+                              for d in result["detections"])
+            click.echo(f"{result['input']}: {len(result['detections'])} detection(s)" + (f": {found}" if found else ""))
         elif "top_k" in result:
             best = ", ".join(f"{p['label']} {p['score']:.3f}" for p in result["top_k"])
             click.echo(f"{result['input']}: {best}")
@@ -186,7 +195,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.argument("name")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Image folder (one subfolder per class, optional train/ val/), CSV/JSONL with text,label, or for "
-                   "segmentation labels.txt + images/ + masks/ (optional train/ val/).")
+                   "segmentation labels.txt + images/ + masks/, for detection annotations.json + images/ (COCO) or "
+                   "Annotations/ + JPEGImages/ (Pascal VOC) (each with optional train/ val/).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -199,9 +209,11 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--clip-grad", type=float, help="Clip the gradient norm to this value.")
 @click.option("--accumulate", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--patience", type=int, help="Early stopping: epochs without improvement of --metric.")
-@click.option("--metric", type=click.Choice(["auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "loss"]),
+@click.option("--metric", type=click.Choice(["auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "map50", "map",
+                                            "loss"]),
               default="auto", show_default=True,
-              help="Model selection and early stopping: auto = macro_f1 (classification) or miou (segmentation).")
+              help="Model selection and early stopping: auto = macro_f1 (classification), miou (segmentation) "
+                   "or map50 (detection).")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--freeze", default="full", show_default=True,

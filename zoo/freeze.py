@@ -17,6 +17,7 @@ _BLOCK_PATTERNS = [
         r"^(layer\d+)\.",                                           # torchvision ResNet
         r"^(features\.\d+)\.",                                      # VGG, MobileNet, EfficientNet, ConvNeXt
         r"^(net\.backbone\.\d+)\.",                                  # torchvision segmentation (MobileNetV3)
+        r"^(net\.backbone\.(?:body|features\.0)\.\d+)\.",               # torchvision detection (MobileNetV3)
         r"^(encoder\.layers\.encoder_layer_\d+)\.",                 # torchvision ViT
         r"^((?:encoder\.)+(?:layer|transformer\.layer)\.\d+)\.",         # BERT/RoBERTa, DistilBERT
     )

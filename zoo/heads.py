@@ -1,7 +1,8 @@
 """Task heads on a pretrained backbone: multi-class (softmax cross-entropy, one logit per class) or
 binary (one logit, sigmoid + BCE-with-logits). Image models get their last classifier layer
 replaced in place; text encoders get a linear layer on their pooled output; segmentation models
-get new per-pixel classifier convolutions (pixels marked 255 count in no loss)."""
+get new per-pixel classifier convolutions (pixels marked 255 count in no loss); detectors get a new
+box classifier for the classes plus the background (their losses are torchvision's own)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from zoo.builders.detection import DetectionNet
 from zoo.builders.segmentation import SegmentationNet
 from zoo.data import IGNORE_INDEX
 from zoo.errors import BuildError
@@ -59,6 +61,10 @@ def attach_head(model: nn.Module, entry: ModelEntry, kind: str, num_labels: int)
         if kind != "multiclass":
             raise BuildError(f"segmentation takes a multiclass head (one logit per class and pixel), not {kind!r}")
         return _segmentation_head(model, entry.builder_args["num_classes"], outputs)
+    if isinstance(model, DetectionNet):
+        if kind != "multiclass":
+            raise BuildError(f"detection takes a multiclass head (one score per class and box), not {kind!r}")
+        return _detection_head(model, outputs)  # the labels include the background, index 0
     if entry.modality == "text":
         return TextClassifier(model, entry.output.dim, outputs)
     parent, name, old = _last_linear(model)
@@ -82,6 +88,27 @@ def _segmentation_head(model: SegmentationNet, upstream_classes: int, outputs: i
     return model
 
 
+def _detection_head(model: DetectionNet, classes: int) -> DetectionNet:
+    """Faster R-CNN: a new box predictor (class scores and per-class box deltas). SSDlite: a new
+    classification head over the same anchors; its class-agnostic box regression head is kept."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.ssdlite import SSDLiteClassificationHead
+
+    net = model.net
+    if hasattr(net, "roi_heads"):
+        predictor = net.roi_heads.box_predictor
+        net.roi_heads.box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, classes)
+    else:
+        old = net.head.classification_head
+        in_channels = [block[0][0].in_channels for block in old.module_list]
+        anchors = net.anchor_generator.num_anchors_per_location()
+        norm = type(old.module_list[0][0][1])
+        eps, momentum = old.module_list[0][0][1].eps, old.module_list[0][0][1].momentum
+        net.head.classification_head = SSDLiteClassificationHead(
+            in_channels, anchors, classes, lambda channels: norm(channels, eps=eps, momentum=momentum))
+    return model
+
+
 def head_prefix(model: nn.Module) -> str:
     """Parameter-name prefix of the head (`head.` for text, the decoder for segmentation, the replaced
     layer's path for images)."""
@@ -89,6 +116,8 @@ def head_prefix(model: nn.Module) -> str:
         return "head."
     if isinstance(model, SegmentationNet):
         return "net.classifier."
+    if isinstance(model, DetectionNet):
+        return "net.roi_heads.box_predictor." if hasattr(model.net, "roi_heads") else "net.head.classification_head."
     for name, module in model.named_modules():
         for child_name, child in module.named_children():
             if isinstance(child, nn.Linear):

@@ -1,6 +1,7 @@
 """torch Datasets and DataLoaders for fine-tuning: torchvision v2 transforms derived from the
 entry's input spec (train: random resized crop + flip; eval: exactly the bundle's preprocessing),
-the same jointly on image and mask for segmentation, and dynamic padding with the model's
+the same jointly on image and mask for segmentation, images at their own size with their boxes for
+detection, and dynamic padding with the model's
 tokenizer for text."""
 
 from __future__ import annotations
@@ -93,6 +94,40 @@ def segmentation_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tupl
     return {"pixel_values": images}, masks
 
 
+def detection_transform(train: bool):
+    """Images as floats in [0, 1] at their own size (the detector resizes and normalises inside);
+    train: a horizontal flip, applied to the boxes too."""
+    from torchvision.transforms import v2
+
+    flip = [v2.RandomHorizontalFlip()] if train else []
+    return v2.Compose([v2.ToImage(), *flip, v2.ToDtype(torch.float32, scale=True)])
+
+
+class DetectionExamples(TorchDataset):
+    def __init__(self, examples: Sequence[Example], transform):
+        self.examples, self.transform = list(examples), transform
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from torchvision import tv_tensors
+
+        example = self.examples[index]
+        image = open_image(example.item)
+        boxes = tv_tensors.BoundingBoxes(torch.tensor([o[1:] for o in example.objects], dtype=torch.float32).reshape(-1, 4),
+                                         format="XYXY", canvas_size=(image.height, image.width))
+        image, boxes = self.transform(image, boxes)
+        return image, {"boxes": boxes.as_subclass(torch.Tensor),
+                       "labels": torch.tensor([o[0] for o in example.objects], dtype=torch.int64)}
+
+
+def detection_collate(batch):
+    """A list of CHW images (any sizes) and a list of {"boxes", "labels"} targets, as torchvision takes them."""
+    images, targets = zip(*batch)
+    return {"images": list(images)}, list(targets)
+
+
 class TextExamples(TorchDataset):
     def __init__(self, examples: Sequence[Example]):
         self.examples = list(examples)
@@ -128,6 +163,8 @@ def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: An
     if examples and examples[0].mask is not None:
         dataset: TorchDataset = SegmentationExamples(examples, segmentation_transform(spec, train))
         collate = segmentation_collate
+    elif examples and examples[0].objects is not None:
+        dataset, collate = DetectionExamples(examples, detection_transform(train)), detection_collate
     elif tokenizer is None:
         dataset = ImageExamples(examples, train_image_transform(spec) if train else image_transform(spec))
         collate = image_collate

@@ -61,6 +61,13 @@ def preprocess_images(spec: ImageInputSpec, images: Sequence[ImageLike]) -> torc
     return torch.stack([transform(open_image(image)) for image in images])
 
 
+def image_pixels(image: ImageLike) -> torch.Tensor:
+    """1x3xHxW floats in [0, 1] at the image's own size: a detector's input (it resizes and normalises inside)."""
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return (pil_to_tensor(open_image(image)).float() / 255.0)[None]
+
+
 def load_tokenizer(path: Path, spec: TextInputSpec):
     """The entry's tokenizer, truncating at `max_length` and padding to the longest text of a batch.
     Bundles store it configured like this, so the runtime applies exactly the same settings."""

@@ -21,15 +21,19 @@ SENTENCES = (
 )
 
 
-def synthetic_images(spec: ImageInputSpec, batch: int = 1, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """A normalised NCHW batch from a closed formula (no RNG: identical on every machine), at the
-    entry's input size or at `size` = (height, width)."""
-    height, width = size or spec.size
+def synthetic_pixels(batch: int, size: tuple[int, int]) -> torch.Tensor:
+    """An NCHW batch of pixels in [0, 1] from a closed formula (no RNG: identical on every machine)."""
+    height, width = size
     n = torch.arange(batch, dtype=torch.float64).view(batch, 1, 1, 1)
     c = torch.arange(3, dtype=torch.float64).view(1, 3, 1, 1)
     y = torch.arange(height, dtype=torch.float64).view(1, 1, height, 1)
     x = torch.arange(width, dtype=torch.float64).view(1, 1, 1, width)
-    pixels = 0.5 + 0.5 * torch.sin(0.05 * x * (c + 1) + 0.031 * y + 0.7 * n) * torch.cos(0.017 * (x - y) + n)
+    return 0.5 + 0.5 * torch.sin(0.05 * x * (c + 1) + 0.031 * y + 0.7 * n) * torch.cos(0.017 * (x - y) + n)
+
+
+def synthetic_images(spec: ImageInputSpec, batch: int = 1, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """`synthetic_pixels` normalised with the entry's mean/std, at its input size or at `size` = (height, width)."""
+    pixels = synthetic_pixels(batch, size or spec.size)
     mean = torch.tensor(spec.mean, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float64).view(1, 3, 1, 1)
     return ((pixels - mean) / std).float()
@@ -54,6 +58,7 @@ class Comparison:
     # Segmentation reports per-pixel agreement without requiring 100 %: among ~10^5 pixels some are exact
     # ties, and within `atol` an argmax can only flip where the top two logits are within 2 * atol.
     top1_required: bool = True
+    agreement_name: str = "top-1 agreement"  # what top1_agreement counts (detections: matched detections)
 
     @property
     def ok(self) -> bool:
@@ -67,7 +72,8 @@ class Comparison:
     def line(self) -> str:
         mark = "✓" if self.ok else "✗"
         share = self.top1_agreement
-        top1 = "" if share is None else f"  top-1 agreement {share:.0%}" if share in (0.0, 1.0) else f"  top-1 agreement {share:.3%}"
+        top1 = ("" if share is None else f"  {self.agreement_name} {share:.0%}" if share in (0.0, 1.0)
+                else f"  {self.agreement_name} {share:.3%}")
         bound = (f"(atol {self.atol:g})" if self.cosine_floor is None
                  else f"min cosine {self.min_cosine:.4f} (floor {self.cosine_floor:g})")
         return f"{mark} {self.label}: max |diff| {self.max_abs_diff:.3g} {bound}{top1}"
@@ -102,14 +108,59 @@ def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | 
 
 
 def compare_outputs(entry: ModelEntry, label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None,
-                    cosine_floor: float | None = None) -> Comparison:
+                    cosine_floor: float | None = None, scale: float | None = None) -> Comparison:
     """`compare` with the entry's decision: top-1 per row for classifiers, per pixel for segmentation
-    (its class axis moved last, so agreement and cosine are per pixel)."""
+    (its class axis moved last, so agreement and cosine are per pixel), `compare_detections` for
+    detectors (`scale`: the input image's longer side)."""
     kind = entry.output.kind
+    if kind == "detection":  # rows of x1 y1 x2 y2 score label; boxes judged relative to the image
+        return compare_detections(label, actual, expected, atol, scale or 1.0)
     if kind == "segmentation" and actual.ndim == 4 and expected.ndim == 4:
         actual, expected = actual.transpose(0, 2, 3, 1), expected.transpose(0, 2, 3, 1)
     return compare(label, actual, expected, atol, classifier=kind in ("logits", "segmentation"),
                    cosine_floor=cosine_floor, top1_required=kind != "segmentation")
+
+
+def compare_detections(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, scale: float) -> Comparison:
+    """Two sets of detections (rows x1 y1 x2 y2 score label, boxes in pixels of an image whose longer side
+    is `scale`), matched greedily: each expected detection, best score first, to the closest unmatched one
+    of the same label, a pair when boxes (divided by `scale`: a fraction of the image) and score are within
+    `atol`. max |diff| is over the pairs. A detection left without a partner is excused when its score is
+    within `atol` of the lowest one kept (it sits at the cut, the per-image cap or the score threshold, and
+    may fall on either side); the agreement is the share of detections paired or excused. Order is not
+    compared: equal scores may come in any order."""
+    actual = np.asarray(actual, dtype=np.float64).reshape(-1, 6)
+    expected = np.asarray(expected, dtype=np.float64).reshape(-1, 6)
+    used = np.zeros(len(actual), dtype=bool)
+    unpaired: list[float] = []  # scores of expected detections without a partner
+    worst = 0.0
+    for row in expected[np.argsort(-expected[:, 4], kind="stable")]:
+        candidates = np.flatnonzero(~used & (actual[:, 5] == row[5]))
+        cost = (np.maximum(np.abs(actual[candidates, :4] - row[:4]).max(axis=1) / scale,
+                           np.abs(actual[candidates, 4] - row[4])) if len(candidates) else np.array([np.inf]))
+        best = int(np.argmin(cost))
+        if not len(candidates) or (atol is not None and cost[best] > atol):
+            unpaired.append(float(row[4]))
+            continue
+        used[candidates[best]] = True
+        worst = max(worst, float(cost[best]))
+    if not np.all(np.isfinite(actual)):
+        worst = math.inf
+    lonely = np.concatenate([np.array(unpaired), actual[~used, 4]])
+    cut = min(expected[:, 4].min(initial=np.inf), actual[:, 4].min(initial=np.inf)) + (atol or 0.0)
+    wrong = int(np.sum(lonely > cut))
+    total = max(len(actual), len(expected))
+    agreement = 1.0 - wrong / total if total else 1.0
+    note = f"{len(expected)} detections"
+    if len(actual) != len(expected):
+        note += f", {len(actual)} in the export"
+    if len(lonely) > wrong:
+        note += f", {len(lonely) - wrong} unpaired at the score cut"
+    distinct = len(np.unique(np.round(expected[:, 4], 5)))
+    if wrong and distinct < 0.9 * len(expected):
+        # An undertrained model scores many boxes alike: which of the ties survive NMS is arbitrary.
+        note += f"; only {distinct} distinct scores: ties decided by rounding, the model needs more training"
+    return Comparison(f"{label} ({note})", worst, atol, agreement, agreement_name="detections matched")
 
 
 def min_cosine(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -105,8 +105,9 @@ def _check_semantics(document: dict[str, Any], origin: str) -> None:
             side, name = (spec["crop"], "crop") if spec["crop"] is not None else (spec["resize"], "resize")
             if spec["size"] != [side, side]:
                 raise RegistryError(f"{where}.input.size: {spec['size']} must equal [{name}, {name}] = [{side}, {side}]")
-        if (model["output"]["kind"] == "segmentation") != (model["task"] == "semantic-segmentation"):
-            raise RegistryError(f"{where}.output.kind: 'segmentation' goes with task 'semantic-segmentation' and only with it")
+        for kind, task in (("segmentation", "semantic-segmentation"), ("detection", "object-detection")):
+            if (model["output"]["kind"] == kind) != (model["task"] == task):
+                raise RegistryError(f"{where}.output.kind: {kind!r} goes with task {task!r} and only with it")
         if spec["kind"] == "text" and spec["tokenizer"] not in names:
             raise RegistryError(f"{where}.input.tokenizer: {spec['tokenizer']!r} is not one of the entry's files {sorted(names)}")
         labels = model["output"].get("labels")

@@ -52,7 +52,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
                          f"resume it with `zoo finetune ... --resume` or start it again")
     card = json.loads(card_path.read_text())
     base = get_model(card["base_model"])
-    segmentation = base.output.kind == "segmentation"
+    dense = base.output.kind in ("segmentation", "detection")  # the task and output kind stay the base's
     files = tuple(FileSpec(name=name, role="weights" if name == MODEL_FILE else "tokenizer", sha256=digest)
                   for name, digest in card["files"].items())
     reference = Reference(
@@ -63,7 +63,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         base,
         id=f"run-{card['files'][MODEL_FILE][:12]}",
         description=f"{base.id} fine-tuned on {card['data']['source']} ({card['head']} head)",
-        task=base.task if segmentation else f"{base.modality}-classification",
+        task=base.task if dense else f"{base.modality}-classification",
         builder="run",
         builder_args={"base": base.id, "head": card["head"], "num_labels": len(card["labels"]),
                       "run_dir": str(run_dir)},
@@ -71,7 +71,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         files=files,
         sources=(SourceSpec(kind="path", path=str(run_dir)),),
         params=card["params"],
-        output=OutputSpec(kind="segmentation" if segmentation else "logits", labels=tuple(card["labels"])),
+        output=OutputSpec(kind=base.output.kind if dense else "logits", labels=tuple(card["labels"])),
         metrics=tuple(Metric(name=f"val/{k}", value=v, source=f"zoo finetune {run_dir}")
                       for k, v in card["best_metrics"].items()),
         reference=reference,
@@ -131,7 +131,8 @@ def _plot(path: Path, history: list[dict[str, Any]]) -> None:
     epochs = [row["epoch"] for row in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    left.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    if history[0]["val_loss"] is not None:  # detectors report no validation loss
+        left.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend()

@@ -49,7 +49,9 @@ class SourceSpec:
 @dataclass(frozen=True)
 class ImageInputSpec:
     """Resize the shorter side to `resize`, then center-crop to `crop`; `crop` None keeps the whole
-    resized image (segmentation: any aspect ratio). `size` is the example input's height and width."""
+    resized image (segmentation: any aspect ratio). `size` is the example input's height and width.
+    Detectors resize and normalise inside the model (the graph takes pixels in [0, 1]); their spec
+    records what that does: the shorter side to `resize` and this mean/std."""
 
     size: tuple[int, int]
     resize: int
@@ -70,9 +72,10 @@ class TextInputSpec:
 @dataclass(frozen=True)
 class OutputSpec:
     """`logits`: one row per input (classification); `segmentation`: per-pixel class logits, NCHW at the
-    input's resolution; `embedding`: one pooled vector per text."""
+    input's resolution; `detection`: boxes, scores and labels per image (labels[0] is the background);
+    `embedding`: one pooled vector per text."""
 
-    kind: Literal["logits", "segmentation", "embedding"]
+    kind: Literal["logits", "segmentation", "detection", "embedding"]
     labels: tuple[str, ...] = ()
     label_set: str | None = None
     dim: int | None = None

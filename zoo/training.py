@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from zoo.data import IGNORE_INDEX, Dataset, load_dataset, load_segmentation
+from zoo.data import IGNORE_INDEX, Dataset, load_dataset, load_detection, load_segmentation
 from zoo.errors import InputError, ZooError
 from zoo.factory import build, resolve
 from zoo.freeze import (
@@ -53,8 +53,10 @@ from zoo.tolerances import REFERENCE_ATOL
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
 SEGMENTATION_METRICS = ("miou", "pixel_accuracy", "loss")
-METRICS = ("auto", *CLASSIFICATION_METRICS, *SEGMENTATION_METRICS[:2])  # auto: the task's first
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy"}
+DETECTION_METRICS = ("map50", "map")  # torchvision detectors compute losses in training mode only
+METRICS = ("auto", *CLASSIFICATION_METRICS, *SEGMENTATION_METRICS[:2], *DETECTION_METRICS)  # auto: the task's first
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy",
+                "map50": "mAP@0.5", "map": "mAP@[.5:.95]"}
 STATE_FILE = "training_state.pt"
 TRAINING_PACKAGES = ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy")
 
@@ -238,6 +240,19 @@ def segmentation_metrics(predicted: torch.Tensor, target: torch.Tensor, num_clas
             "pixel_accuracy": float(multiclass_accuracy(predicted, target, average="micro", **kwargs))}
 
 
+def detection_metrics(detections: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """COCO mAP at IoU 0.5 and averaged over IoU 0.5:0.95 (torchmetrics with pycocotools)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    metric.warn_on_many_detections = False  # COCO counts the 100 best per image; SSDlite returns up to 300
+    metric.update([{k: d[k].cpu() for k in ("boxes", "scores", "labels")} for d in detections],
+                  [{k: t[k].cpu() for k in ("boxes", "labels")} for t in targets])
+    scores = metric.compute()
+    # -1 means "no ground truth at all" (an empty validation split); report 0 rather than a negative score.
+    return {"map50": max(0.0, float(scores["map_50"])), "map": max(0.0, float(scores["map"]))}
+
+
 def _better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -275,6 +290,7 @@ class _Trainer:
         backbone = build(entry, pretrained=config.pretrained)
         _seed_everything(config.seed)  # the new head's initialisation depends on the seed only
         self.segmentation = dataset.task == "segmentation"
+        self.detection = dataset.task == "detection"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
         self.head_prefix = head_prefix(self.model)
         self.blocks = backbone_blocks(self.model, self.head_prefix)
@@ -284,7 +300,7 @@ class _Trainer:
             from zoo.cache import fetch
 
             self.tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
-        self.criterion = loss_function(config.head, config.label_smoothing, self.segmentation)
+        self.criterion = None if self.detection else loss_function(config.head, config.label_smoothing, self.segmentation)
         self.set_epoch_freeze(0)
 
     def set_epoch_freeze(self, epoch: int) -> None:
@@ -334,8 +350,12 @@ class _Trainer:
             sync = contextlib.nullcontext() if last or not self.runtime.distributed else model.no_sync()
             with sync:
                 with self._autocast():
-                    logits = model(*self._to_device(inputs))
-                    loss = self.criterion(logits.float(), self._target(labels))
+                    if self.detection:  # torchvision's own losses (classification + box regression)
+                        images, targets = self._detection_batch(inputs, labels)
+                        loss = sum(model(images, targets).values())
+                    else:
+                        logits = model(*self._to_device(inputs))
+                        loss = self.criterion(logits.float(), self._target(labels))
                 scaler.scale(loss / accumulate).backward()
             if last:
                 if self.config.clip_grad:
@@ -350,9 +370,22 @@ class _Trainer:
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         return total_loss / max(1, seen), seen, time.perf_counter() - start
 
+    def _detection_batch(self, inputs, targets):
+        device = self.runtime.device
+        return ([image.to(device, non_blocking=True) for image in inputs["images"]],
+                [{k: v.to(device, non_blocking=True) for k, v in target.items()} for target in targets])
+
     @torch.inference_mode()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         model.eval()
+        if self.detection:
+            detections, targets = [], []
+            for inputs, labels in self.loader(False, 0):
+                images, moved = self._detection_batch(inputs, labels)
+                with self._autocast():
+                    detections += model.detect(images)
+                targets += moved
+            return {"loss": None, **detection_metrics(detections, targets)}
         losses, predicted, target = 0.0, [], []
         for inputs, labels in self.loader(False, 0):
             with self._autocast():
@@ -373,6 +406,8 @@ class _Trainer:
         model.eval()
         if self.segmentation:  # per-pixel logits: small inputs keep the card small (2 x classes x 48 x 64)
             cases: list[dict[str, Any]] = [{"input": "synthetic:48x64", "batch": 2}]
+        elif self.detection:  # one image per case; rows of x1 y1 x2 y2 score label
+            cases = [{"input": "synthetic:240x320", "batch": 1}, {"input": "asset:flower.jpg", "batch": 1}]
         elif self.entry.modality == "image":
             cases = [{"input": "synthetic", "batch": 2}, {"input": "asset:flower.jpg", "batch": 1}]
         else:
@@ -408,16 +443,20 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
     if entry.builder == "run":
         raise InputError("fine-tuning a fine-tuned run is not supported yet; start from its base model "
                          f"{entry.builder_args['base']!r}")
-    segmentation = entry.output.kind == "segmentation"
-    allowed = SEGMENTATION_METRICS if segmentation else CLASSIFICATION_METRICS
+    segmentation, detection = entry.output.kind == "segmentation", entry.output.kind == "detection"
+    allowed = SEGMENTATION_METRICS if segmentation else DETECTION_METRICS if detection else CLASSIFICATION_METRICS
     if config.metric == "auto":
         config = dataclasses.replace(config, metric=allowed[0])
     elif config.metric not in allowed:
-        raise InputError(f"--metric {config.metric}: {entry.id} is a {entry.task} model; expected one of {', '.join(allowed)}")
+        raise InputError(f"--metric {config.metric}: {entry.id} is a model for {entry.task}; expected one of {', '.join(allowed)}")
     if segmentation:
         if config.head != "multiclass":
             raise InputError(f"--head {config.head}: segmentation takes the multiclass head (one logit per class and pixel)")
         dataset = load_segmentation(data, config.val_fraction, config.seed)
+    elif detection:
+        if config.head != "multiclass":
+            raise InputError(f"--head {config.head}: detection takes the multiclass head (one score per class and box)")
+        dataset = load_detection(data, config.val_fraction, config.seed)
     else:
         dataset = load_dataset(data, entry.modality, config.val_fraction, config.seed)
     if config.head == "binary":
@@ -516,7 +555,8 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
                         "bad_epochs": bad_epochs}, tmp)
             os.replace(tmp, out / STATE_FILE)
         scores = ", ".join(f"{METRIC_NAMES[name]} {value:.4f}" for name, value in metrics.items() if name != "loss")
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, val loss {metrics['loss']:.4f}, {scores}"
+        val_loss = "" if metrics["loss"] is None else f", val loss {metrics['loss']:.4f}"
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}{val_loss}, {scores}"
             + (" (best)" if improved else "") + f", {row['samples_per_second']:.1f} samples/s")
         if runtime.distributed:
             dist.barrier()
@@ -528,7 +568,8 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
             break
     last_sha = _state_sha256(model)
     best_row = history[best_epoch]
-    best_metrics = {key[len("val_"):]: value for key, value in best_row.items() if key.startswith("val_")}
+    best_metrics = {key[len("val_"):]: value for key, value in best_row.items()
+                    if key.startswith("val_") and value is not None}
     if runtime.is_main:
         _finish(trainer, model, entry, dataset, config, out, fingerprint, best_epoch, best_metrics, history, runtime)
     if runtime.distributed:

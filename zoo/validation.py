@@ -13,8 +13,8 @@ from torch import nn
 from zoo.errors import NoReferenceError, ToleranceExceeded
 from zoo.factory import build, resolve
 from zoo.cache import fetch
-from zoo.preprocess import load_tokenizer, preprocess_images, tokenize
-from zoo.reference import Check, Comparison, asset_path, compare_outputs, synthetic_images
+from zoo.preprocess import image_pixels, load_tokenizer, preprocess_images, tokenize
+from zoo.reference import Check, Comparison, asset_path, compare_outputs, synthetic_images, synthetic_pixels
 from zoo.schema import ModelEntry, SourceSpec
 
 
@@ -43,7 +43,13 @@ class ValidationReport:
 def case_inputs(entry: ModelEntry, kind: str, batch: int = 1, texts: Sequence[str] = (),
                 tokenizer=None) -> dict[str, torch.Tensor]:
     """The exact model inputs of a reference case: `kind` "synthetic" (`batch` images at the entry's
-    size) or "synthetic:HxW" (at that size), "asset:<file>", or "texts" (`texts` through `tokenizer`)."""
+    size) or "synthetic:HxW" (at that size), "asset:<file>", or "texts" (`texts` through `tokenizer`).
+    Detectors take one image of pixels in [0, 1] at its own size."""
+    if entry.output.kind == "detection":
+        if kind.startswith("asset:"):
+            return {"image": image_pixels(asset_path(kind.split(":", 1)[1]))}
+        height, width = (int(side) for side in kind.split(":", 1)[1].split("x")) if ":" in kind else entry.input.size
+        return {"image": synthetic_pixels(1, (height, width)).float()}
     if kind == "synthetic":
         return {"pixel_values": synthetic_images(entry.input, batch=batch)}
     if kind.startswith("synthetic:"):
@@ -55,9 +61,12 @@ def case_inputs(entry: ModelEntry, kind: str, batch: int = 1, texts: Sequence[st
 
 
 def run_model(model: nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    """The output as one array; a detector's (boxes, scores, labels) as rows x1 y1 x2 y2 score label."""
+    from zoo.builders.detection import detection_rows
+
     with torch.inference_mode():
         output = model(*inputs.values())
-    return output.float().numpy()
+    return detection_rows(*output) if isinstance(output, tuple) else output.float().numpy()
 
 
 def validate(model: str | ModelEntry, atol: float | None = None, extra_sources: Sequence[SourceSpec] = ()) -> ValidationReport:
@@ -77,8 +86,10 @@ def validate(model: str | ModelEntry, atol: float | None = None, extra_sources: 
         tokenizer = load_tokenizer(fetched.files[entry.input.tokenizer], entry.input)
     report = ValidationReport(entry.id, reference.producer)
     for case in reference.cases:
-        actual = run_model(torch_model, case_inputs(entry, case.input, len(case.output), case.texts, tokenizer))
-        report.comparisons.append(compare_outputs(entry, case.input, actual, np.array(case.output), tolerance))
+        inputs = case_inputs(entry, case.input, len(case.output), case.texts, tokenizer)
+        actual = run_model(torch_model, inputs)
+        scale = max(next(iter(inputs.values())).shape[-2:])  # detection: boxes relative to the image
+        report.comparisons.append(compare_outputs(entry, case.input, actual, np.array(case.output), tolerance, scale=scale))
         if case.top1_label is not None:
             predicted = entry.output.labels[int(actual[0].argmax())]
             report.comparisons.append(Check(f"{case.input}: top-1 is {predicted!r} (expected {case.top1_label!r})",

@@ -7,6 +7,7 @@ from typing import Callable
 
 from torch import nn
 
+from zoo.builders.detection import build_torchvision_detection
 from zoo.builders.efficientnet_lite import EfficientNetLite
 from zoo.builders.hf_encoder import build_hf_encoder
 from zoo.builders.segmentation import build_torchvision_segmentation
@@ -49,6 +50,7 @@ BUILDERS: dict[str, Callable[[ModelEntry, Path | None], nn.Module]] = {
     "efficientnet_lite": build_efficientnet_lite,
     "torchvision": build_torchvision,
     "torchvision_segmentation": build_torchvision_segmentation,
+    "torchvision_detection": build_torchvision_detection,
     "hf_encoder": build_hf_encoder,
     "run": build_run,
 }
