@@ -115,6 +115,8 @@ def _postprocessing(entry: ModelEntry) -> Postprocessing:
         return Postprocessing(kind="detection", labels=list(entry.output.labels), score_threshold=DEFAULT_MIN_SCORE)
     if entry.output.kind == "segmentation":
         return Postprocessing(kind="segmentation", labels=list(entry.output.labels))
+    if entry.output.kind == "token-logits":
+        return Postprocessing(kind="token-classification", labels=list(entry.output.labels), aggregation="first")
     if entry.output.kind == "logits":
         binary = entry.builder_args.get("head") == "binary"
         return Postprocessing(kind="classification", labels=list(entry.output.labels),

@@ -128,7 +128,7 @@ class MicroBatcher:
             if images:  # one run per distinct image shape (segmentation takes any size)
                 output = predictor.run_images([r.array for r in good])
             else:  # tokenised together: padded to the longest text of this batch
-                output = predictor.run(predictor.preprocess([r.item for r in good]))
+                output = predictor.run_texts([r.item for r in good])
         except Exception as exc:
             for request in good:
                 request.future.set_exception(exc)

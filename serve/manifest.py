@@ -46,14 +46,16 @@ class TextPreprocessing:
 
 @dataclass(frozen=True)
 class Postprocessing:
-    # segmentation: NCHW per-pixel logits; detection: boxes, scores, labels (labels[0] is the background)
-    kind: Literal["classification", "segmentation", "detection", "embedding"]
+    # segmentation: NCHW per-pixel logits; detection: boxes, scores, labels (labels[0] is the background);
+    # token-classification: label logits per token (IOB2 tags), grouped into entities by serve.entities
+    kind: Literal["classification", "segmentation", "detection", "token-classification", "embedding"]
     labels: list[str] = field(default_factory=list)
     activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one logit, P(labels[1])
     pooling: str | None = None
     normalized: bool = False
     dim: int | None = None
     score_threshold: float | None = None  # detection: detections below it are not returned by default
+    aggregation: str | None = None  # token-classification: "first" or "simple" (serve.entities)
 
 
 @dataclass(frozen=True)
@@ -178,8 +180,12 @@ def parse_manifest(data: Any) -> Manifest:
                                           pad_token=pre.get("pad_token", str), pad_id=pre.get("pad_id", int))
     post = top.child("postprocessing")
     kind = post.get("kind", str)
-    if kind not in ("classification", "segmentation", "detection", "embedding"):
-        post.fail("kind", f"expected 'classification', 'segmentation', 'detection' or 'embedding', found {kind!r}")
+    kinds = ("classification", "segmentation", "detection", "token-classification", "embedding")
+    if kind not in kinds:
+        post.fail("kind", f"expected one of {', '.join(map(repr, kinds))}, found {kind!r}")
+    aggregation = post.get("aggregation", (str, type(None)), None)
+    if aggregation not in (None, "first", "simple"):
+        post.fail("aggregation", f"expected 'first' or 'simple', found {aggregation!r}")
     activation = post.get("activation", str, "softmax")
     if activation not in ("softmax", "sigmoid"):
         post.fail("activation", f"expected 'softmax' or 'sigmoid', found {activation!r}")
@@ -187,7 +193,8 @@ def parse_manifest(data: Any) -> Manifest:
                                     pooling=post.get("pooling", (str, type(None)), None),
                                     normalized=post.get("normalized", bool, False),
                                     dim=post.get("dim", (int, type(None)), None),
-                                    score_threshold=post.get("score_threshold", (int, float, type(None)), None))
+                                    score_threshold=post.get("score_threshold", (int, float, type(None)), None),
+                                    aggregation=aggregation)
     files = top.get("files", dict)
     for name, digest in files.items():
         if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

@@ -13,6 +13,7 @@ from serve.errors import BundleError, InputError
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
 from serve.preprocess import TextEncoder, describe, preprocess_image_sized, preprocess_images
 from serve.detection import detections
+from serve.entities import AGGREGATIONS, entities
 from serve.segmentation import class_areas, mask_from_logits
 from serve.providers import SessionChoice, SessionConfig, create_session
 
@@ -63,6 +64,18 @@ class Predictor:
     @property
     def is_detector(self) -> bool:
         return self.manifest.postprocessing.kind == "detection"
+
+    @property
+    def is_tagger(self) -> bool:
+        return self.manifest.postprocessing.kind == "token-classification"
+
+    def run_texts(self, texts: Sequence[Any]) -> list[Any]:
+        """One output row per text, tokenised together (padded to the longest); a token classifier's
+        row is (token logits, the text's Encoding, the text), what `postprocess` groups into entities."""
+        if not self.is_tagger:
+            return list(self.run(self.preprocess(texts)))
+        feeds, encodings = self._text.encode(texts)
+        return list(zip(self.run(feeds), encodings, texts))
 
     def preprocess(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
         """Model inputs for a batch of raw inputs, exactly as the bundle's manifest describes."""
@@ -149,10 +162,11 @@ class Predictor:
         return checked
 
     def predict(self, items: Sequence[Any], top_k: int = 5, batch_size: int = 32,
-                min_score: float | None = None) -> list[dict[str, Any]]:
+                min_score: float | None = None, aggregation: str | None = None) -> list[dict[str, Any]]:
         """One result per input: `{"input", "top_k": [{"index", "label", "score"}]}` for classifiers,
         `{"input", "size", "mask", "classes"}` for segmentation, `{"input", "size", "detections"}` for
-        detectors (see `postprocess`), `{"input", "embedding": [...]}` for embedding models."""
+        detectors, `{"input", "entities"}` for token classifiers (see `postprocess`), `{"input",
+        "embedding": [...]}` for embedding models."""
         if isinstance(items, (str, bytes, Path)) or not isinstance(items, Sequence):
             items = [items]
         if len(items) == 0:
@@ -168,19 +182,27 @@ class Predictor:
                 rows = self.run_images([array for array, _ in prepared])
                 sizes = [size for _, size in prepared]
             else:
-                rows, sizes = self.run(self.preprocess(batch)), [None] * len(batch)
-            results += [{"input": describe(item), **self.postprocess(row, top_k, size, min_score)}
+                rows, sizes = self.run_texts(batch), [None] * len(batch)
+            results += [{"input": describe(item), **self.postprocess(row, top_k, size, min_score, aggregation)}
                         for item, row, size in zip(batch, rows, sizes)]
         return results
 
     def postprocess(self, row: Any, top_k: int, size: tuple[int, int] | None = None,
-                    min_score: float | None = None) -> dict[str, Any]:
+                    min_score: float | None = None, aggregation: str | None = None) -> dict[str, Any]:
         """One output row -> `{"top_k": [...]}` (classifiers), `{"embedding": [...]}`, for
         segmentation `{"size": [width, height], "mask": HxW uint8 class indices at the image's own
         resolution (`size`; default the model's), "classes": the `top_k` largest classes by area}`, for
         detectors `{"size", "detections": [{"box": [x1, y1, x2, y2] in the image's pixels, "score",
         "index", "label"}, ...]}`, best first, every one scoring at least `min_score` (default: the
-        bundle's threshold; `top_k` does not apply)."""
+        bundle's threshold; `top_k` does not apply), for token classifiers `{"entities": [{"entity",
+        "score", "start", "end", "text"}, ...]}` (`aggregation` "first" or "simple", default the bundle's;
+        see serve.entities)."""
+        if self.is_tagger:
+            logits, encoding, text = row
+            strategy = aggregation or self.manifest.postprocessing.aggregation or "first"
+            if strategy not in AGGREGATIONS:
+                raise InputError(f"aggregation {strategy!r}: expected one of {', '.join(AGGREGATIONS)}")
+            return {"entities": entities(text, logits, encoding, self.manifest.postprocessing.labels, strategy)}
         if self.is_detector:
             post = self.manifest.postprocessing
             threshold = post.score_threshold if min_score is None else min_score

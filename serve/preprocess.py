@@ -123,6 +123,10 @@ class TextEncoder:
         self.tokenizer.enable_padding(pad_id=spec.pad_id, pad_token=spec.pad_token, length=length)
 
     def __call__(self, texts: Sequence[Any]) -> dict[str, np.ndarray]:
+        return self.encode(texts)[0]
+
+    def encode(self, texts: Sequence[Any]) -> tuple[dict[str, np.ndarray], list[Any]]:
+        """The model inputs and each text's `tokenizers.Encoding` (offsets, word ids: entity spans)."""
         for text in texts:
             if not isinstance(text, str):
                 raise InputError(f"text input {describe(text)}: expected a str")
@@ -133,4 +137,4 @@ class TextEncoder:
         return {
             "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
-        }
+        }, encodings

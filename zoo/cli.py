@@ -148,8 +148,11 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: flo
               help="Segmentation: write each mask here as NAME.png (class indices, shown in VOC colours).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=None,
               help="Detection: return detections scoring at least this (default: the bundle's threshold, 0.5).")
+@click.option("--aggregation", type=click.Choice(["first", "simple"]), default=None,
+              help="Token classification (NER): word pieces into entities by each word's first piece, or token by "
+                   "token (default: the bundle's, first).")
 def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int,
-            masks: Path | None, min_score: float | None) -> None:
+            masks: Path | None, min_score: float | None, aggregation: str | None) -> None:
     """Run a bundle on INPUTS (image files, or texts for text bundles) without torch."""
     import serve
     from serve.segmentation import jsonable, mask_image
@@ -158,11 +161,15 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
     if masks is not None and not predictor.is_segmenter:
         raise click.BadParameter(f"applies to segmentation bundles; {bundle} is a {predictor.manifest.task} model",
                                  param_hint="--masks")
+    if aggregation is not None and not predictor.is_tagger:
+        raise click.BadParameter(f"applies to token-classification bundles; {bundle} is a {predictor.manifest.task} "
+                                 "model", param_hint="--aggregation")
     if min_score is not None and not predictor.is_detector:
         raise click.BadParameter(f"applies to detection bundles; {bundle} is a {predictor.manifest.task} model",
                                  param_hint="--min-score")
     click.echo(predictor.provider_line, err=True)
-    results = predictor.predict(list(inputs), top_k=top_k, batch_size=batch_size, min_score=min_score)
+    results = predictor.predict(list(inputs), top_k=top_k, batch_size=batch_size, min_score=min_score,
+                                aggregation=aggregation)
     if masks is not None:
         masks.mkdir(parents=True, exist_ok=True)
         for index, result in enumerate(results):
@@ -179,6 +186,10 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
             areas = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in result["classes"])
             where = f" -> {result['mask_file']}" if "mask_file" in result else ""
             click.echo(f"{result['input']}: {result['size'][0]}x{result['size'][1]} mask; {areas}{where}")
+        elif "entities" in result:
+            found = "; ".join(f"{e['entity']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.3f}"
+                              for e in result["entities"])
+            click.echo(f"{result['input']}: {found or 'no entities'}")
         elif "detections" in result:
             found = "; ".join(f"{d['label']} {d['score']:.3f} at [{', '.join(f'{v:.0f}' for v in d['box'])}]"
                               for d in result["detections"])
@@ -196,7 +207,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Image folder (one subfolder per class, optional train/ val/), CSV/JSONL with text,label, or for "
                    "segmentation labels.txt + images/ + masks/, for detection annotations.json + images/ (COCO) or "
-                   "Annotations/ + JPEGImages/ (Pascal VOC) (each with optional train/ val/).")
+                   "Annotations/ + JPEGImages/ (Pascal VOC) (each with optional train/ val/), for token classification "
+                   "(NER) a CoNLL file or JSONL with tokens,tags.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -210,10 +222,10 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--accumulate", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--patience", type=int, help="Early stopping: epochs without improvement of --metric.")
 @click.option("--metric", type=click.Choice(["auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "map50", "map",
-                                            "loss"]),
+                                            "entity_f1", "entity_precision", "entity_recall", "loss"]),
               default="auto", show_default=True,
-              help="Model selection and early stopping: auto = macro_f1 (classification), miou (segmentation) "
-                   "or map50 (detection).")
+              help="Model selection and early stopping: auto = macro_f1 (classification), miou (segmentation), "
+                   "map50 (detection) or entity_f1 (token classification).")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--freeze", default="full", show_default=True,

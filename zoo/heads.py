@@ -1,6 +1,7 @@
 """Task heads on a pretrained backbone: multi-class (softmax cross-entropy, one logit per class) or
 binary (one logit, sigmoid + BCE-with-logits). Image models get their last classifier layer
-replaced in place; text encoders get a linear layer on their pooled output; segmentation models
+replaced in place; text encoders get a linear layer on their pooled output, or on every token's
+hidden state for token classification (NER: the "token" head); segmentation models
 get new per-pixel classifier convolutions (pixels marked 255 count in no loss); detectors get a new
 box classifier for the classes plus the background (their losses are torchvision's own)."""
 
@@ -17,8 +18,9 @@ from zoo.data import IGNORE_INDEX
 from zoo.errors import BuildError
 from zoo.schema import ModelEntry
 
-HeadKind = Literal["multiclass", "binary"]
-HEAD_KINDS = ("multiclass", "binary")
+HeadKind = Literal["multiclass", "binary", "token"]
+HEAD_KINDS = ("multiclass", "binary")  # what users choose; "token" follows from token-tagged data
+IGNORE_TOKEN = -100  # label of sub-word continuations, special tokens and padding: no loss, no metric
 
 
 class TextClassifier(nn.Module):
@@ -32,6 +34,21 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.encoder(input_ids, attention_mask)))
+
+
+class TokenClassifier(nn.Module):
+    """A text encoder's per-token hidden states followed by dropout and a linear layer: one row of
+    label logits per token (named-entity recognition)."""
+
+    def __init__(self, encoder: nn.Module, dim: int, outputs: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder  # zoo.builders.hf_encoder.TextEncoder; its pooling is not used
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, outputs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.dropout(hidden))
 
 
 def head_outputs(kind: str, num_labels: int) -> int:
@@ -66,7 +83,8 @@ def attach_head(model: nn.Module, entry: ModelEntry, kind: str, num_labels: int)
             raise BuildError(f"detection takes a multiclass head (one score per class and box), not {kind!r}")
         return _detection_head(model, outputs)  # the labels include the background, index 0
     if entry.modality == "text":
-        return TextClassifier(model, entry.output.dim, outputs)
+        kind_class = TokenClassifier if kind == "token" else TextClassifier
+        return kind_class(model, entry.output.dim, outputs)
     parent, name, old = _last_linear(model)
     setattr(parent, name, nn.Linear(old.in_features, outputs))
     return model
@@ -112,7 +130,7 @@ def _detection_head(model: DetectionNet, classes: int) -> DetectionNet:
 def head_prefix(model: nn.Module) -> str:
     """Parameter-name prefix of the head (`head.` for text, the decoder for segmentation, the replaced
     layer's path for images)."""
-    if isinstance(model, TextClassifier):
+    if isinstance(model, (TextClassifier, TokenClassifier)):
         return "head."
     if isinstance(model, SegmentationNet):
         return "net.classifier."
@@ -128,10 +146,25 @@ def head_prefix(model: nn.Module) -> str:
 def loss_function(kind: str, label_smoothing: float = 0.0, segmentation: bool = False) -> nn.Module:
     if kind == "binary":
         return nn.BCEWithLogitsLoss()  # the numerically stable log-sigmoid form
+    if kind == "token":
+        return TokenLoss(label_smoothing)
     if segmentation:
         return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
+class TokenLoss(nn.Module):
+    """Cross-entropy over every labelled token of a (batch, tokens, labels) output."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.loss = nn.CrossEntropyLoss(ignore_index=IGNORE_TOKEN, label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
 def predictions(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    if kind == "token":
+        return logits.argmax(dim=-1)
     return (logits[:, 0] > 0).long() if kind == "binary" else logits.argmax(dim=1)

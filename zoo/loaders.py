@@ -2,7 +2,7 @@
 entry's input spec (train: random resized crop + flip; eval: exactly the bundle's preprocessing),
 the same jointly on image and mask for segmentation, images at their own size with their boxes for
 detection, and dynamic padding with the model's
-tokenizer for text."""
+tokenizer for text (token classification: tags aligned to each word's first sub-word)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,40 @@ def detection_collate(batch):
     return {"images": list(images)}, list(targets)
 
 
+class TokenCollate:
+    """Tokenise a batch of pre-split sentences (padded to the longest); each word's tag goes on its first
+    sub-word token, every other position (continuations, special tokens, padding) gets IGNORE_TOKEN."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        from zoo.heads import IGNORE_TOKEN
+
+        encodings = self.tokenizer.encode_batch([list(e.words) for e in batch], is_pretokenized=True)
+        labels = []
+        for example, encoding in zip(batch, encodings):
+            previous, row = None, []
+            for word in encoding.word_ids:
+                row.append(example.tags[word] if word is not None and word != previous else IGNORE_TOKEN)
+                previous = word
+            labels.append(row)
+        return ({"input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.int64),
+                 "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64)},
+                torch.tensor(labels, dtype=torch.int64))
+
+
+class Examples(TorchDataset):
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.examples[index]
+
+
 class TextExamples(TorchDataset):
     def __init__(self, examples: Sequence[Example]):
         self.examples = list(examples)
@@ -168,6 +202,8 @@ def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: An
     elif tokenizer is None:
         dataset = ImageExamples(examples, train_image_transform(spec) if train else image_transform(spec))
         collate = image_collate
+    elif examples and examples[0].tags is not None:
+        dataset, collate = Examples(examples), TokenCollate(tokenizer)
     else:
         dataset, collate = TextExamples(examples), TextCollate(tokenizer)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)

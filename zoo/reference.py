@@ -117,7 +117,7 @@ def compare_outputs(entry: ModelEntry, label: str, actual: np.ndarray, expected:
         return compare_detections(label, actual, expected, atol, scale or 1.0)
     if kind == "segmentation" and actual.ndim == 4 and expected.ndim == 4:
         actual, expected = actual.transpose(0, 2, 3, 1), expected.transpose(0, 2, 3, 1)
-    return compare(label, actual, expected, atol, classifier=kind in ("logits", "segmentation"),
+    return compare(label, actual, expected, atol, classifier=kind in ("logits", "segmentation", "token-logits"),
                    cosine_floor=cosine_floor, top1_required=kind != "segmentation")
 
 

@@ -53,6 +53,9 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
     card = json.loads(card_path.read_text())
     base = get_model(card["base_model"])
     dense = base.output.kind in ("segmentation", "detection")  # the task and output kind stay the base's
+    tokens = card["head"] == "token"  # named-entity recognition on a text encoder
+    task = base.task if dense else "token-classification" if tokens else f"{base.modality}-classification"
+    kind = base.output.kind if dense else "token-logits" if tokens else "logits"
     files = tuple(FileSpec(name=name, role="weights" if name == MODEL_FILE else "tokenizer", sha256=digest)
                   for name, digest in card["files"].items())
     reference = Reference(
@@ -63,7 +66,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         base,
         id=f"run-{card['files'][MODEL_FILE][:12]}",
         description=f"{base.id} fine-tuned on {card['data']['source']} ({card['head']} head)",
-        task=base.task if dense else f"{base.modality}-classification",
+        task=task,
         builder="run",
         builder_args={"base": base.id, "head": card["head"], "num_labels": len(card["labels"]),
                       "run_dir": str(run_dir)},
@@ -71,7 +74,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         files=files,
         sources=(SourceSpec(kind="path", path=str(run_dir)),),
         params=card["params"],
-        output=OutputSpec(kind=base.output.kind if dense else "logits", labels=tuple(card["labels"])),
+        output=OutputSpec(kind=kind, labels=tuple(card["labels"]), dim=base.output.dim if tokens else None),
         metrics=tuple(Metric(name=f"val/{k}", value=v, source=f"zoo finetune {run_dir}")
                       for k, v in card["best_metrics"].items()),
         reference=reference,

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from zoo.data import IGNORE_INDEX, Dataset, load_dataset, load_detection, load_segmentation
+from zoo.data import IGNORE_INDEX, Dataset, is_token_data, load_dataset, load_detection, load_segmentation, load_token_tags
 from zoo.errors import InputError, ZooError
 from zoo.factory import build, resolve
 from zoo.freeze import (
@@ -33,7 +33,7 @@ from zoo.freeze import (
     parse_policy,
     trainable_table,
 )
-from zoo.heads import HEAD_KINDS, attach_head, head_prefix, head_outputs, loss_function, predictions
+from zoo.heads import HEAD_KINDS, IGNORE_TOKEN, attach_head, head_prefix, head_outputs, loss_function, predictions
 from zoo.loaders import make_loader
 from zoo.preprocess import load_tokenizer
 from zoo.provenance import package_versions
@@ -54,9 +54,11 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
 SEGMENTATION_METRICS = ("miou", "pixel_accuracy", "loss")
 DETECTION_METRICS = ("map50", "map")  # torchvision detectors compute losses in training mode only
-METRICS = ("auto", *CLASSIFICATION_METRICS, *SEGMENTATION_METRICS[:2], *DETECTION_METRICS)  # auto: the task's first
+TOKEN_METRICS = ("entity_f1", "entity_precision", "entity_recall", "loss")
+METRICS = ("auto", *CLASSIFICATION_METRICS, *SEGMENTATION_METRICS[:2], *DETECTION_METRICS, *TOKEN_METRICS[:3])
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy",
-                "map50": "mAP@0.5", "map": "mAP@[.5:.95]"}
+                "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "entity_f1": "entity F1", "entity_precision": "entity precision",
+                "entity_recall": "entity recall"}
 STATE_FILE = "training_state.pt"
 TRAINING_PACKAGES = ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy")
 
@@ -105,7 +107,8 @@ class FinetuneConfig:
             (self.metric in METRICS, f"--metric {self.metric!r}: expected one of {', '.join(METRICS)}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: must be in [0, 1)"),
             (0 < self.lr_decay <= 1, f"--lr-decay {self.lr_decay}: must be in (0, 1]"),
-            (self.head in HEAD_KINDS, f"--head {self.head!r}: expected one of {', '.join(HEAD_KINDS)}"),
+            # "token" is set by finetune() for token-tagged data (and read back from run.json on --resume)
+            (self.head in (*HEAD_KINDS, "token"), f"--head {self.head!r}: expected one of {', '.join(HEAD_KINDS)}"),
             (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
             (self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r}: expected auto, cpu or cuda"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"--amp {self.amp!r}: expected auto, bf16, fp16 or off"),
@@ -253,6 +256,16 @@ def detection_metrics(detections: list[dict[str, torch.Tensor]], targets: list[d
     return {"map50": max(0.0, float(scores["map_50"])), "map": max(0.0, float(scores["map"]))}
 
 
+def entity_metrics(predicted: list[list[str]], target: list[list[str]]) -> dict[str, float]:
+    """Entity-level micro F1, precision and recall over IOB2 tag sequences (seqeval, conlleval's rules)."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    kwargs = {"zero_division": 0}
+    return {"entity_f1": float(f1_score(target, predicted, **kwargs)),
+            "entity_precision": float(precision_score(target, predicted, **kwargs)),
+            "entity_recall": float(recall_score(target, predicted, **kwargs))}
+
+
 def _better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -291,6 +304,7 @@ class _Trainer:
         _seed_everything(config.seed)  # the new head's initialisation depends on the seed only
         self.segmentation = dataset.task == "segmentation"
         self.detection = dataset.task == "detection"
+        self.tokens = dataset.task == "token-classification"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
         self.head_prefix = head_prefix(self.model)
         self.blocks = backbone_blocks(self.model, self.head_prefix)
@@ -391,8 +405,21 @@ class _Trainer:
             with self._autocast():
                 logits = model(*self._to_device(inputs)).float()
             losses += float(self.criterion(logits, self._target(labels))) * len(labels)
-            predicted.append(predictions(self.config.head, logits).cpu().flatten())
-            target.append(labels.flatten())
+            if self.tokens:
+                predicted.append(predictions("token", logits).cpu())
+                target.append(labels)
+            else:
+                predicted.append(predictions(self.config.head, logits).cpu().flatten())
+                target.append(labels.flatten())
+        if self.tokens:  # one tag per word (its first sub-word); words cut off by max_length are not scored
+            names = self.dataset.labels
+            predicted_tags, target_tags = [], []
+            for batch_predicted, batch_target in zip(predicted, target):
+                for row_predicted, row_target in zip(batch_predicted, batch_target):
+                    keep = row_target != IGNORE_TOKEN
+                    predicted_tags.append([names[i] for i in row_predicted[keep].tolist()])
+                    target_tags.append([names[i] for i in row_target[keep].tolist()])
+            return {"loss": losses / max(1, len(self.dataset.val)), **entity_metrics(predicted_tags, target_tags)}
         predicted_all, target_all = torch.cat(predicted), torch.cat(target)
         score = segmentation_metrics if self.segmentation else classification_metrics
         metrics = score(predicted_all, target_all, len(self.dataset.labels))
@@ -444,7 +471,9 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
         raise InputError("fine-tuning a fine-tuned run is not supported yet; start from its base model "
                          f"{entry.builder_args['base']!r}")
     segmentation, detection = entry.output.kind == "segmentation", entry.output.kind == "detection"
-    allowed = SEGMENTATION_METRICS if segmentation else DETECTION_METRICS if detection else CLASSIFICATION_METRICS
+    tokens = entry.modality == "text" and data is not None and is_token_data(data)
+    allowed = (SEGMENTATION_METRICS if segmentation else DETECTION_METRICS if detection else TOKEN_METRICS if tokens
+               else CLASSIFICATION_METRICS)
     if config.metric == "auto":
         config = dataclasses.replace(config, metric=allowed[0])
     elif config.metric not in allowed:
@@ -457,6 +486,11 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
         if config.head != "multiclass":
             raise InputError(f"--head {config.head}: detection takes the multiclass head (one score per class and box)")
         dataset = load_detection(data, config.val_fraction, config.seed)
+    elif tokens:
+        if config.head not in ("multiclass", "token"):
+            raise InputError(f"--head {config.head}: token classification takes one multiclass label per token")
+        config = dataclasses.replace(config, head="token")
+        dataset = load_token_tags(data, config.val_fraction, config.seed)
     else:
         dataset = load_dataset(data, entry.modality, config.val_fraction, config.seed)
     if config.head == "binary":
