@@ -117,6 +117,11 @@ def _postprocessing(entry: ModelEntry) -> Postprocessing:
         return Postprocessing(kind="segmentation", labels=list(entry.output.labels))
     if entry.output.kind == "token-logits":
         return Postprocessing(kind="token-classification", labels=list(entry.output.labels), aggregation="first")
+    if entry.output.kind == "span-logits":
+        from serve.qa import MAX_ANSWER_TOKENS, default_stride
+
+        return Postprocessing(kind="question-answering", labels=list(entry.output.labels),
+                              stride=default_stride(entry.input.max_length), max_answer_tokens=MAX_ANSWER_TOKENS)
     if entry.output.kind == "logits":
         binary = entry.builder_args.get("head") == "binary"
         return Postprocessing(kind="classification", labels=list(entry.output.labels),

@@ -47,11 +47,29 @@ def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
             ParityCase("photos batch 2", {"pixel_values": preprocess_images(
                 entry.input, [asset_path("flower.jpg"), asset_path("china.jpg")])}, real=True),
         ]
+    if entry.output.kind == "span-logits":  # question answering: the windows serve feeds, long contexts too
+        return _answer_cases(entry, tokenizer)
     long_text = " ".join(SENTENCES * 60)  # past max_length: exercises truncation and the longest sequence
     cases = [("1 text, 3 tokens", [SENTENCES[3]]), ("1 text", [SENTENCES[1]]),
              ("4 texts, mixed lengths (padded)", list(SENTENCES)), ("2 texts, truncated at max_length", [long_text, SENTENCES[0]])]
     return [ParityCase(f"{label}: seq {t['input_ids'].shape[1]}", t, real=True)
             for label, texts in cases for t in [tokenize(tokenizer, texts)]]
+
+
+def _answer_cases(entry: ModelEntry, tokenizer: Any) -> list[ParityCase]:
+    """A short question + context (one window) and one whose context spans several overlapping windows,
+    padded together as serve pads them."""
+    from serve.qa import WindowTokenizer, default_stride
+
+    length = entry.input.max_length
+    windows = WindowTokenizer(tokenizer, length, default_stride(length), tokenizer.padding["pad_id"])
+    cases = []
+    for label, question, context in (("question + short context", "What do numbers do?", SENTENCES[2]),
+                                     ("question + long context (windows)", "Who jumps?", " ".join(SENTENCES * 40))):
+        feeds = windows.pad(windows.windows(question, context))
+        shape = "x".join(map(str, feeds["input_ids"].shape))
+        cases.append(ParityCase(f"{label}: {shape}", {k: torch.from_numpy(v) for k, v in feeds.items()}, real=True))
+    return cases
 
 
 def at_static_shape(cases: list[ParityCase], shape: tuple[int, ...], pad_id: int = 0) -> list[ParityCase]:

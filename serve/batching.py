@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from serve.errors import InputError, ServeError
-from serve.predictor import Predictor
+from serve.predictor import Predictor, question_and_context
 from serve.preprocess import describe, preprocess_image_sized
 
 
@@ -61,6 +61,8 @@ class MicroBatcher:
         try:  # in the caller's thread: preprocessing runs in parallel, and a bad input fails alone
             if self.predictor.manifest.modality == "image":
                 request.array, request.size = preprocess_image_sized(self.predictor.manifest.preprocessing, item)
+            elif self.predictor.is_reader:
+                question_and_context(item)
             elif not isinstance(item, str):
                 raise InputError(f"text input {describe(item)}: expected a str")
         except Exception as exc:

@@ -47,8 +47,10 @@ class TextPreprocessing:
 @dataclass(frozen=True)
 class Postprocessing:
     # segmentation: NCHW per-pixel logits; detection: boxes, scores, labels (labels[0] is the background);
-    # token-classification: label logits per token (IOB2 tags), grouped into entities by serve.entities
-    kind: Literal["classification", "segmentation", "detection", "token-classification", "embedding"]
+    # token-classification: label logits per token (IOB2 tags), grouped into entities by serve.entities;
+    # question-answering: start and end logits per token of question + context windows (serve.qa)
+    kind: Literal["classification", "segmentation", "detection", "token-classification", "question-answering",
+                  "embedding"]
     labels: list[str] = field(default_factory=list)
     activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one logit, P(labels[1])
     pooling: str | None = None
@@ -56,6 +58,8 @@ class Postprocessing:
     dim: int | None = None
     score_threshold: float | None = None  # detection: detections below it are not returned by default
     aggregation: str | None = None  # token-classification: "first" or "simple" (serve.entities)
+    stride: int | None = None  # question-answering: tokens shared by neighbouring context windows
+    max_answer_tokens: int | None = None  # question-answering: the longest answer span considered
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,7 @@ def parse_manifest(data: Any) -> Manifest:
                                           pad_token=pre.get("pad_token", str), pad_id=pre.get("pad_id", int))
     post = top.child("postprocessing")
     kind = post.get("kind", str)
-    kinds = ("classification", "segmentation", "detection", "token-classification", "embedding")
+    kinds = ("classification", "segmentation", "detection", "token-classification", "question-answering", "embedding")
     if kind not in kinds:
         post.fail("kind", f"expected one of {', '.join(map(repr, kinds))}, found {kind!r}")
     aggregation = post.get("aggregation", (str, type(None)), None)
@@ -194,7 +198,10 @@ def parse_manifest(data: Any) -> Manifest:
                                     normalized=post.get("normalized", bool, False),
                                     dim=post.get("dim", (int, type(None)), None),
                                     score_threshold=post.get("score_threshold", (int, float, type(None)), None),
-                                    aggregation=aggregation)
+                                    aggregation=aggregation, stride=post.get("stride", (int, type(None)), None),
+                                    max_answer_tokens=post.get("max_answer_tokens", (int, type(None)), None))
+    if kind == "question-answering" and (not postprocessing.stride or not postprocessing.max_answer_tokens):
+        post.fail("stride", "a question-answering bundle needs a positive stride and max_answer_tokens")
     files = top.get("files", dict)
     for name, digest in files.items():
         if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

@@ -14,6 +14,7 @@ from serve.manifest import ImagePreprocessing, Manifest, read_manifest
 from serve.preprocess import TextEncoder, describe, preprocess_image_sized, preprocess_images
 from serve.detection import detections
 from serve.entities import AGGREGATIONS, entities
+from serve.qa import WindowTokenizer, answer
 from serve.segmentation import class_areas, mask_from_logits
 from serve.providers import SessionChoice, SessionConfig, create_session
 
@@ -52,6 +53,10 @@ class Predictor:
         if manifest.modality == "text":
             length = first[1] if isinstance(first[1], int) else None
             self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing, length)
+            if manifest.postprocessing.kind == "question-answering":
+                spec = manifest.preprocessing
+                self._windows = WindowTokenizer(directory / spec.tokenizer, length or spec.max_length,
+                                                manifest.postprocessing.stride, spec.pad_id, length)
 
     @property
     def is_classifier(self) -> bool:
@@ -69,9 +74,15 @@ class Predictor:
     def is_tagger(self) -> bool:
         return self.manifest.postprocessing.kind == "token-classification"
 
+    @property
+    def is_reader(self) -> bool:
+        return self.manifest.postprocessing.kind == "question-answering"
+
     def run_texts(self, texts: Sequence[Any]) -> list[Any]:
         """One output row per text, tokenised together (padded to the longest); a token classifier's
         row is (token logits, the text's Encoding, the text), what `postprocess` groups into entities."""
+        if self.is_reader:
+            return self._read(texts)
         if not self.is_tagger:
             return list(self.run(self.preprocess(texts)))
         feeds, encodings = self._text.encode(texts)
@@ -100,6 +111,18 @@ class Predictor:
                 chunk = {name: np.concatenate([array, np.repeat(array[-1:], short, axis=0)]) for name, array in chunk.items()}
             outputs.append(self.session.run([self.output_name], chunk)[0])
         return np.concatenate(outputs)[:total]
+
+    def _read(self, items: Sequence[Any]) -> list[Any]:
+        """Question answering: every window of every (question, context) in one run; per item, the
+        (window logits, window encodings, context) that `postprocess` decodes."""
+        pairs = [question_and_context(item) for item in items]
+        windows = [self._windows.windows(question, context) for question, context in pairs]
+        logits = self.run(self._windows.pad([w for item_windows in windows for w in item_windows]))
+        rows, start = [], 0
+        for (_, context), item_windows in zip(pairs, windows):
+            rows.append((list(logits[start:start + len(item_windows)]), item_windows, context))
+            start += len(item_windows)
+        return rows
 
     def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output of the model by name (a detector's boxes, scores and labels), for inputs at the
@@ -165,8 +188,9 @@ class Predictor:
                 min_score: float | None = None, aggregation: str | None = None) -> list[dict[str, Any]]:
         """One result per input: `{"input", "top_k": [{"index", "label", "score"}]}` for classifiers,
         `{"input", "size", "mask", "classes"}` for segmentation, `{"input", "size", "detections"}` for
-        detectors, `{"input", "entities"}` for token classifiers (see `postprocess`), `{"input",
-        "embedding": [...]}` for embedding models."""
+        detectors, `{"input", "entities"}` for token classifiers, `{"input", "answer", "start", "end",
+        "score"}` for question answering, whose inputs are `{"question": ..., "context": ...}` (see
+        `postprocess`), `{"input", "embedding": [...]}` for embedding models."""
         if isinstance(items, (str, bytes, Path)) or not isinstance(items, Sequence):
             items = [items]
         if len(items) == 0:
@@ -197,6 +221,9 @@ class Predictor:
         bundle's threshold; `top_k` does not apply), for token classifiers `{"entities": [{"entity",
         "score", "start", "end", "text"}, ...]}` (`aggregation` "first" or "simple", default the bundle's;
         see serve.entities)."""
+        if self.is_reader:
+            window_logits, encodings, context = row
+            return answer(context, window_logits, encodings, self.manifest.postprocessing.max_answer_tokens)
         if self.is_tagger:
             logits, encoding, text = row
             strategy = aggregation or self.manifest.postprocessing.aggregation or "first"
@@ -226,6 +253,15 @@ class Predictor:
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         return {"top_k": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i),
                            "score": float(probabilities[i])} for i in order]}
+
+
+def question_and_context(item: Any) -> tuple[str, str]:
+    """A question-answering input: `{"question": str, "context": str}`."""
+    if not (isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("context"), str)):
+        raise InputError(f'question-answering input {describe(item)}: expected {{"question": "...", "context": "..."}}')
+    if not item["question"].strip() or not item["context"].strip():
+        raise InputError("question-answering input: the question and the context must not be empty")
+    return item["question"], item["context"]
 
 
 def load(directory: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True,

@@ -24,6 +24,8 @@ def describe(item: Any) -> str:
     """How an input is named in results: the path or text itself, else its kind."""
     if isinstance(item, (str, Path)):
         return str(item)
+    if isinstance(item, dict) and isinstance(item.get("question"), str):  # question answering
+        return item["question"]
     if isinstance(item, (bytes, bytearray)):
         return f"<{len(item)} bytes>"
     if isinstance(item, Image.Image):

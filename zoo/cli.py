@@ -151,9 +151,10 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: flo
 @click.option("--aggregation", type=click.Choice(["first", "simple"]), default=None,
               help="Token classification (NER): word pieces into entities by each word's first piece, or token by "
                    "token (default: the bundle's, first).")
+@click.option("--question", help="Question answering: the question, asked of each INPUT (the contexts).")
 def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int,
-            masks: Path | None, min_score: float | None, aggregation: str | None) -> None:
-    """Run a bundle on INPUTS (image files, or texts for text bundles) without torch."""
+            masks: Path | None, min_score: float | None, aggregation: str | None, question: str | None) -> None:
+    """Run a bundle on INPUTS (image files, or texts for text bundles; contexts for --question) without torch."""
     import serve
     from serve.segmentation import jsonable, mask_image
 
@@ -161,6 +162,12 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
     if masks is not None and not predictor.is_segmenter:
         raise click.BadParameter(f"applies to segmentation bundles; {bundle} is a {predictor.manifest.task} model",
                                  param_hint="--masks")
+    if predictor.is_reader and question is None:
+        raise click.BadParameter(f"{bundle} answers questions: give the question with --question and the contexts "
+                                 "as INPUTS", param_hint="--question")
+    if question is not None and not predictor.is_reader:
+        raise click.BadParameter(f"applies to question-answering bundles; {bundle} is a {predictor.manifest.task} "
+                                 "model", param_hint="--question")
     if aggregation is not None and not predictor.is_tagger:
         raise click.BadParameter(f"applies to token-classification bundles; {bundle} is a {predictor.manifest.task} "
                                  "model", param_hint="--aggregation")
@@ -168,8 +175,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
         raise click.BadParameter(f"applies to detection bundles; {bundle} is a {predictor.manifest.task} model",
                                  param_hint="--min-score")
     click.echo(predictor.provider_line, err=True)
-    results = predictor.predict(list(inputs), top_k=top_k, batch_size=batch_size, min_score=min_score,
-                                aggregation=aggregation)
+    items = [{"question": question, "context": text} for text in inputs] if predictor.is_reader else list(inputs)
+    results = predictor.predict(items, top_k=top_k, batch_size=batch_size, min_score=min_score, aggregation=aggregation)
     if masks is not None:
         masks.mkdir(parents=True, exist_ok=True)
         for index, result in enumerate(results):
@@ -186,6 +193,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
             areas = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in result["classes"])
             where = f" -> {result['mask_file']}" if "mask_file" in result else ""
             click.echo(f"{result['input']}: {result['size'][0]}x{result['size'][1]} mask; {areas}{where}")
+        elif "answer" in result:
+            click.echo(f"{result['input']}: {result['answer']!r} [{result['start']}:{result['end']}] {result['score']:.3f}")
         elif "entities" in result:
             found = "; ".join(f"{e['entity']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.3f}"
                               for e in result["entities"])
@@ -208,7 +217,7 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
               help="Image folder (one subfolder per class, optional train/ val/), CSV/JSONL with text,label, or for "
                    "segmentation labels.txt + images/ + masks/, for detection annotations.json + images/ (COCO) or "
                    "Annotations/ + JPEGImages/ (Pascal VOC) (each with optional train/ val/), for token classification "
-                   "(NER) a CoNLL file or JSONL with tokens,tags.")
+                   "(NER) a CoNLL file or JSONL with tokens,tags, for question answering SQuAD JSON.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -222,10 +231,11 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--accumulate", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--patience", type=int, help="Early stopping: epochs without improvement of --metric.")
 @click.option("--metric", type=click.Choice(["auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "map50", "map",
-                                            "entity_f1", "entity_precision", "entity_recall", "loss"]),
+                                            "entity_f1", "entity_precision", "entity_recall", "squad_f1", "exact_match",
+                                            "loss"]),
               default="auto", show_default=True,
               help="Model selection and early stopping: auto = macro_f1 (classification), miou (segmentation), "
-                   "map50 (detection) or entity_f1 (token classification).")
+                   "map50 (detection), entity_f1 (token classification) or squad_f1 (question answering).")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--freeze", default="full", show_default=True,

@@ -32,6 +32,9 @@ class Example:
     # token classification (NER): one tag per word of `item`, which is the words joined by spaces
     words: tuple[str, ...] | None = None
     tags: tuple[int, ...] | None = None
+    # extractive question answering: `item` is the context; answers are (start character, text)
+    question: str | None = None
+    answers: tuple[tuple[int, str], ...] | None = None
 
 
 @dataclass
@@ -53,6 +56,8 @@ class Dataset:
             return "segmentation"
         if self.train and self.train[0].tags is not None:
             return "token-classification"
+        if self.train and self.train[0].question is not None:
+            return "question-answering"
         return "detection" if self.train and self.train[0].objects is not None else "classification"
 
     def fingerprint(self) -> str:
@@ -71,16 +76,26 @@ class Dataset:
                     digest.update(example.item.encode())
                     if example.tags is not None:
                         digest.update(repr(example.tags).encode())
+                    if example.question is not None:
+                        digest.update(f"\0{example.question}\0{example.answers!r}".encode())
         return digest.hexdigest()
 
     def val_items(self) -> list[str]:
-        """The held-out examples (image paths relative to the data folder, or the texts): the split record."""
+        """The held-out examples (image paths relative to the data folder, the texts, or the questions):
+        the split record."""
         root = Path(self.source)
+        if self.task == "question-answering":
+            return sorted(e.question for e in self.val)
         if self.modality == "image":
             return sorted(str(Path(e.item).relative_to(root)) for e in self.val)
         return sorted(e.item for e in self.val)
 
     def summary(self) -> dict[str, Any]:
+        if self.task == "question-answering":
+            contexts = lambda examples: len({e.item for e in examples})  # noqa: E731
+            return {"source": self.source, "split": self.split, "labels": self.labels,
+                    "train": {"questions": len(self.train), "contexts": contexts(self.train)},
+                    "val": {"questions": len(self.val), "contexts": contexts(self.val)}, "skipped": self.skipped}
         if self.task == "token-classification":  # sentences, and entities per type (B- tags)
             count = lambda examples: dict(Counter(self.labels[t][2:] for e in examples for t in e.tags  # noqa: E731
                                                   if self.labels[t].startswith("B-")))
@@ -579,3 +594,76 @@ def _token_jsonl(path: Path) -> list[tuple[str, list[str], list[str], str]]:
         _check_tags(where, row["tokens"], row["tags"])
         rows.append((where, row["tokens"], row["tags"], str(row.get("split", "train"))))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Extractive question answering: SQuAD JSON
+
+SQUAD_LAYOUT = ('SQuAD v1.1 JSON: {"data": [{"paragraphs": [{"context": ..., "qas": [{"id", "question", '
+                '"answers": [{"text", "answer_start"}]}]}]}]}, one file (split by context) or a folder with '
+                "train.json and val.json (or dev.json)")
+ANSWER_LABELS = ["start", "end"]  # the span head's two outputs per token
+
+
+def is_qa_data(path: str | Path) -> bool:
+    """True for SQuAD-style data: a .json file holding {"data": [...]}, or a folder with train.json."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / "train.json").is_file()
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        head = handle.read(4096).lstrip()
+    return head.startswith("{") and '"data"' in head
+
+
+def load_squad(path: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Questions with their context and answers. A single file is split by context (a paragraph's
+    questions stay on one side); train.json + val.json (or dev.json) are used as given. Every answer
+    must be found at its answer_start; unanswerable questions (SQuAD v2) are refused."""
+    path = Path(path)
+    if path.is_dir():
+        val_file = next((path / n for n in ("val.json", "dev.json") if (path / n).is_file()), None)
+        if not (path / "train.json").is_file() or val_file is None:
+            raise InputError(f"--data {path}: expected train.json and val.json (or dev.json); {SQUAD_LAYOUT}")
+        return Dataset("text", ANSWER_LABELS, _squad(path / "train.json"), _squad(val_file), str(path), "given")
+    examples = _squad(path)
+    contexts = sorted({e.item for e in examples})
+    if len(contexts) < 2:
+        raise InputError(f"{path}: one context; a validation split needs at least two (add paragraphs, or give "
+                         "train.json and val.json)")
+    held = min(max(1, round(len(contexts) * val_fraction)), len(contexts) - 1)
+    random.Random(seed).shuffle(contexts)
+    val_contexts = set(contexts[:held])
+    return Dataset("text", ANSWER_LABELS, [e for e in examples if e.item not in val_contexts],
+                   [e for e in examples if e.item in val_contexts], str(path),
+                   f"random by context seed={seed} fraction={val_fraction}")
+
+
+def _squad(file: Path) -> list[Example]:
+    try:
+        document = json.loads(file.read_text("utf-8"))
+        paragraphs = [p for article in document["data"] for p in article["paragraphs"]]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{file} is not valid JSON: {exc}") from None
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{file}: expected {SQUAD_LAYOUT} (missing {exc})") from None
+    examples = []
+    for paragraph in paragraphs:
+        context = paragraph.get("context")
+        for qa in paragraph.get("qas", []):
+            where = f"{file}: question {qa.get('id', qa.get('question', '?'))!r}"
+            if not isinstance(context, str) or not isinstance(qa.get("question"), str):
+                raise InputError(f"{where}: expected a context and a question (strings); {SQUAD_LAYOUT}")
+            if qa.get("is_impossible") or not qa.get("answers"):
+                raise InputError(f"{where} has no answer; unanswerable questions (SQuAD v2) are not supported")
+            answers = []
+            for item in qa["answers"]:
+                start, text = item.get("answer_start"), item.get("text")
+                if not isinstance(start, int) or not isinstance(text, str) or context[start:start + len(text)] != text:
+                    raise InputError(f"{where}: answer {text!r} is not at character {start} of its context")
+                answers.append((start, text))
+            examples.append(Example(context, 0, question=qa["question"], answers=tuple(answers)))
+    if not examples:
+        raise InputError(f"{file} holds no questions; expected {SQUAD_LAYOUT}")
+    return examples

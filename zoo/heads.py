@@ -1,7 +1,8 @@
 """Task heads on a pretrained backbone: multi-class (softmax cross-entropy, one logit per class) or
 binary (one logit, sigmoid + BCE-with-logits). Image models get their last classifier layer
 replaced in place; text encoders get a linear layer on their pooled output, or on every token's
-hidden state for token classification (NER: the "token" head); segmentation models
+hidden state for token classification (NER: the "token" head) and answer spans (the "span" head: start
+and end logits per token); segmentation models
 get new per-pixel classifier convolutions (pixels marked 255 count in no loss); detectors get a new
 box classifier for the classes plus the background (their losses are torchvision's own)."""
 
@@ -18,8 +19,9 @@ from zoo.data import IGNORE_INDEX
 from zoo.errors import BuildError
 from zoo.schema import ModelEntry
 
-HeadKind = Literal["multiclass", "binary", "token"]
-HEAD_KINDS = ("multiclass", "binary")  # what users choose; "token" follows from token-tagged data
+HeadKind = Literal["multiclass", "binary", "token", "span"]
+# What users choose; "token" (NER) and "span" (question answering) follow from the data.
+HEAD_KINDS = ("multiclass", "binary")
 IGNORE_TOKEN = -100  # label of sub-word continuations, special tokens and padding: no loss, no metric
 
 
@@ -52,6 +54,8 @@ class TokenClassifier(nn.Module):
 
 
 def head_outputs(kind: str, num_labels: int) -> int:
+    if kind == "span":
+        return 2  # start and end logits per token
     if kind == "binary":
         if num_labels != 2:
             raise BuildError(f"a binary head needs exactly two labels, the data has {num_labels}; use --head multiclass")
@@ -83,7 +87,7 @@ def attach_head(model: nn.Module, entry: ModelEntry, kind: str, num_labels: int)
             raise BuildError(f"detection takes a multiclass head (one score per class and box), not {kind!r}")
         return _detection_head(model, outputs)  # the labels include the background, index 0
     if entry.modality == "text":
-        kind_class = TokenClassifier if kind == "token" else TextClassifier
+        kind_class = TokenClassifier if kind in ("token", "span") else TextClassifier
         return kind_class(model, entry.output.dim, outputs)
     parent, name, old = _last_linear(model)
     setattr(parent, name, nn.Linear(old.in_features, outputs))
@@ -148,6 +152,8 @@ def loss_function(kind: str, label_smoothing: float = 0.0, segmentation: bool = 
         return nn.BCEWithLogitsLoss()  # the numerically stable log-sigmoid form
     if kind == "token":
         return TokenLoss(label_smoothing)
+    if kind == "span":
+        return SpanLoss()
     if segmentation:
         return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -162,6 +168,15 @@ class TokenLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+class SpanLoss(nn.Module):
+    """Mean of the start and end cross-entropies over a window's tokens ((batch, tokens, 2) logits,
+    (batch, 2) target positions)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cross_entropy = nn.functional.cross_entropy
+        return (cross_entropy(logits[..., 0], target[:, 0]) + cross_entropy(logits[..., 1], target[:, 1])) / 2
 
 
 def predictions(kind: str, logits: torch.Tensor) -> torch.Tensor:

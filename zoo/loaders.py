@@ -2,7 +2,8 @@
 entry's input spec (train: random resized crop + flip; eval: exactly the bundle's preprocessing),
 the same jointly on image and mask for segmentation, images at their own size with their boxes for
 detection, and dynamic padding with the model's
-tokenizer for text (token classification: tags aligned to each word's first sub-word)."""
+tokenizer for text (token classification: tags aligned to each word's first sub-word; question answering:
+windows of question + context with the answer's token span)."""
 
 from __future__ import annotations
 
@@ -151,6 +152,43 @@ class TokenCollate:
                 torch.tensor(labels, dtype=torch.int64))
 
 
+def span_target(encoding: Any, start: int, text: str) -> tuple[int, int]:
+    """The (start, end) token positions of an answer in one question + context window, or (0, 0) (the
+    first, [CLS] token) when the window does not hold the whole answer, as Hugging Face's run_qa labels."""
+    end = start + len(text)
+    context = [i for i, sid in enumerate(encoding.sequence_ids) if sid == 1]
+    if not context or start < encoding.offsets[context[0]][0] or end > encoding.offsets[context[-1]][1]:
+        return 0, 0
+    first = next(i for i in context if encoding.offsets[i][1] > start)
+    last = next(i for i in reversed(context) if encoding.offsets[i][0] < end)
+    return first, last
+
+
+class SpanFeatures(TorchDataset):
+    """Question-answering examples as windows (serve.qa.WindowTokenizer), each with its answer's token
+    span (the first answer)."""
+
+    def __init__(self, examples: Sequence[Example], windows: Any):
+        self.features = [(encoding, span_target(encoding, *example.answers[0]))
+                         for example in examples for encoding in windows.windows(example.question, example.item)]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int):
+        return self.features[index]
+
+
+class SpanCollate:
+    def __init__(self, windows: Any):
+        self.windows = windows
+
+    def __call__(self, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        feeds = self.windows.pad([encoding for encoding, _ in batch])
+        return ({name: torch.from_numpy(array) for name, array in feeds.items()},
+                torch.tensor([target for _, target in batch], dtype=torch.int64))
+
+
 class Examples(TorchDataset):
     def __init__(self, examples: Sequence[Example]):
         self.examples = list(examples)
@@ -204,6 +242,8 @@ def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: An
         collate = image_collate
     elif examples and examples[0].tags is not None:
         dataset, collate = Examples(examples), TokenCollate(tokenizer)
+    elif examples and examples[0].question is not None:  # `tokenizer` is a serve.qa.WindowTokenizer
+        dataset, collate = SpanFeatures(examples, tokenizer), SpanCollate(tokenizer)
     else:
         dataset, collate = TextExamples(examples), TextCollate(tokenizer)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)

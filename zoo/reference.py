@@ -110,14 +110,20 @@ def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | 
 def compare_outputs(entry: ModelEntry, label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None,
                     cosine_floor: float | None = None, scale: float | None = None) -> Comparison:
     """`compare` with the entry's decision: top-1 per row for classifiers, per pixel for segmentation
-    (its class axis moved last, so agreement and cosine are per pixel), `compare_detections` for
-    detectors (`scale`: the input image's longer side)."""
+    (its class axis moved last, so agreement and cosine are per pixel), per token for NER, the start
+    and end positions for question answering, `compare_detections` for detectors (`scale`: the input
+    image's longer side)."""
     kind = entry.output.kind
     if kind == "detection":  # rows of x1 y1 x2 y2 score label; boxes judged relative to the image
         return compare_detections(label, actual, expected, atol, scale or 1.0)
     if kind == "segmentation" and actual.ndim == 4 and expected.ndim == 4:
         actual, expected = actual.transpose(0, 2, 3, 1), expected.transpose(0, 2, 3, 1)
-    return compare(label, actual, expected, atol, classifier=kind in ("logits", "segmentation", "token-logits"),
+    if kind == "span-logits" and actual.ndim == 3 and expected.ndim == 3:
+        # rows become each text's start and end logits over its tokens: agreement is of the answer's start
+        # and end positions, cosine of those two distributions (a token's (start, end) pair is no direction)
+        actual, expected = actual.transpose(0, 2, 1), expected.transpose(0, 2, 1)
+    classifier = kind in ("logits", "segmentation", "token-logits", "span-logits")
+    return compare(label, actual, expected, atol, classifier=classifier,
                    cosine_floor=cosine_floor, top1_required=kind != "segmentation")
 
 

@@ -53,9 +53,11 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
     card = json.loads(card_path.read_text())
     base = get_model(card["base_model"])
     dense = base.output.kind in ("segmentation", "detection")  # the task and output kind stay the base's
-    tokens = card["head"] == "token"  # named-entity recognition on a text encoder
-    task = base.task if dense else "token-classification" if tokens else f"{base.modality}-classification"
-    kind = base.output.kind if dense else "token-logits" if tokens else "logits"
+    # A text encoder's run: named-entity recognition ("token" head), question answering ("span"), or classification.
+    tokens = card["head"] in ("token", "span")
+    task = base.task if dense else {"token": "token-classification", "span": "question-answering"}.get(
+        card["head"], f"{base.modality}-classification")
+    kind = base.output.kind if dense else {"token": "token-logits", "span": "span-logits"}.get(card["head"], "logits")
     files = tuple(FileSpec(name=name, role="weights" if name == MODEL_FILE else "tokenizer", sha256=digest)
                   for name, digest in card["files"].items())
     reference = Reference(

@@ -73,9 +73,10 @@ class TextInputSpec:
 class OutputSpec:
     """`logits`: one row per input (classification); `segmentation`: per-pixel class logits, NCHW at the
     input's resolution; `detection`: boxes, scores and labels per image (labels[0] is the background);
-    `token-logits`: label logits per token (fine-tuned NER runs); `embedding`: one pooled vector per text."""
+    `token-logits`: label logits per token (fine-tuned NER runs); `span-logits`: answer start and end
+    logits per token (question-answering runs); `embedding`: one pooled vector per text."""
 
-    kind: Literal["logits", "segmentation", "detection", "token-logits", "embedding"]
+    kind: Literal["logits", "segmentation", "detection", "token-logits", "span-logits", "embedding"]
     labels: tuple[str, ...] = ()
     label_set: str | None = None
     dim: int | None = None

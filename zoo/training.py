@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from zoo.data import IGNORE_INDEX, Dataset, is_token_data, load_dataset, load_detection, load_segmentation, load_token_tags
+from zoo.data import (IGNORE_INDEX, Dataset, is_qa_data, is_token_data, load_dataset, load_detection, load_segmentation,
+                      load_squad, load_token_tags)
 from zoo.errors import InputError, ZooError
 from zoo.factory import build, resolve
 from zoo.freeze import (
@@ -55,10 +56,12 @@ CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
 SEGMENTATION_METRICS = ("miou", "pixel_accuracy", "loss")
 DETECTION_METRICS = ("map50", "map")  # torchvision detectors compute losses in training mode only
 TOKEN_METRICS = ("entity_f1", "entity_precision", "entity_recall", "loss")
-METRICS = ("auto", *CLASSIFICATION_METRICS, *SEGMENTATION_METRICS[:2], *DETECTION_METRICS, *TOKEN_METRICS[:3])
+QA_METRICS = ("squad_f1", "exact_match", "loss")
+METRICS = ("auto", *CLASSIFICATION_METRICS, *SEGMENTATION_METRICS[:2], *DETECTION_METRICS, *TOKEN_METRICS[:3],
+           *QA_METRICS[:2])
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy",
                 "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "entity_f1": "entity F1", "entity_precision": "entity precision",
-                "entity_recall": "entity recall"}
+                "entity_recall": "entity recall", "squad_f1": "SQuAD F1", "exact_match": "exact match"}
 STATE_FILE = "training_state.pt"
 TRAINING_PACKAGES = ("zoo", "torch", "torchvision", "transformers", "tokenizers", "safetensors", "numpy")
 
@@ -107,8 +110,8 @@ class FinetuneConfig:
             (self.metric in METRICS, f"--metric {self.metric!r}: expected one of {', '.join(METRICS)}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: must be in [0, 1)"),
             (0 < self.lr_decay <= 1, f"--lr-decay {self.lr_decay}: must be in (0, 1]"),
-            # "token" is set by finetune() for token-tagged data (and read back from run.json on --resume)
-            (self.head in (*HEAD_KINDS, "token"), f"--head {self.head!r}: expected one of {', '.join(HEAD_KINDS)}"),
+            # "token"/"span" are set by finetune() for NER / QA data (and read back from run.json on --resume)
+            (self.head in (*HEAD_KINDS, "token", "span"), f"--head {self.head!r}: expected one of {', '.join(HEAD_KINDS)}"),
             (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
             (self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r}: expected auto, cpu or cuda"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"--amp {self.amp!r}: expected auto, bf16, fp16 or off"),
@@ -305,15 +308,22 @@ class _Trainer:
         self.segmentation = dataset.task == "segmentation"
         self.detection = dataset.task == "detection"
         self.tokens = dataset.task == "token-classification"
+        self.qa = dataset.task == "question-answering"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
         self.head_prefix = head_prefix(self.model)
         self.blocks = backbone_blocks(self.model, self.head_prefix)
         self.policy = parse_policy(config.freeze, len(self.blocks))
-        self.tokenizer = None
+        self.tokenizer = self.windows = None
         if entry.modality == "text":
             from zoo.cache import fetch
 
             self.tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
+            if self.qa:  # question + context windows, as serve cuts them
+                from serve.qa import WindowTokenizer, default_stride
+
+                length = entry.input.max_length
+                self.windows = WindowTokenizer(fetch(entry).files[entry.input.tokenizer], length,
+                                               default_stride(length), self.tokenizer.padding["pad_id"])
         self.criterion = None if self.detection else loss_function(config.head, config.label_smoothing, self.segmentation)
         self.set_epoch_freeze(0)
 
@@ -324,7 +334,7 @@ class _Trainer:
         examples = self.dataset.train if train else self.dataset.val
         # Segmentation is evaluated one image at a time, at its own size: exactly what serve runs.
         batch_size = 1 if self.segmentation and not train else self.config.batch_size
-        return make_loader(examples, train=train, spec=self.entry.input, tokenizer=self.tokenizer,
+        return make_loader(examples, train=train, spec=self.entry.input, tokenizer=self.windows if self.qa else self.tokenizer,
                            batch_size=batch_size, workers=self.config.workers, seed=self.config.seed,
                            epoch=epoch, pin_memory=self.runtime.device.type == "cuda",
                            distributed=self.runtime.distributed and train)
@@ -392,6 +402,8 @@ class _Trainer:
     @torch.inference_mode()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         model.eval()
+        if self.qa:
+            return self._evaluate_answers(model)
         if self.detection:
             detections, targets = [], []
             for inputs, labels in self.loader(False, 0):
@@ -425,6 +437,32 @@ class _Trainer:
         metrics = score(predicted_all, target_all, len(self.dataset.labels))
         examples = len(self.dataset.val)
         return {"loss": losses / max(1, examples), **metrics}
+
+    def _evaluate_answers(self, model: nn.Module) -> dict[str, float]:
+        """Each held-out question through its windows and serve.qa's decoding (what serve answers), scored
+        against every reference answer with SQuAD's exact match and F1 (torchmetrics); the loss is per window."""
+        from torchmetrics.functional.text import squad
+
+        from serve.qa import answer
+        from zoo.loaders import span_target
+
+        predictions_, targets, loss, windows = [], [], 0.0, 0
+        for index, example in enumerate(self.dataset.val):
+            encodings = self.windows.windows(example.question, example.item)
+            feeds = self.windows.pad(encodings)
+            with self._autocast():
+                logits = model(*[torch.from_numpy(feeds[name]).to(self.runtime.device)
+                                 for name in ("input_ids", "attention_mask")]).float()
+            target = torch.tensor([span_target(e, *example.answers[0]) for e in encodings], device=logits.device)
+            loss += float(self.criterion(logits, target)) * len(encodings)
+            windows += len(encodings)
+            found = answer(example.item, list(logits.cpu().numpy()), encodings)
+            predictions_.append({"prediction_text": found["answer"], "id": str(index)})
+            targets.append({"id": str(index), "answers": {"answer_start": [a[0] for a in example.answers],
+                                                          "text": [a[1] for a in example.answers]}})
+        scores = squad(predictions_, targets)
+        return {"loss": loss / max(1, windows), "squad_f1": float(scores["f1"]) / 100,
+                "exact_match": float(scores["exact_match"]) / 100}
 
     def reference_cases(self, model: nn.Module) -> list[dict[str, Any]]:
         """The fine-tuned model's own outputs on fixed inputs: what `zoo validate RUN_DIR` checks."""
@@ -471,9 +509,10 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
         raise InputError("fine-tuning a fine-tuned run is not supported yet; start from its base model "
                          f"{entry.builder_args['base']!r}")
     segmentation, detection = entry.output.kind == "segmentation", entry.output.kind == "detection"
-    tokens = entry.modality == "text" and data is not None and is_token_data(data)
+    qa = entry.modality == "text" and data is not None and is_qa_data(data)
+    tokens = entry.modality == "text" and data is not None and not qa and is_token_data(data)
     allowed = (SEGMENTATION_METRICS if segmentation else DETECTION_METRICS if detection else TOKEN_METRICS if tokens
-               else CLASSIFICATION_METRICS)
+               else QA_METRICS if qa else CLASSIFICATION_METRICS)
     if config.metric == "auto":
         config = dataclasses.replace(config, metric=allowed[0])
     elif config.metric not in allowed:
@@ -491,6 +530,11 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
             raise InputError(f"--head {config.head}: token classification takes one multiclass label per token")
         config = dataclasses.replace(config, head="token")
         dataset = load_token_tags(data, config.val_fraction, config.seed)
+    elif qa:
+        if config.head not in ("multiclass", "span"):
+            raise InputError(f"--head {config.head}: question answering takes the span head (start and end per token)")
+        config = dataclasses.replace(config, head="span")
+        dataset = load_squad(data, config.val_fraction, config.seed)
     else:
         dataset = load_dataset(data, entry.modality, config.val_fraction, config.seed)
     if config.head == "binary":
