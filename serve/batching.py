@@ -25,6 +25,8 @@ from serve.preprocess import describe, preprocess_image_sized
 class _Request:
     item: Any
     top_k: int
+    min_score: float | None = None  # detection (see Predictor.postprocess)
+    aggregation: str | None = None  # token classification
     array: np.ndarray | None = None  # the preprocessed CHW image (image models)
     size: tuple[int, int] | None = None  # the image's own (width, height): segmentation masks go back to it
     future: Future = field(default_factory=Future)
@@ -54,10 +56,10 @@ class MicroBatcher:
         self._worker = threading.Thread(target=self._loop, name="serve-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, item: Any, top_k: int = 5) -> Future:
+    def submit(self, item: Any, top_k: int = 5, min_score: float | None = None, aggregation: str | None = None) -> Future:
         if self._closed:
             raise ServeError("the batcher is closed")
-        request = _Request(item, top_k)
+        request = _Request(item, top_k, min_score, aggregation)
         try:  # in the caller's thread: preprocessing runs in parallel, and a bad input fails alone
             if self.predictor.manifest.modality == "image":
                 request.array, request.size = preprocess_image_sized(self.predictor.manifest.preprocessing, item)
@@ -136,5 +138,9 @@ class MicroBatcher:
                 request.future.set_exception(exc)
             return
         for request, row in zip(good, output):
-            result = predictor.postprocess(row, request.top_k, request.size)
+            try:
+                result = predictor.postprocess(row, request.top_k, request.size, request.min_score, request.aggregation)
+            except Exception as exc:  # e.g. an unknown aggregation: this request fails, the others not
+                request.future.set_exception(exc)
+                continue
             request.future.set_result({"input": describe(request.item), **result})

@@ -5,6 +5,7 @@ endpoint that takes image bytes or text and answers like `zoo predict --json`.
     GET  /v2/models/NAME  [/ready]               metadata: named tensors, datatypes, shapes
     POST /v2/models/NAME/infer                   {"inputs": [{"name", "shape", "datatype", "data"}]}
     POST /v2/models/NAME/predict                 image bytes, text/plain, or {"inputs": [...], "top_k": K}
+                                                 (?min_score= detection, ?aggregation= NER)
     GET  /metrics                                Prometheus: requests, latency histogram, batch sizes
 
 Built on Starlette + uvicorn (extra `server`). Errors are JSON `{"error": ...}`: 400 bad input,
@@ -240,7 +241,17 @@ def create_app(config: ServerConfig) -> Starlette:
         if not top_k.isdigit() or int(top_k) < 1:
             raise HttpError(400, f"top_k={top_k!r}: expected a positive integer")
         top_k_value = int(top_k)
-        futures = [asyncio.wrap_future(state.batcher.submit(item, top_k_value)) for item in items]
+        min_score = request.query_params.get("min_score")  # detection
+        try:
+            score = None if min_score is None else float(min_score)
+        except ValueError:
+            raise HttpError(400, f"min_score={min_score!r}: expected a number between 0 and 1") from None
+        if score is not None and not (predictor.is_detector and 0 <= score <= 1):
+            raise HttpError(400, f"min_score={min_score!r}: applies to detection models, between 0 and 1")
+        aggregation = request.query_params.get("aggregation")  # token classification
+        if aggregation is not None and not (predictor.is_tagger and aggregation in ("first", "simple")):
+            raise HttpError(400, f"aggregation={aggregation!r}: applies to token-classification models, first or simple")
+        futures = [asyncio.wrap_future(state.batcher.submit(item, top_k_value, score, aggregation)) for item in items]
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures), config.inference_timeout_s)
         except asyncio.TimeoutError:

@@ -211,12 +211,18 @@ def test_http_routes_return_the_detections(run_and_bundle, coco: Path) -> None:
         server.wait_ready()
         response = httpx.post(f"{server.url}/v2/models/{name}/predict", content=photo.read_bytes(),
                               headers={"content-type": "image/jpeg"}, timeout=60)
+        lowered = httpx.post(f"{server.url}/v2/models/{name}/predict?min_score=0.2", content=photo.read_bytes(),
+                             headers={"content-type": "image/jpeg"}, timeout=60)
+        wrong = httpx.post(f"{server.url}/v2/models/{name}/predict?min_score=2", content=photo.read_bytes(),
+                           headers={"content-type": "image/jpeg"}, timeout=60)
         infer = httpx.post(f"{server.url}/v2/models/{name}/infer", timeout=60, json={"inputs": [
             {"name": "image", "datatype": "FP32", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}]})
     finally:
         server.stop()
     assert response.status_code == 200, response.text
     assert response.json()[0]["detections"] == predictor.predict([str(photo)])[0]["detections"]
+    assert lowered.json()[0]["detections"] == predictor.predict([str(photo)], min_score=0.2)[0]["detections"]
+    assert wrong.status_code == 400 and "min_score" in wrong.text
     assert infer.status_code == 200, infer.text
     outputs = {o["name"]: o for o in infer.json()["outputs"]}
     assert set(outputs) == {"boxes", "scores", "labels"} and outputs["boxes"]["shape"][1:] == [4]

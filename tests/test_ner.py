@@ -176,11 +176,14 @@ def test_http_predict_returns_entities(run_and_bundle) -> None:
         server.wait_ready()
         response = httpx.post(f"{server.url}/v2/models/{predictor.manifest.model_id}/predict", timeout=60,
                               json={"inputs": ["Grace moved to Lima.", "Dana lives in New York."]})
+        simple = httpx.post(f"{server.url}/v2/models/{predictor.manifest.model_id}/predict?aggregation=simple",
+                            timeout=60, json={"inputs": ["Hiro Tanaka moved to Lima."]})
     finally:
         server.stop()
     assert response.status_code == 200, response.text
     expected = predictor.predict(["Grace moved to Lima.", "Dana lives in New York."])
     assert [r["entities"] for r in response.json()] == [r["entities"] for r in expected]
+    assert simple.json()[0]["entities"] == predictor.predict(["Hiro Tanaka moved to Lima."], aggregation="simple")[0]["entities"]
 
 
 def test_ner_options_are_refused_where_they_do_not_apply(run_and_bundle, bundles, conll: Path, tmp_path: Path,

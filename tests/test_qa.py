@@ -59,7 +59,7 @@ def squad(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run_and_bundle(squad: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("qa-run")
-    code = main(["finetune", BASE, "--data", str(squad), "--out", str(out / "run"), "--epochs", "4",
+    code = main(["finetune", BASE, "--data", str(squad), "--out", str(out / "run"), "--epochs", "3",
                  "--batch-size", "8", "--lr", "5e-4", "--quiet"])
     assert code == 0
     code = main(["export", str(out / "run"), "--out", str(out / "bundle"), "--format", "onnx", "--format", "onnx-int8"])
@@ -155,7 +155,7 @@ def test_finetune_reports_squad_scores_and_the_run_validates(run_and_bundle) -> 
     assert {"val_squad_f1", "val_exact_match", "val_loss"} <= set(history[0])
     card = json.loads((run / "card.json").read_text())
     assert card["head"] == "span" and card["labels"] == ["start", "end"]
-    # Measured: F1 0.875, exact match 0.833 on the 24 held-out questions after 4 epochs.
+    # Measured: F1 0.847, exact match 0.833 on the 24 held-out questions after 3 epochs (0.875 after 4).
     assert card["best_metrics"]["squad_f1"] >= 0.75, card["best_metrics"]
     assert main(["validate", str(run)]) == 0
 
