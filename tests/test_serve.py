@@ -178,6 +178,31 @@ def test_cuda_listed_but_unusable_is_reported_truthfully(bundles, monkeypatch) -
         serve.load(bundles["efficientnet_lite0"], device="cuda")
 
 
+def test_auto_variant_takes_fp16_only_on_a_working_cuda_session(all_formats, monkeypatch) -> None:
+    """On CPU `variant="auto"` is fp32 (onnxruntime runs fp16 graphs slower there). Where CUDA is listed
+    but does not initialise, the fp16 attempt lands on CPU and the predictor falls back to fp32."""
+    import onnxruntime as ort
+
+    bundle = all_formats["efficientnet_lite0"]
+    assert "fp16" in serve.load(bundle, variant="fp16").manifest.variants
+    assert serve.load(bundle).variant == "fp32" and "variant fp32" in serve.load(bundle).provider_line
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    predictor = serve.load(bundle)
+    assert (predictor.variant, predictor.provider) == ("fp32", "CPUExecutionProvider")
+    assert serve.load(bundle, variant="fp16").variant == "fp16"  # asked for explicitly: kept
+
+
+def test_io_binding_gives_the_same_outputs(bundles) -> None:
+    """The IO-binding path (on by default on CUDA only) run on CPU: same numbers as session.run."""
+    bound = serve.load(bundles["efficientnet_lite0"], config=serve.SessionConfig(io_binding="on"))
+    plain = serve.load(bundles["efficientnet_lite0"], config=serve.SessionConfig(io_binding="off"))
+    assert bound.io_binding and not plain.io_binding and "IO binding" in bound.provider_line
+    feeds = plain.preprocess([str(p) for p in PHOTOS])
+    assert np.array_equal(bound.run(feeds), plain.run(feeds))
+    with pytest.raises(serve.ProviderError, match="io_binding 'yes'"):
+        serve.load(bundles["efficientnet_lite0"], config=serve.SessionConfig(io_binding="yes"))
+
+
 @pytest.mark.parametrize(("item", "message"), [
     (b"definitely not an image", "not a readable image"),
     (Image.open(PHOTOS[0]).__class__, "unsupported image input"),

@@ -144,6 +144,8 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: flo
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, one object per input.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="Precision to run; auto = fp16 on a working CUDA session when the bundle has it, else fp32.")
 @click.option("--masks", type=click.Path(file_okay=False, path_type=Path),
               help="Segmentation: write each mask here as NAME.png (class indices, shown in VOC colours).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=None,
@@ -153,12 +155,12 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: flo
                    "token (default: the bundle's, first).")
 @click.option("--question", help="Question answering: the question, asked of each INPUT (the contexts).")
 def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int,
-            masks: Path | None, min_score: float | None, aggregation: str | None, question: str | None) -> None:
+            variant: str, masks: Path | None, min_score: float | None, aggregation: str | None, question: str | None) -> None:
     """Run a bundle on INPUTS (image files, or texts for text bundles; contexts for --question) without torch."""
     import serve
     from serve.segmentation import jsonable, mask_image
 
-    predictor = serve.load(bundle, device=device)
+    predictor = serve.load(bundle, device=device, variant=variant)
     if masks is not None and not predictor.is_segmenter:
         raise click.BadParameter(f"applies to segmentation bundles; {bundle} is a {predictor.manifest.task} model",
                                  param_hint="--masks")
@@ -287,8 +289,10 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True)
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
+@click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="Precision to serve; auto = fp16 on a working CUDA session when the bundle has it, else fp32.")
 def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | None, device: str,
-                  threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float) -> None:
+                  threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float, variant: str) -> None:
     """Serve BUNDLE over HTTP (KServe v2 + /v2/models/NAME/predict + /metrics)."""
     from serve.manifest import read_manifest
 
@@ -297,7 +301,7 @@ def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | 
     from serve.providers import SessionConfig
 
     config = ServerConfig(bundle=bundle, name=name, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, variant=variant,
                           session=SessionConfig(device=device, intra_op_threads=threads))
     click.echo(f"zoo serve: http://{host}:{port}/v2/models/{name or read_manifest(bundle, verify=False).model_id}",
                err=True)
