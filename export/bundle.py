@@ -75,7 +75,7 @@ class BundleResult:
 
     def lines(self) -> list[str]:
         marks = [f"  {'✓' if c['ok'] else '✗'} {c['case']}: max |diff| {c['max_abs_diff']:.3g} (atol {c['atol']:g})"
-                 + ("" if c["top1_agreement"] is None else f"  top-1 agreement {c['top1_agreement']:.0%}")
+                 + ("" if c["top1_agreement"] is None else f"  {c['agreement']} {c['top1_agreement']:.0%}")
                  for c in self.report["cases"]]
         return [f"{self.manifest.model_id}: onnxruntime vs torch", *marks, *format_table(self.formats),
                 f"wrote {self.directory} in {self.seconds:.1f}s"]

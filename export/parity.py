@@ -116,7 +116,7 @@ def check_parity(model: nn.Module, session: Any, entry: ModelEntry, cases: list[
 
 def comparison_record(c: Comparison) -> dict[str, Any]:
     return {"case": c.label, "max_abs_diff": c.max_abs_diff, "atol": c.atol, "min_cosine": c.min_cosine,
-            "cosine_floor": c.cosine_floor, "top1_agreement": c.top1_agreement,
+            "cosine_floor": c.cosine_floor, "top1_agreement": c.top1_agreement, "agreement": c.agreement_name,
             "ok": c.ok}
 
 
