@@ -34,7 +34,7 @@ import serve
 import zoo
 from zoo.factory import resolve
 from zoo.preprocess import preprocess_images
-from zoo.training import segmentation_metrics
+from zoo.metrics import segmentation_metrics
 
 LABELS = ("background", "disc", "square")
 

@@ -22,7 +22,8 @@ from zoo.errors import InputError
 from zoo.freeze import backbone_blocks, parameter_groups
 from zoo.heads import attach_head, head_prefix
 from zoo.registry import get_model
-from zoo.training import FinetuneConfig, _schedule, classification_metrics, finetune
+from zoo.metrics import classification_metrics
+from zoo.training import FinetuneConfig, _schedule, finetune
 
 TEXTS = [("great movie, loved it", "pos"), ("wonderful and fun", "pos"), ("a delight to watch", "pos"),
          ("superb acting", "pos"), ("terrible, boring film", "neg"), ("awful and dull", "neg"),
