@@ -4,7 +4,7 @@ scores (N) and labels (N, int64; 0 is the background and never returned). Resizi
 box decoding and non-maximum suppression all happen inside the model, so inside the exported graph.
 
 torchvision computes the resized size in float64 on the host; a traced graph computes it in float32
-and can land one pixel short (300 x 1.6 = 479.99997), which shifts every box. `_ConsistentResize`
+and can land one pixel short (300 x 1.6 = 479.99997), which shifts every box. `ConsistentResize`
 computes the size the same way in eager torch and in the graph (float32, a 1e-3 margin at exact
 integers), so the exported model and the torch model agree."""
 
