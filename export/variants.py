@@ -27,7 +27,7 @@ def to_fp16(source: Path, target: Path) -> None:
     try:
         converted = OnnxModel(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
         converted.topological_sort()  # the converter appends its input casts at the end of the graph
-    except RuntimeError as exc:  # e.g. "Graph is not a DAG" on graphs with Loop/If subgraphs (detectors)
+    except RuntimeError as exc:  # "Graph is not a DAG": detectors, whose If subgraph values it casts outside
         raise ExportError(f"onnxruntime's float16 converter failed: {str(exc).splitlines()[0]}") from None
     save_model(converted.model, target)
     onnx.checker.check_model(str(target))

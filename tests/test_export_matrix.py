@@ -49,7 +49,7 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("deeplabv3_mobilenet_v3_large", "onnx-int8"): "min cosine",
 }
 # Detectors: int8 and SavedModel are refused before exporting (tests/test_detection.py); onnxruntime's
-# float16 converter cannot topologically sort their Loop/If subgraphs, which the row must say.
+# float16 converter breaks their If subgraphs (main-graph casts of subgraph values), which the row must say.
 DETECTION_FORMATS = ("onnx", "onnx-fp16", "triton")
 DETECTION_FP16_FAILURE = "float16 converter failed"
 # CI skips the known failures (re-checking them costs ~70 s, mostly onnx2tf's attempt at ViT);
