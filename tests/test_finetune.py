@@ -112,6 +112,16 @@ def test_each_optimizer_trains(images: Path, tmp_path: Path, optimizer: str) -> 
     assert any(_changed(tmp_path / "run", _pretrained_state()).values())
 
 
+def test_a_diverging_run_stops_with_a_clear_error(images: Path, tmp_path: Path, capsys) -> None:
+    """A learning rate far too high: the loss turns NaN/inf within the epoch; the run stops there, before
+    the bad step reaches the weights, and says what to change."""
+    code = main(["finetune", "efficientnet_lite0", "--data", str(images), "--out", str(tmp_path / "run"),
+                 "--optimizer", "sgd", "--lr", "1e12", "--epochs", "1", "--batch-size", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the run diverged (lr 1e+12). Lower --lr" in err, err
+    assert not (tmp_path / "run" / "card.json").exists()
+
+
 def test_warmup_cosine_schedule_and_accumulation(images: Path, tmp_path: Path) -> None:
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)

@@ -51,6 +51,10 @@ class ToleranceExceeded(ValidationError):
     """At least one compared output is further from its reference than allowed."""
 
 
+class DivergedError(ZooError):
+    """Training produced a non-finite loss (the learning rate is too high for this model and data)."""
+
+
 class ExportError(ZooError):
     """An export could not be written or did not pass its own validation."""
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from zoo.data import (Dataset, is_qa_data, is_token_data, load_dataset, load_detection, load_segmentation, load_squad,
                       load_token_tags)
-from zoo.errors import InputError, ZooError
+from zoo.errors import DivergedError, InputError, ZooError
 from zoo.factory import build, resolve
 from zoo.freeze import (
     apply_freeze,
@@ -333,6 +333,7 @@ class _Trainer:
                     else:
                         logits = model(*self._to_device(inputs))
                         loss = self.criterion(logits.float(), self._target(labels))
+                self._check_finite(loss, epoch, step)
                 scaler.scale(loss / accumulate).backward()
             if last:
                 if self.config.clip_grad:
@@ -346,6 +347,18 @@ class _Trainer:
             seen += len(labels)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         return total_loss / max(1, seen), seen, time.perf_counter() - start
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """DivergedError on a NaN/inf loss, before it reaches the weights. Under DDP every rank takes the
+        same decision (one flag all-reduced), so none is left waiting in a collective."""
+        finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+        if self.runtime.distributed:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite.item()):
+            raise DivergedError(
+                f"epoch {epoch + 1}, step {step + 1}: the training loss is {float(loss.detach()):g}; the run diverged "
+                f"(lr {self.config.lr:g}). Lower --lr, or add --warmup-epochs / --clip-grad, and start again "
+                "(checkpoints of finished epochs are kept in the run's checkpoints/)")
 
     def _detection_batch(self, inputs, targets):
         device = self.runtime.device
