@@ -33,7 +33,8 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 class Predictor:
-    """Runs one bundle. `predict` takes raw inputs (image paths/bytes/PIL/arrays or strings)."""
+    """Runs one bundle. `predict` takes raw inputs: image paths/bytes/PIL/arrays, strings, or
+    `{"question", "context"}` for question answering."""
 
     def __init__(self, directory: Path, manifest: Manifest, choice: SessionChoice, io_binding: str = "auto",
                  variant: str = "fp32"):
