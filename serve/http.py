@@ -6,7 +6,7 @@ endpoint that takes image bytes or text and answers like `zoo predict --json`.
     POST /v2/models/NAME/infer                   {"inputs": [{"name", "shape", "datatype", "data"}]}
     POST /v2/models/NAME/predict                 image bytes, text/plain, or {"inputs": [...], "top_k": K}
                                                  (?min_score= detection, ?aggregation= NER)
-    GET  /metrics                                Prometheus: requests, latency histogram, batch sizes
+    GET  /metrics                                Prometheus: requests, in flight, latency histogram, batch sizes
 
 Built on Starlette + uvicorn (extra `server`). Errors are JSON `{"error": ...}`: 400 bad input,
 404 unknown model, 408 slow upload, 413 oversize, 503 loading, 504 inference timeout."""
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -69,6 +69,8 @@ class _State:
         self.requests = Counter("zoo_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("zoo_request_seconds", "Request latency", ["endpoint"], registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.in_flight = Gauge("zoo_requests_in_flight", "Requests being handled (read, queued or running)",
+                               ["endpoint"], registry=self.registry)
         self.batch_sizes = Histogram("zoo_batch_size", "Requests merged per onnxruntime run", registry=self.registry,
                                      buckets=(1, 2, 4, 8, 16, 32, 64))
 
@@ -159,7 +161,8 @@ def create_app(config: ServerConfig) -> Starlette:
             async def route(request: Request) -> Response:
                 start = time.perf_counter()
                 try:
-                    response = await handler(request)
+                    with state.in_flight.labels(name).track_inprogress():
+                        response = await handler(request)
                 except HttpError as exc:
                     response = JSONResponse({"error": str(exc)}, status_code=exc.status)
                 except ServeError as exc:  # InputError and friends: the client's input

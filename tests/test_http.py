@@ -203,6 +203,12 @@ def test_bounded_load_no_failures_flat_memory(image_server, bundles) -> None:
           f"RSS {rss_before // 1024} -> {rss_after // 1024} MiB")
 
 
+def _in_flight(server: Server, endpoint: str) -> float:
+    metrics = httpx.get(server.url + "/metrics").text
+    prefix = f'zoo_requests_in_flight{{endpoint="{endpoint}"}}'
+    return next((float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix)), 0.0)
+
+
 def test_not_ready_is_503_and_graceful_shutdown(bundles, tmp_path: Path) -> None:
     broken = tmp_path / "bundle"
     shutil.copytree(bundles["efficientnet_lite0"], broken)
@@ -215,14 +221,17 @@ def test_not_ready_is_503_and_graceful_shutdown(bundles, tmp_path: Path) -> None
         assert httpx.post(server.url + "/v2/models/efficientnet_lite0/predict", content=PHOTO).status_code == 503
     finally:
         server.stop()
-    good = Server(bundles["efficientnet_lite0"], max_wait_ms=200.0)
+    good = Server(bundles["efficientnet_lite0"], max_wait_ms=3000.0)
     good.wait_ready()
     results: list[int] = []
     threads = [threading.Thread(target=lambda: results.append(httpx.post(
         good.url + "/v2/models/efficientnet_lite0/predict", content=PHOTO, timeout=60).status_code)) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.1)  # requests are in flight (waiting in the batcher) when SIGTERM arrives
+    deadline = time.monotonic() + 30  # SIGTERM only once all four are in flight (waiting in the batcher)
+    while _in_flight(good, "predict") < 4:
+        assert time.monotonic() < deadline, "the four requests never reached the server"
+        time.sleep(0.02)
     # uvicorn finishes in-flight requests, runs the lifespan shutdown (the batcher drains), then
     # re-raises SIGTERM so a supervisor sees why it exited.
     assert good.stop() in (0, -signal.SIGTERM)
