@@ -279,6 +279,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     else:
         fetched = None
     torch.manual_seed(0)
+    traced = entry.output.kind == "detection"  # TorchScript exporter: see export.onnx_export
     torch_model = build(entry, pretrained=pretrained, extra_sources=extra_sources)
     example, dynamic_axes, output_names, preprocessing, tokenizer = _io(entry, fetched)
     output_name = output_names[0]
@@ -296,7 +297,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
         opset = export_onnx(torch_model, example, dynamic_axes, output_names, staging / MODEL_FILE, opset=opset,
-                            tracer=entry.output.kind == "detection")
+                            tracer=traced)
         session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
         _check_dynamic(session, dynamic_axes)
         results = check_parity(torch_model, session, entry, cases, tolerance, output_name)
@@ -327,7 +328,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             preprocessing=preprocessing, postprocessing=_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
                     "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
-            producer=_versions(entry.output.kind == "detection"), variants=sections.get("variants", {}),
+            producer=_versions(traced), variants=sections.get("variants", {}),
             tensorflow=sections.get("tensorflow", {}),
         )
         write_manifest(staging, manifest)

@@ -55,47 +55,33 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], dynamic_axes
     Weights over EXTERNAL_DATA_BYTES are written to PATH.data (ONNX external data). `tracer`: the
     TorchScript exporter (`dynamic_axes` may then name output axes too), at opset 17 at most. Returns
     the opset written."""
-
     if tracer:
-        _export_traced(model, example, dynamic_axes, output_names, path, min(opset, TRACED_MAX_OPSET))
-        _check(path)
-        return min(opset, TRACED_MAX_OPSET)
-    for name, tensor in example.items():
-        for axis in dynamic_axes.get(name, {}):
-            if tensor.shape[axis] < 2:
-                raise ExportError(f"example input {name} has size {tensor.shape[axis]} on dynamic axis {axis}; "
-                                  "use at least 2 so the exporter keeps the axis symbolic")
-    dims: dict[str, torch.export.Dim] = {}
-    dynamic_shapes = tuple(
-        {axis: dims.setdefault(label, torch.export.Dim(label, min=1)) for axis, label in dynamic_axes.get(name, {}).items()}
-        for name in example
-    )
+        opset = min(opset, TRACED_MAX_OPSET)
+        options = {"dynamo": False, "dynamic_axes": dynamic_axes}
+    else:
+        for name, tensor in example.items():
+            for axis in dynamic_axes.get(name, {}):
+                if tensor.shape[axis] < 2:
+                    raise ExportError(f"example input {name} has size {tensor.shape[axis]} on dynamic axis {axis}; "
+                                      "use at least 2 so the exporter keeps the axis symbolic")
+        dims: dict[str, torch.export.Dim] = {}
+        dynamic_shapes = tuple(
+            {axis: dims.setdefault(label, torch.export.Dim(label, min=1)) for axis, label in dynamic_axes.get(name, {}).items()}
+            for name in example
+        )
+        options = {"dynamo": True, "dynamic_shapes": dynamic_shapes,
+                   "external_data": weight_bytes(model) > EXTERNAL_DATA_BYTES}
     quiet = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, tuple(example.values()), str(path), input_names=list(example), output_names=list(output_names),
-                opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes,
-                external_data=weight_bytes(model) > EXTERNAL_DATA_BYTES,
-            )
+            warnings.simplefilter("ignore")  # (tracer: TracerWarnings about Python values, expected for detectors)
+            torch.onnx.export(model, tuple(example.values()), str(path), input_names=list(example),
+                              output_names=list(output_names), opset_version=opset, **options)
     except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
-        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        exporter = "torch.onnx.export (TorchScript)" if tracer else "torch.onnx.export"
+        raise ExportError(f"{exporter} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     _check(path)
     return opset
-
-
-def _export_traced(model: nn.Module, example: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]],
-                   output_names: list[str], path: Path, opset: int) -> None:
-    quiet = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
-            warnings.simplefilter("ignore")  # TracerWarnings about Python values, expected for detectors
-            torch.onnx.export(model, tuple(example.values()), str(path), input_names=list(example),
-                              output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
-                              dynamo=False)
-    except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
-        raise ExportError(f"torch.onnx.export (TorchScript) failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
 
 def _check(path: Path) -> None:
