@@ -164,19 +164,11 @@ def span_target(encoding: Any, start: int, text: str) -> tuple[int, int]:
     return first, last
 
 
-class SpanFeatures(TorchDataset):
+def span_features(examples: Sequence[Example], windows: Any) -> list[tuple[Any, tuple[int, int]]]:
     """Question-answering examples as windows (serve.qa.WindowTokenizer), each with its answer's token
     span (the first answer)."""
-
-    def __init__(self, examples: Sequence[Example], windows: Any):
-        self.features = [(encoding, span_target(encoding, *example.answers[0]))
-                         for example in examples for encoding in windows.windows(example.question, example.item)]
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int):
-        return self.features[index]
+    return [(encoding, span_target(encoding, *example.answers[0]))
+            for example in examples for encoding in windows.windows(example.question, example.item)]
 
 
 class SpanCollate:
@@ -187,17 +179,6 @@ class SpanCollate:
         feeds = self.windows.pad([encoding for encoding, _ in batch])
         return ({name: torch.from_numpy(array) for name, array in feeds.items()},
                 torch.tensor([target for _, target in batch], dtype=torch.int64))
-
-
-class Examples(TorchDataset):
-    def __init__(self, examples: Sequence[Example]):
-        self.examples = list(examples)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> Example:
-        return self.examples[index]
 
 
 class TextExamples(TorchDataset):
@@ -233,7 +214,7 @@ def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: An
     """A loader whose shuffling and augmentation depend only on (seed, epoch): a resumed run sees
     exactly the batches the uninterrupted run would have."""
     if examples and examples[0].mask is not None:
-        dataset: TorchDataset = SegmentationExamples(examples, segmentation_transform(spec, train))
+        dataset: Sequence[Any] = SegmentationExamples(examples, segmentation_transform(spec, train))
         collate = segmentation_collate
     elif examples and examples[0].objects is not None:
         dataset, collate = DetectionExamples(examples, detection_transform(train)), detection_collate
@@ -241,9 +222,9 @@ def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: An
         dataset = ImageExamples(examples, train_image_transform(spec) if train else image_transform(spec))
         collate = image_collate
     elif examples and examples[0].tags is not None:
-        dataset, collate = Examples(examples), TokenCollate(tokenizer)
+        dataset, collate = list(examples), TokenCollate(tokenizer)  # a list is a map-style dataset
     elif examples and examples[0].question is not None:  # `tokenizer` is a serve.qa.WindowTokenizer
-        dataset, collate = SpanFeatures(examples, tokenizer), SpanCollate(tokenizer)
+        dataset, collate = span_features(examples, tokenizer), SpanCollate(tokenizer)
     else:
         dataset, collate = TextExamples(examples), TextCollate(tokenizer)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)

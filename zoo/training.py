@@ -270,13 +270,14 @@ class _Trainer:
         if entry.modality == "text":
             from zoo.cache import fetch
 
-            self.tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
+            tokenizer_file = fetch(entry).files[entry.input.tokenizer]
+            self.tokenizer = load_tokenizer(tokenizer_file, entry.input)
             if self.qa:  # question + context windows, as serve cuts them
                 from serve.qa import WindowTokenizer, default_stride
 
                 length = entry.input.max_length
-                self.windows = WindowTokenizer(fetch(entry).files[entry.input.tokenizer], length,
-                                               default_stride(length), self.tokenizer.padding["pad_id"])
+                self.windows = WindowTokenizer(tokenizer_file, length, default_stride(length),
+                                               self.tokenizer.padding["pad_id"])
         self.criterion = None if self.detection else loss_function(config.head, config.label_smoothing, self.segmentation)
         self.set_epoch_freeze(0)
 
@@ -383,12 +384,8 @@ class _Trainer:
             with self._autocast():
                 logits = model(*self._to_device(inputs)).float()
             losses += float(self.criterion(logits, self._target(labels))) * len(labels)
-            if self.tokens:
-                predicted.append(predictions("token", logits).cpu())
-                target.append(labels)
-            else:
-                predicted.append(predictions(self.config.head, logits).cpu().flatten())
-                target.append(labels.flatten())
+            predicted.append(predictions(self.config.head, logits).cpu())  # NER: (batch, tokens) per batch
+            target.append(labels)
         if self.tokens:  # one tag per word (its first sub-word); words cut off by max_length are not scored
             names = self.dataset.labels
             predicted_tags, target_tags = [], []
@@ -398,7 +395,7 @@ class _Trainer:
                     predicted_tags.append([names[i] for i in row_predicted[keep].tolist()])
                     target_tags.append([names[i] for i in row_target[keep].tolist()])
             return {"loss": losses / max(1, len(self.dataset.val)), **entity_metrics(predicted_tags, target_tags)}
-        predicted_all, target_all = torch.cat(predicted), torch.cat(target)
+        predicted_all, target_all = torch.cat([p.flatten() for p in predicted]), torch.cat([t.flatten() for t in target])
         score = segmentation_metrics if self.segmentation else classification_metrics
         metrics = score(predicted_all, target_all, len(self.dataset.labels))
         examples = len(self.dataset.val)
