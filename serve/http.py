@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from serve.batching import MicroBatcher
 from serve.errors import ServeError
+from serve.entities import AGGREGATIONS
 from serve.predictor import Predictor, load
 from serve.providers import SessionConfig
 from serve.segmentation import jsonable
@@ -253,8 +254,9 @@ def create_app(config: ServerConfig) -> Starlette:
         if score is not None and not (predictor.is_detector and 0 <= score <= 1):
             raise HttpError(400, f"min_score={min_score!r}: applies to detection models, between 0 and 1")
         aggregation = request.query_params.get("aggregation")  # token classification
-        if aggregation is not None and not (predictor.is_tagger and aggregation in ("first", "simple")):
-            raise HttpError(400, f"aggregation={aggregation!r}: applies to token-classification models, first or simple")
+        if aggregation is not None and not (predictor.is_tagger and aggregation in AGGREGATIONS):
+            raise HttpError(400, f"aggregation={aggregation!r}: applies to token-classification models, "
+                                 f"{' or '.join(AGGREGATIONS)}")
         futures = [asyncio.wrap_future(state.batcher.submit(item, top_k_value, score, aggregation)) for item in items]
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures), config.inference_timeout_s)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from serve.entities import AGGREGATIONS
 from serve.errors import BundleError
 
 MANIFEST_NAME = "manifest.json"
@@ -188,8 +189,8 @@ def parse_manifest(data: Any) -> Manifest:
     if kind not in kinds:
         post.fail("kind", f"expected one of {', '.join(map(repr, kinds))}, found {kind!r}")
     aggregation = post.get("aggregation", (str, type(None)), None)
-    if aggregation not in (None, "first", "simple"):
-        post.fail("aggregation", f"expected 'first' or 'simple', found {aggregation!r}")
+    if aggregation is not None and aggregation not in AGGREGATIONS:
+        post.fail("aggregation", f"expected {' or '.join(map(repr, AGGREGATIONS))}, found {aggregation!r}")
     activation = post.get("activation", str, "softmax")
     if activation not in ("softmax", "sigmoid"):
         post.fail("activation", f"expected 'softmax' or 'sigmoid', found {activation!r}")
