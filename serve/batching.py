@@ -3,7 +3,7 @@
 Callers submit one input each and preprocess it in their own thread (images decode and resize in
 parallel; a bad input fails only its own request). A worker thread takes the first waiting request,
 waits up to `max_wait_ms` for more (at most `max_batch_size`), runs the batch once (text is
-tokenised together, padded to the batch's longest) and hands each caller its own result."""
+tokenised together, run in runs of similar length) and hands each caller its own result."""
 
 from __future__ import annotations
 

@@ -121,6 +121,7 @@ class TextEncoder:
 
         self.tokenizer = Tokenizer.from_file(str(path))
         self.max_length = length or spec.max_length
+        self.fixed_length = length is not None
         self.tokenizer.enable_truncation(self.max_length)
         self.tokenizer.enable_padding(pad_id=spec.pad_id, pad_token=spec.pad_token, length=length)
 

@@ -116,7 +116,9 @@ def test_finetune_reports_entity_f1_and_the_run_validates(run_and_bundle) -> Non
 
 def test_exported_entities_match_torch(run_and_bundle) -> None:
     run, bundle = run_and_bundle
-    texts = ["Fatima Khan flew to Cape Town yesterday.", "In Oslo, Hiro Tanaka met Erik Larsen.", "no names here"]
+    # The long text makes serve run the batch in two runs of different lengths (serve.lengths).
+    texts = ["Fatima Khan flew to Cape Town yesterday.", "In Oslo, Hiro Tanaka met Erik Larsen.", "no names here",
+             " ".join(["In Oslo, Hiro Tanaka met Erik Larsen."] * 8)]
     entry = resolve(str(run))
     model = zoo.build(str(run))
     tokenizer = load_tokenizer(run / entry.input.tokenizer, entry.input)
