@@ -89,11 +89,17 @@ def _options(ort, config: SessionConfig, level: str):
 # for some float16 graphs (seen: torchvision's vit_b_16 converted to fp16, issue 4). float16 models are
 # loaded without it; their CPU convolutions do not use the NCHWc layout anyway.
 FLOAT16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+# onnxruntime 1.32's CPU SkipLayerNormalization kernel (the fusion of a transformer's residual Add and
+# LayerNormalization) runs 4-9x slower than the two nodes it replaces, at hidden sizes 384-1024, 1 and 2
+# threads (`python benchmarks/skip_layer_norm.py`); without the fusion all-MiniLM-L6-v2 runs 10-15 % faster.
+# CPU sessions skip it; CUDA keeps it.
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
-def disabled_optimizers(float16: bool) -> list[str]:
-    """The `disabled_optimizers` argument of an InferenceSession for a float16 or other model."""
-    return list(FLOAT16_DISABLED_OPTIMIZERS) if float16 else []
+def disabled_optimizers(float16: bool, cpu: bool = False) -> list[str]:
+    """The `disabled_optimizers` argument of an InferenceSession for a float16 or other model; `cpu`:
+    the session runs on the CPU provider only (serve's choice; onnxruntime's defaults otherwise)."""
+    return list(FLOAT16_DISABLED_OPTIMIZERS if float16 else ()) + list(CPU_DISABLED_OPTIMIZERS if cpu else ())
 
 
 def cuda_listed() -> bool:
@@ -137,12 +143,14 @@ def create_session(model_path: Path, config: SessionConfig | None = None, model_
 
 def _cpu_session(ort, model_path: Path, config: SessionConfig, model_sha256: str, float16: bool):
     """With cache_optimized: reuse `<model>.optimized.onnx` when its stamp matches this model, this
-    onnxruntime and this level; otherwise optimise now and save it (skipped if the folder is read-only)."""
+    onnxruntime, this level and these disabled optimisers; otherwise optimise now and save it
+    (skipped if the folder is read-only)."""
     if not config.cache_optimized:
         return _session(ort, model_path, _options(ort, config, config.optimization), [CPU], float16), ""
     optimized = model_path.with_name(model_path.stem + OPTIMIZED_SUFFIX)
     stamp_path = optimized.with_suffix(".json")
-    stamp = {"model_sha256": model_sha256, "onnxruntime": ort.__version__, "optimization": config.optimization}
+    stamp = {"model_sha256": model_sha256, "onnxruntime": ort.__version__, "optimization": config.optimization,
+             "disabled_optimizers": disabled_optimizers(float16, cpu=True)}
     try:
         saved = json.loads(stamp_path.read_text())
         if {k: saved.get(k) for k in stamp} == stamp and sha256_file(optimized) == saved.get("optimized_sha256"):
@@ -168,7 +176,7 @@ def _cpu_session(ort, model_path: Path, config: SessionConfig, model_sha256: str
 def _session(ort, model_path: Path, options, providers: list[str], float16: bool = False):
     try:
         return ort.InferenceSession(str(model_path), options, providers=providers,
-                                    disabled_optimizers=disabled_optimizers(float16))
+                                    disabled_optimizers=disabled_optimizers(float16, cpu=providers == [CPU]))
     except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BundleError(f"onnxruntime could not load {model_path}: {first}; re-export the bundle") from None

@@ -90,3 +90,21 @@ def test_session_options_and_optimised_graph_cache(bundles, tmp_path: Path) -> N
     assert "optimised graph saved" in serve.load(copy, config=config).provider_line
     with pytest.raises(serve.ProviderError, match="optimization 'fastest'"):
         serve.load(copy, config=serve.SessionConfig(optimization="fastest"))
+
+
+def test_cpu_sessions_keep_residual_add_and_layer_norm_apart(bundles, tmp_path: Path) -> None:
+    """onnxruntime fuses a transformer's residual Add + LayerNormalization into SkipLayerNormalization,
+    whose CPU kernel is several times slower (benchmarks/skip_layer_norm.py); serve's CPU sessions do not."""
+    import onnx
+    import onnxruntime as ort
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["all-minilm-l6-v2"], copy)
+    serve.load(copy, config=serve.SessionConfig(device="cpu", optimization="extended", cache_optimized=True))
+    ops = {node.op_type for node in onnx.load(copy / "model.optimized.onnx").graph.node}
+    assert "LayerNormalization" in ops and "SkipLayerNormalization" not in ops
+    options = ort.SessionOptions()  # onnxruntime's defaults fuse them
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "default.onnx")
+    ort.InferenceSession(str(copy / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in {node.op_type for node in onnx.load(tmp_path / "default.onnx").graph.node}
