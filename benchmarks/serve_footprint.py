@@ -2,7 +2,7 @@
 environment: `pip install zoo[EXTRAS]` (no torch, no tensorflow), the size of what it installed,
 `import serve` time, and `serve.load` + first prediction time.
 
-    python benchmarks/serve_footprint.py BUNDLE_DIR INPUT [--extras cpu] [--out benchmarks/results]
+    python benchmarks/serve_footprint.py BUNDLE_DIR INPUT [--extras cpu,image] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("input")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--extras", default="cpu", help="cpu (image bundles) or cpu,text (text bundles)")
+    parser.add_argument("--extras", default="cpu,image", help="cpu,image (image bundles) or cpu,text (text bundles)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         venv = Path(tmp) / "venv"

@@ -11,7 +11,7 @@ import numpy as np
 
 from serve.errors import BundleError, InputError
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
-from serve.preprocess import TextEncoder, describe, preprocess_image_sized, preprocess_images
+from serve.preprocess import TextEncoder, describe, pillow, preprocess_image_sized, preprocess_images
 from serve.detection import detections
 from serve.entities import AGGREGATIONS, entities
 from serve.lengths import length_runs
@@ -55,6 +55,8 @@ class Predictor:
         detector = manifest.postprocessing.kind == "detection"
         self.fixed_batch = first[0] if isinstance(first[0], int) and not detector else None
         self._text = None
+        if manifest.modality == "image":
+            pillow()  # fail at load, not at the first request, when pillow is not installed
         if manifest.modality == "text":
             length = first[1] if isinstance(first[1], int) else None
             self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing, length)

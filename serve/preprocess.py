@@ -7,17 +7,30 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from serve.errors import InputError
+from serve.errors import BundleError, InputError
 from serve.manifest import ImagePreprocessing, TextPreprocessing
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 log = logging.getLogger("serve")
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def pillow() -> ModuleType:
+    """PIL.Image, imported when an image is first handled: text-only servers install no pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BundleError("this bundle takes images and pillow is missing; install it with "
+                          "`pip install zoo[image]`") from None
+    return Image
 
 
 def describe(item: Any) -> str:
@@ -28,7 +41,7 @@ def describe(item: Any) -> str:
         return item["question"]
     if isinstance(item, (bytes, bytearray)):
         return f"<{len(item)} bytes>"
-    if isinstance(item, Image.Image):
+    if "PIL.Image" in sys.modules and isinstance(item, sys.modules["PIL.Image"].Image):  # no pillow, no PIL image
         return f"<PIL image {item.size[0]}x{item.size[1]}>"
     if isinstance(item, np.ndarray):
         return f"<array {item.shape}>"
@@ -37,6 +50,9 @@ def describe(item: Any) -> str:
 
 def to_rgb_image(item: Any) -> Image.Image:
     """Path, bytes, PIL image or HxW(x3|4) uint8 array -> RGB PIL image with EXIF orientation applied."""
+    Image = pillow()
+    from PIL import ImageOps, UnidentifiedImageError
+
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (3, 4)):
             raise InputError(f"array input {item.dtype} {item.shape}: expected a uint8 image of shape HxW, HxWx3 or HxWx4")
@@ -58,11 +74,13 @@ def to_rgb_image(item: Any) -> Image.Image:
     return ImageOps.exif_transpose(image).convert("RGB")
 
 
-def _resize_shorter(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+def _resize_shorter(image: Image.Image, size: int, interpolation: str) -> Image.Image:
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    resampling = pillow().Resampling
+    resample = {"bilinear": resampling.BILINEAR, "bicubic": resampling.BICUBIC}[interpolation]
     return image.resize((new_w, new_h), resample)
 
 
@@ -85,7 +103,7 @@ def preprocess_image_sized(spec: ImagePreprocessing, item: Any) -> tuple[np.ndar
     image = to_rgb_image(item)
     size = image.size
     if spec.resize is not None:  # None: detectors take the image as it is and resize inside the graph
-        image = _resize_shorter(image, spec.resize, _RESAMPLE[spec.interpolation])
+        image = _resize_shorter(image, spec.resize, spec.interpolation)
     if spec.crop is not None:
         image = _center_crop(image, spec.crop)
     return _normalize(spec, image), size
@@ -116,8 +134,8 @@ class TextEncoder:
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            raise InputError("this is a text bundle and the tokenizers package is missing; "
-                             "install it with `pip install zoo[text]`") from None
+            raise BundleError("this is a text bundle and the tokenizers package is missing; "
+                              "install it with `pip install zoo[text]`") from None
 
         self.tokenizer = Tokenizer.from_file(str(path))
         self.max_length = length or spec.max_length

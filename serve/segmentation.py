@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from PIL import Image
+
+from serve.preprocess import pillow
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MAX_CLASSES = 256  # a palette PNG holds 8-bit indices
 
@@ -16,6 +20,7 @@ MAX_CLASSES = 256  # a palette PNG holds 8-bit indices
 def mask_from_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """CHW logits at the model's resolution -> HxW uint8 class indices at `size` = (width, height):
     argmax per pixel, then nearest-neighbour resizing (class ids are never blended)."""
+    Image = pillow()
     mask = Image.fromarray(logits.argmax(axis=0).astype(np.uint8))
     if mask.size != tuple(size):
         mask = mask.resize(tuple(size), Image.Resampling.NEAREST)
@@ -48,7 +53,7 @@ def voc_palette() -> list[int]:
 def mask_image(mask: np.ndarray) -> Image.Image:
     """A palette ("P") image: pixel values are the class indices, shown in VOC colours."""
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    image = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
+    image = pillow().frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
     image.putpalette(voc_palette())
     return image
 

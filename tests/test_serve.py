@@ -127,6 +127,20 @@ def test_predict_from_bundle_alone_imports_no_torch(bundles) -> None:
     assert json.loads(result.stdout) == ["daisy", []]
 
 
+def test_text_bundles_run_without_pillow_and_image_bundles_ask_for_it(bundles) -> None:
+    """A text server installs zoo[cpu,text] (no pillow: ~23 MB less); an image bundle then names the extra."""
+    block = "import sys; sys.modules['PIL'] = None; import json, serve; "  # `import PIL` now raises ImportError
+    text = ("p = serve.load(sys.argv[1]); r = p.predict(['pillow is not needed here'])[0]; "
+            "print(json.dumps([len(r['embedding']), 'PIL.Image' in sys.modules]))")
+    result = subprocess.run([sys.executable, "-c", block + text, str(bundles["all-minilm-l6-v2"])],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout) == [384, False]
+    image = ("try:\n    serve.load(sys.argv[1])\nexcept serve.BundleError as exc:\n    print(exc)")
+    result = subprocess.run([sys.executable, "-c", block + "\n" + image, str(bundles["efficientnet_lite0"])],
+                            capture_output=True, text=True, check=True)
+    assert "pillow is missing" in result.stdout and "pip install zoo[image]" in result.stdout
+
+
 def test_modified_bundle_is_refused(bundles, tmp_path: Path) -> None:
     copy = tmp_path / "bundle"
     shutil.copytree(bundles["efficientnet_lite0"], copy)
