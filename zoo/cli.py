@@ -110,7 +110,8 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
               type=click.Choice(["onnx", "onnx-fp16", "onnx-int8", "savedmodel", "tf-serving", "triton", "all"]),
               help="Repeatable. onnx (fp32) is always written; others derive from it.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
-@click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True)
+@click.option("--opset", type=click.IntRange(min=18),
+              help="ONNX opset (default 20; detectors use the TorchScript exporter at 17).")
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), help="Override the fp32 parity tolerance.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--calibration", type=click.Path(path_type=Path),
@@ -120,17 +121,18 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
               help="Export every format at this fixed input shape (no dynamic axes): BATCH for image models, "
                    "BATCH,SEQ for text models. Text SavedModels are always fixed: this, or 1,max_length.")
 @source_dir_option
-def export(name: str, formats: tuple[str, ...], out: Path, opset: int, atol: float | None, force: bool,
+def export(name: str, formats: tuple[str, ...], out: Path, opset: int | None, atol: float | None, force: bool,
            calibration: Path | None, static_shape: tuple[int, ...] | None, source_dir: tuple[str, ...]) -> None:
     """Export NAME to a validated bundle (model, manifest, validation report) in --out."""
     from zoo.runs import resolve_name
 
     entry = resolve_name(name)  # unknown names fail before torch is imported
     from export.bundle import FORMATS, FormatOptions, export_bundle
+    from export.onnx_export import DEFAULT_OPSET
 
     chosen = FORMATS if "all" in formats else tuple(dict.fromkeys(("onnx", *formats)))
-    result = export_bundle(entry, out, opset=opset, atol=atol, overwrite=force, extra_sources=_sources(source_dir),
-                           formats=chosen, options=FormatOptions(calibration, static_shape))
+    result = export_bundle(entry, out, opset=opset or DEFAULT_OPSET, atol=atol, overwrite=force,
+                           extra_sources=_sources(source_dir), formats=chosen, options=FormatOptions(calibration, static_shape))
     click.echo("\n".join(result.lines()))
     if result.failed:
         raise ExportError(f"{len(result.failed)} format(s) failed and were left out: "
