@@ -112,3 +112,13 @@ def test_console_script_exit_code_without_traceback() -> None:
     known = len(list_models())
     assert result.stderr.strip() == ("zoo: error: unknown model 'vit_b_61'; did you mean 'vit_b_16'? "
                                      f"run `zoo list` to see the {known} known models")
+
+
+def test_finetune_metric_choices_are_the_trainers() -> None:
+    """zoo.cli lists the --metric choices itself (it imports the torch-side trainer lazily): they must
+    stay the ones zoo.training selects on."""
+    from zoo.cli import cli
+    from zoo.training import METRICS
+
+    option = next(p for p in cli.commands["finetune"].params if p.name == "metric")
+    assert sorted(option.type.choices) == sorted(set(METRICS))
