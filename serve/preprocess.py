@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger("serve")
+ORIENTATION = 0x0112  # the EXIF tag (PIL.ExifTags.Base.Orientation)
 
 
 def pillow() -> ModuleType:
@@ -71,7 +72,13 @@ def to_rgb_image(item: Any) -> Image.Image:
             raise InputError(f"{describe(item)} is not a readable image (expected JPEG, PNG, ...): {exc}") from None
     else:
         raise InputError(f"unsupported image input {describe(item)}: expected a path, bytes, PIL image or uint8 array")
-    return ImageOps.exif_transpose(image).convert("RGB")
+    # ImageOps.exif_transpose and convert("RGB") each copy the image even when they change nothing (a
+    # first copy of a fresh 640x427 decode costs ~0.85 ms, as much as decoding half of it): skip them
+    # then. The orientation is read as exif_transpose reads it. The caller's image is never modified.
+    image.load()
+    if image.getexif().get(ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _resize_shorter(image: Image.Image, size: int, interpolation: str) -> Image.Image:

@@ -91,6 +91,9 @@ def test_exif_rotation_is_applied() -> None:
     ignoring_exif = preprocess_image(spec, rotated)
     assert np.abs(from_exif - reference).mean() < 0.05  # JPEG noise only
     assert np.abs(ignoring_exif - reference).mean() > 0.2
+    tagged = Image.open(io.BytesIO(buffer.getvalue()))  # a PIL image passed in is rotated too, never modified
+    assert np.abs(preprocess_image(spec, tagged) - from_exif).max() == 0
+    assert tagged.size == rotated.size and tagged.getexif()[0x0112] == 6
 
 
 def test_text_predictor_matches_torch(bundles, torch_models) -> None:
