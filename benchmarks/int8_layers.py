@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+from serve.providers import SessionConfig, session_options
 
 
 def conv_kinds(path: Path) -> list[str]:
@@ -33,9 +36,7 @@ def conv_kinds(path: Path) -> list[str]:
 
 
 def session(path: Path, threads: int, profile: str | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(SessionConfig(device="cpu", intra_op_threads=threads, allow_spinning=False))
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = profile
@@ -47,7 +48,9 @@ def conv_times(path: Path, feeds: dict[str, np.ndarray], threads: int, runs: int
     profiled = session(path, threads, str(scratch / path.stem))
     for _ in range(runs):
         profiled.run(None, feeds)
-    events = json.loads(Path(profiled.end_profiling()).read_text())
+    trace = Path(profiled.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
     per_node: dict[str, list[float]] = defaultdict(list)
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["args"]["op_name"] in ("Conv", "QLinearConv"):
@@ -79,10 +82,8 @@ def main() -> int:
     shape = [1, *(d if isinstance(d, int) else 224 for d in spec["shape"][1:])]
     feeds = {spec["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     kinds = conv_kinds(paths["fp32"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    times = {name: conv_times(path, feeds, args.threads, args.runs, args.out) for name, path in paths.items()}
-    for trace in args.out.glob("model*.json"):  # the profiler's traces
-        trace.unlink()
+    with tempfile.TemporaryDirectory() as scratch:  # the profiler's traces
+        times = {name: conv_times(path, feeds, args.threads, args.runs, Path(scratch)) for name, path in paths.items()}
     if not len(kinds) == len(times["fp32"]) == len(times["int8"]):
         raise SystemExit(f"convolutions do not line up: {len(kinds)} in the graph, {len(times['fp32'])} fp32 and "
                          f"{len(times['int8'])} int8 kernels ran")
@@ -100,6 +101,7 @@ def main() -> int:
               "convolutions": per_kind,
               "int8_over_fp32_call_by_call": round(latency_ratio(sessions, feeds, 1, 300), 3),
               "int8_over_fp32_blocks_of_30": round(latency_ratio(sessions, feeds, 30, 10), 3)}
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"int8_layers_{manifest['model_id']}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     return 0

@@ -19,6 +19,8 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from serve.providers import SessionConfig, session_options
+
 FUSION = "SkipLayerNormFusion"
 
 
@@ -39,9 +41,7 @@ def residual_norm_stack(hidden: int, layers: int = 12) -> bytes:
 
 
 def fused_vs_plain(model: bytes | str, feeds: dict[str, np.ndarray], threads: int, repeats: int) -> dict[str, float]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(SessionConfig(device="cpu", intra_op_threads=threads, allow_spinning=False))
     sessions = {"fused": ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]),
                 "plain": ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
                                               disabled_optimizers=[FUSION])}
