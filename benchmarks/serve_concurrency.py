@@ -46,9 +46,10 @@ def batching_ceiling(predictor: serve.Predictor, batch: int, repeats: int = 50) 
     image = PHOTO.read_bytes()
     pixels, _ = preprocess_image_sized(predictor.manifest.preprocessing, image)
     name = predictor.input_names[0]
+    many = np.repeat(pixels[None], batch, axis=0)  # built once: copying the batch is not model time
     steps = {"preprocess": lambda: preprocess_image_sized(predictor.manifest.preprocessing, image),
              "run_batch_1": lambda: predictor.run({name: pixels[None]}),
-             f"run_batch_{batch}": lambda: predictor.run({name: np.repeat(pixels[None], batch, axis=0)})}
+             f"run_batch_{batch}": lambda: predictor.run({name: many})}
     times: dict[str, list[float]] = {step: [] for step in steps}
     for _ in range(repeats):
         for step, call in steps.items():
