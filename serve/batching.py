@@ -43,7 +43,7 @@ class MicroBatcher:
     """Thread-safe front of a Predictor. `submit` returns a Future; `predict` waits for it."""
 
     def __init__(self, predictor: Predictor, max_batch_size: int = 16, max_wait_ms: float = 5.0,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, open_files: bool = True):
         if max_batch_size < 1 or max_wait_ms < 0:
             raise ServeError(f"max_batch_size={max_batch_size} must be >= 1 and max_wait_ms={max_wait_ms} >= 0")
         self.predictor = predictor
@@ -51,6 +51,9 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.stats = BatchStats()
         self.on_batch = on_batch  # called with each batch's size (metrics)
+        # False in servers: an image given as a str/Path is refused, never opened (a client's string
+        # must not name a file on the server).
+        self.open_files = open_files
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name="serve-batcher", daemon=True)
@@ -62,6 +65,9 @@ class MicroBatcher:
         request = _Request(item, top_k, min_score, aggregation)
         try:  # in the caller's thread: preprocessing runs in parallel, and a bad input fails alone
             if self.predictor.manifest.modality == "image":
+                if not self.open_files and not isinstance(item, (bytes, bytearray)):
+                    raise InputError(f"image input {describe(item)}: expected the image's bytes; "
+                                     "file paths are not opened here")
                 request.array, request.size = preprocess_image_sized(self.predictor.manifest.preprocessing, item)
             elif self.predictor.is_reader:
                 question_and_context(item)

@@ -9,7 +9,8 @@ endpoint that takes image bytes or text and answers like `zoo predict --json`.
     GET  /metrics                                Prometheus: requests, in flight, latency histogram, batch sizes
 
 Built on Starlette + uvicorn (extra `server`). Errors are JSON `{"error": ...}`: 400 bad input,
-404 unknown model, 408 slow upload, 413 oversize, 503 loading, 504 inference timeout."""
+404 unknown model, 408 slow upload, 413 oversize, 415 a body an image model cannot take, 503 loading,
+504 inference timeout. Nothing in a request is ever opened as a path on the server."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class _State:
             predictor = load(self.config.bundle, config=self.config.session, variant=self.config.variant)
             predictor.warm_up(self.config.max_batch_size)  # before reporting ready: no slow first requests
             self.batcher = MicroBatcher(predictor, self.config.max_batch_size, self.config.max_wait_ms,
-                                        on_batch=self.batch_sizes.observe)
+                                        on_batch=self.batch_sizes.observe, open_files=False)
             self.predictor = predictor
             print(predictor.provider_line, flush=True)
         except ServeError as exc:
@@ -226,13 +227,18 @@ def create_app(config: ServerConfig) -> Starlette:
         data = await _body(request, state)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         top_k = request.query_params.get("top_k", "5")
-        if kind == "application/json":
+        if predictor.manifest.modality == "image":
+            # The body is the image itself, whatever its declared type: nothing a client sends is
+            # ever taken as a path on the server.
+            if kind == "application/json" or kind.startswith("text/"):
+                raise HttpError(415, f"Content-Type {kind!r}: this is an image model; send the image bytes "
+                                     "with Content-Type image/* (or application/octet-stream)")
+            items = [data]
+        elif kind == "application/json":
             payload = _json(data)
             if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
                 raise HttpError(400, 'expected {"inputs": ["text", ...]} (or send image bytes with an image/* type)')
             items = payload["inputs"]
-            if predictor.manifest.modality == "image":
-                raise HttpError(400, "this is an image model: send the image bytes with Content-Type image/*")
             top_k = str(payload.get("top_k", top_k))
         elif kind.startswith("text/"):
             try:

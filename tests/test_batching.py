@@ -108,3 +108,13 @@ def test_cpu_sessions_keep_residual_add_and_layer_norm_apart(bundles, tmp_path: 
     options.optimized_model_filepath = str(tmp_path / "default.onnx")
     ort.InferenceSession(str(copy / "model.onnx"), options, providers=["CPUExecutionProvider"])
     assert "SkipLayerNormalization" in {node.op_type for node in onnx.load(tmp_path / "default.onnx").graph.node}
+
+
+def test_a_server_batcher_never_opens_paths(bundles) -> None:
+    predictor = serve.load(bundles["efficientnet_lite0"])
+    with MicroBatcher(predictor, max_batch_size=2, max_wait_ms=0, open_files=False) as batcher:
+        for item in (PHOTOS[0], str(PHOTOS[0])):
+            with pytest.raises(serve.InputError, match="file paths are not opened here"):
+                batcher.submit(item).result(60)
+        assert batcher.submit(PHOTOS[0].read_bytes()).result(60)["top_k"][0]["label"] == "daisy"
+    assert batcher.stats.requests == 1

@@ -4,6 +4,7 @@ predict convenience route, JSON errors, limits, metrics, a bounded load test, gr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -150,6 +151,26 @@ def test_errors_are_json(image_server, method, path, kwargs, status, message) ->
     response = getattr(httpx, method)(image_server.url + path, timeout=60, **kwargs)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
+
+
+def test_a_path_in_the_body_is_never_opened(image_server, tmp_path: Path) -> None:
+    """Issue 17, item 1: a text body naming a file on the server must not be read: not classified,
+    no hint of whether the path exists, and a FIFO (which blocks whoever opens it) hangs nothing."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    url = image_server.url + "/v2/models/efficientnet_lite0/predict"
+    replies = []
+    for path in (asset_path("flower.jpg"), tmp_path / "missing.jpg", tmp_path, fifo):
+        for kind in ("text/plain", "application/json"):
+            body = str(path) if kind == "text/plain" else json.dumps({"inputs": [str(path)]})
+            response = httpx.post(url, content=body.encode(), headers={"content-type": kind}, timeout=10)
+            assert response.status_code == 415, response.text
+            replies.append(response.json()["error"].replace(kind, "KIND"))
+    assert len(set(replies)) == 1 and "send the image bytes" in replies[0]  # the same words for every path
+    # The path as raw bytes with an image type is decoded as an image (and is not one).
+    raw = httpx.post(url, content=str(fifo).encode(), headers={"content-type": "image/jpeg"}, timeout=10)
+    assert raw.status_code == 400 and "not a readable image" in raw.json()["error"]
+    assert httpx.get(image_server.url + "/v2/health/live", timeout=2).status_code == 200
 
 
 def test_slow_client_does_not_stall_others(image_server) -> None:
