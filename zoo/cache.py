@@ -1,9 +1,13 @@
 """Fetch a model's files into the local cache: sources tried in order, every file sha256-checked
-before it is used, atomic writes, a per-model file lock, and a cache hit on the second fetch."""
+before it is used, atomic writes, a per-model file lock.
+
+Every fetch hashes every file, cache hits included: a size + mtime stamp cannot see bytes changed in
+place with the mtime restored, and hashing costs little beside loading (measured: see README, "Sources
+and the cache"). A cache whose files all verify is read without taking the lock, so a read-only cache
+(a baked container image) works; writing is needed only to fetch what is missing or wrong."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -26,7 +30,10 @@ OFFLINE_ENV = "ZOO_OFFLINE"
 def cache_root() -> Path:
     """`$ZOO_CACHE`, else `$XDG_CACHE_HOME/zoo`, else `~/.cache/zoo`."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        root = Path(os.environ[CACHE_ENV]).expanduser()
+        if root.exists() and not root.is_dir():
+            raise FetchError(f"${CACHE_ENV}={os.environ[CACHE_ENV]} is a file, not a folder; point it at a folder")
+        return root
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "zoo"
 
@@ -57,41 +64,11 @@ class FetchedModel:
     sha256: dict[str, str]
 
 
-class _Stamp:
-    """Sidecar `<file>.verified` recording the digest with size and mtime, so a cache hit does not
-    re-hash hundreds of MB; a file whose size or mtime changed is verified again."""
-
-    @staticmethod
-    def path(file: Path) -> Path:
-        return file.with_name(file.name + ".verified")
-
-    @classmethod
-    def read(cls, file: Path, spec: FileSpec) -> str | None:
-        try:
-            stamp = json.loads(cls.path(file).read_text())
-            stat = file.stat()
-        except (OSError, ValueError):
-            return None
-        if stamp.get("size") == stat.st_size and stamp.get("mtime_ns") == stat.st_mtime_ns \
-                and str(stamp.get("sha256", "")).startswith(spec.expected_digest):
-            return stamp["sha256"]
-        return None
-
-    @classmethod
-    def write(cls, file: Path, digest: str) -> None:
-        stat = file.stat()
-        _atomic_write_text(cls.path(file), json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename a finished temporary file into place, readable by everyone (mkstemp makes it 0600; a cache
+    shared with a service account must be readable by it)."""
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
 
 
 # Each source kind writes the file's bytes to `dest` (a temporary path) or raises with a reason.
@@ -159,27 +136,40 @@ def model_cache_dir(entry: ModelEntry) -> Path:
 def fetch(entry: ModelEntry, extra_sources: Sequence[SourceSpec] = ()) -> FetchedModel:
     """Every file of `entry`, verified, in the cache. `extra_sources` are tried before the entry's own."""
     directory = model_cache_dir(entry)
-    directory.mkdir(parents=True, exist_ok=True)
-    sources = [*extra_sources, *entry.sources]
-    paths: dict[str, Path] = {}
-    digests: dict[str, str] = {}
-    with FileLock(str(directory / ".lock")):
-        for spec in entry.files:
-            target = directory / spec.name
-            digest = _Stamp.read(target, spec)
-            if digest is None:
-                digest = _fetch_file(entry, spec, sources, target)
-            paths[spec.name] = target
-            digests[spec.name] = digest
+    paths = {spec.name: directory / spec.name for spec in entry.files}
+    digests = _verified(entry, paths)
+    if digests is not None:  # every file present and matching: nothing to write, no lock needed
+        return FetchedModel(entry.id, directory, paths, digests)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(directory / ".lock"))
+        lock.acquire()
+    except OSError as exc:
+        raise FetchError(f"cannot write to the cache folder {directory} ({exc.strerror or exc}); "
+                         f"point ${CACHE_ENV} at a writable folder, or fill this one where it is writable") from None
+    try:
+        sources = [*extra_sources, *entry.sources]
+        digests = {spec.name: _fetch_file(entry, spec, sources, paths[spec.name]) for spec in entry.files}
+    finally:
+        lock.release()
     return FetchedModel(entry.id, directory, paths, digests)
 
 
-def _fetch_file(entry: ModelEntry, spec: FileSpec, sources: Sequence[SourceSpec], target: Path) -> str:
-    if target.exists():  # present but unverified (stale stamp or tampered): verify before trusting it
+def _verified(entry: ModelEntry, paths: dict[str, Path]) -> dict[str, str] | None:
+    """Each file's digest when every one is present and matches its pin, else None."""
+    digests = {}
+    for spec in entry.files:
         try:
-            digest = check_digest(target, spec)
-            _Stamp.write(target, digest)
-            return digest
+            digests[spec.name] = check_digest(paths[spec.name], spec)
+        except (OSError, ChecksumError):
+            return None
+    return digests
+
+
+def _fetch_file(entry: ModelEntry, spec: FileSpec, sources: Sequence[SourceSpec], target: Path) -> str:
+    if target.exists():  # present: used only if it still matches its pin (else it was changed: fetched again)
+        try:
+            return check_digest(target, spec)
         except ChecksumError:
             target.unlink()
     failures: list[str] = []
@@ -190,8 +180,7 @@ def _fetch_file(entry: ModelEntry, spec: FileSpec, sources: Sequence[SourceSpec]
         try:
             _FETCHERS[source.kind](source, spec, tmp)
             digest = check_digest(tmp, spec)
-            os.replace(tmp, target)
-            _Stamp.write(target, digest)
+            _publish(tmp, target)
             return digest
         except FetchError as exc:
             failures.append(f"  - {source.describe()}: {exc}")
