@@ -8,5 +8,7 @@ from zoo.training import finetune
 
 data, out = sys.argv[1], sys.argv[2]
 result = finetune("efficientnet_lite0", data, out, epochs=1, batch_size=4, lr=1e-3, quiet=True, seed=3)
-print(json.dumps({"rank": int(os.environ["RANK"]), "sha": result.last_weights_sha256,
-                  "metrics": result.best_metrics}), flush=True)
+report = json.dumps({"rank": int(os.environ["RANK"]), "sha": result.last_weights_sha256, "metrics": result.best_metrics})
+# One write(2) of the whole line: both ranks share the pipe, and print() may write text and newline
+# separately, which interleaved the two reports on one line.
+os.write(1, (report + "\n").encode())
