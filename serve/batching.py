@@ -18,7 +18,7 @@ import numpy as np
 
 from serve.errors import InputError, ServeError
 from serve.predictor import Predictor, question_and_context
-from serve.preprocess import describe, preprocess_image_sized
+from serve.preprocess import check_text, describe, preprocess_image_sized
 
 
 @dataclass
@@ -64,15 +64,17 @@ class MicroBatcher:
             raise ServeError("the batcher is closed")
         request = _Request(item, top_k, min_score, aggregation)
         try:  # in the caller's thread: preprocessing runs in parallel, and a bad input fails alone
-            if self.predictor.manifest.modality == "image":
+            predictor = self.predictor
+            if predictor.manifest.modality == "image":
                 if not self.open_files and not isinstance(item, (bytes, bytearray)):
                     raise InputError(f"image input {describe(item)}: expected the image's bytes; "
                                      "file paths are not opened here")
-                request.array, request.size = preprocess_image_sized(self.predictor.manifest.preprocessing, item)
-            elif self.predictor.is_reader:
-                question_and_context(item)
-            elif not isinstance(item, str):
-                raise InputError(f"text input {describe(item)}: expected a str")
+                request.array, request.size = preprocess_image_sized(predictor.manifest.preprocessing, item,
+                                                                     predictor.limits)
+            elif predictor.is_reader:
+                question_and_context(item, predictor.limits)
+            else:
+                check_text(item, predictor.limits)
         except Exception as exc:
             request.future.set_exception(exc)
             return request.future
@@ -123,9 +125,12 @@ class MicroBatcher:
                         self._run([request])
                 return
 
+    def _outputs(self, requests: list[_Request]) -> list[Any]:
+        if self.predictor.manifest.modality == "image":  # one run per distinct image shape (segmentation: any)
+            return self.predictor.run_images([r.array for r in requests])
+        return self.predictor.run_texts([r.item for r in requests])  # tokenised together, runs of similar length
+
     def _run(self, batch: list[_Request]) -> None:
-        predictor = self.predictor
-        images = predictor.manifest.modality == "image"
         good = [request for request in batch if request.future.set_running_or_notify_cancel()]
         if not good:
             return
@@ -134,14 +139,19 @@ class MicroBatcher:
         self.stats.sizes.append(len(good))
         if self.on_batch is not None:
             self.on_batch(len(good))
+        self._finish(good)
+
+    def _finish(self, good: list[_Request]) -> None:
+        """Run the requests as one batch and hand each its result or its error."""
+        predictor = self.predictor
         try:
-            if images:  # one run per distinct image shape (segmentation takes any size)
-                output = predictor.run_images([r.array for r in good])
-            else:  # tokenised together: padded to the longest text of this batch
-                output = predictor.run_texts([r.item for r in good])
+            output = self._outputs(good)
         except Exception as exc:
-            for request in good:
-                request.future.set_exception(exc)
+            if len(good) > 1:  # one request's input broke the run: run each alone, so only its own fails
+                for request in good:
+                    self._finish([request])
+                return
+            good[0].future.set_exception(exc)
             return
         for request, row in zip(good, output):
             try:

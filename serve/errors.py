@@ -17,3 +17,7 @@ class InputError(ServeError):
 
 class ProviderError(ServeError):
     """The requested execution provider does not work here."""
+
+
+class LimitError(InputError):
+    """An input over one of the configured limits (serve.limits): HTTP 413."""

@@ -15,9 +15,13 @@ Built on Starlette + uvicorn (extra `server`). Errors are JSON `{"error": ...}`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
+import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,19 +29,22 @@ from typing import Any
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serve.batching import MicroBatcher
-from serve.errors import ServeError
+from serve.errors import LimitError, ServeError
 from serve.entities import AGGREGATIONS
+from serve.limits import Limits
 from serve.predictor import Predictor, load
 from serve.providers import SessionConfig
 from serve.segmentation import jsonable
 
 DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8", "int8": "INT8"}
 NUMPY = {v: k for k, v in DATATYPES.items()}
+log = logging.getLogger("serve")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,10 @@ class ServerConfig:
     max_wait_ms: float = 5.0
     variant: str = "auto"  # see serve.load
     session: SessionConfig = SessionConfig()
+    limits: Limits = Limits()  # what one request may ask (serve.limits)
+    # Threads that parse bodies and decode/tokenise inputs, off the event loop; at most this many
+    # requests are being decoded at once (each holds at most one image of limits.max_image_pixels).
+    preprocess_workers: int = 2
 
 
 class HttpError(Exception):
@@ -62,8 +73,9 @@ class HttpError(Exception):
 class _State:
     """The model as it loads in the background: readiness is observable while it happens."""
 
-    def __init__(self, config: ServerConfig):
+    def __init__(self, config: ServerConfig, loaded: Predictor | None = None):
         self.config = config
+        self.loaded = loaded  # a predictor the caller already loaded (zoo serve checks the bundle first)
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
         self.error: str | None = None
@@ -75,17 +87,26 @@ class _State:
                                ["endpoint"], registry=self.registry)
         self.batch_sizes = Histogram("zoo_batch_size", "Requests merged per onnxruntime run", registry=self.registry,
                                      buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.preprocess = ThreadPoolExecutor(config.preprocess_workers, thread_name_prefix="serve-preprocess")
+
+    async def off_loop(self, function, *args):
+        """`function(*args)` in a preprocessing thread: the event loop keeps answering meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.preprocess, function, *args)
 
     def load(self) -> None:
         try:
-            predictor = load(self.config.bundle, config=self.config.session, variant=self.config.variant)
+            predictor = self.loaded or load(self.config.bundle, config=self.config.session,
+                                            variant=self.config.variant, limits=self.config.limits)
+            self.loaded = None
             predictor.warm_up(self.config.max_batch_size)  # before reporting ready: no slow first requests
             self.batcher = MicroBatcher(predictor, self.config.max_batch_size, self.config.max_wait_ms,
                                         on_batch=self.batch_sizes.observe, open_files=False)
             self.predictor = predictor
             print(predictor.provider_line, flush=True)
-        except ServeError as exc:
-            self.error = str(exc)
+        except Exception as exc:  # anything: readiness must report it, not wait forever
+            self.error = f"the model failed to load: {exc}"
+            if not isinstance(exc, ServeError):
+                log.exception("serve: failed to load %s", self.config.bundle)
             print(f"serve: failed to load {self.config.bundle}: {exc}", flush=True)
 
     @property
@@ -125,11 +146,19 @@ async def _body(request: Request, state: _State) -> bytes:
         raise HttpError(400, "client disconnected while sending the body") from None
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _json(data: bytes) -> Any:
+    """The parsed body; 400 for anything that is not standard JSON (NaN and Infinity included) or that
+    nests deeper than Python's parser goes."""
     try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(data, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HttpError(400, "request body nests JSON too deeply") from None
 
 
 def _tensor_metadata(specs) -> list[dict[str, Any]]:
@@ -147,16 +176,23 @@ def _infer_inputs(payload: Any, predictor: Predictor) -> dict[str, np.ndarray]:
         dtype = NUMPY.get(str(tensor["datatype"]))
         if dtype is None:
             raise HttpError(400, f"inputs[{index}].datatype {tensor['datatype']!r} is not one of {sorted(NUMPY)}")
+        shape = tensor["shape"]
+        if not (isinstance(shape, list) and shape and all(type(d) is int and d >= 0 for d in shape)):
+            raise HttpError(400, f"inputs[{index}].shape {shape!r}: expected a list of sizes (integers >= 0)")
+        predictor.limits.inputs(shape[0])
         try:
-            array = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
-        except (ValueError, TypeError) as exc:
-            raise HttpError(400, f"inputs[{index}] ({tensor['name']}): data does not fit shape {tensor['shape']}: {exc}") from None
+            array = np.asarray(tensor["data"], dtype=dtype).reshape(shape)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise HttpError(400, f"inputs[{index}] ({tensor['name']}): data does not fit {tensor['datatype']} of "
+                                 f"shape {shape}: {exc}") from None
         feeds[str(tensor["name"])] = array
     return feeds
 
 
-def create_app(config: ServerConfig) -> Starlette:
-    state = _State(config)
+def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Starlette:
+    """The server's app; it loads the bundle in the background (readiness says when), or takes the
+    already loaded `predictor`."""
+    state = _State(config, predictor)
 
     def endpoint(name: str):
         def wrap(handler):
@@ -167,8 +203,13 @@ def create_app(config: ServerConfig) -> Starlette:
                         response = await handler(request)
                 except HttpError as exc:
                     response = JSONResponse({"error": str(exc)}, status_code=exc.status)
+                except LimitError as exc:
+                    response = JSONResponse({"error": str(exc)}, status_code=413)
                 except ServeError as exc:  # InputError and friends: the client's input
                     response = JSONResponse({"error": str(exc)}, status_code=400)
+                except Exception:  # a bug of ours: this request fails, the server goes on
+                    log.exception("serve: %s %s failed", request.method, request.url.path)
+                    response = JSONResponse({"error": "internal error; see the server log"}, status_code=500)
                 state.requests.labels(name, str(response.status_code)).inc()
                 state.latency.labels(name).observe(time.perf_counter() - start)
                 return response
@@ -204,11 +245,13 @@ def create_app(config: ServerConfig) -> Starlette:
     @endpoint("infer")
     async def infer(request: Request) -> Response:
         predictor = state.ready_predictor(request.path_params["name"])
-        payload = _json(await _body(request, state))
-        feeds = _infer_inputs(payload, predictor)
-        # A detector's three outputs (boxes, scores, labels) come from one run at its batch of one image.
+        data = await _body(request, state)
+        payload = await state.off_loop(_json, data)
+        feeds = await state.off_loop(_infer_inputs, payload, predictor)
+        # A detector's three outputs (boxes, scores, labels) come from one run at its batch of one image;
+        # other models run in chunks of the batch size they were warmed up at (memory stays at that plateau).
         run = predictor.run_all if predictor.is_detector else (
-            lambda feeds: {predictor.manifest.outputs[0].name: predictor.run(feeds)})
+            lambda feeds: {predictor.manifest.outputs[0].name: predictor.run(feeds, chunk=config.max_batch_size)})
         try:
             outputs = await asyncio.wait_for(asyncio.to_thread(run, feeds), config.inference_timeout_s)
         except asyncio.TimeoutError:
@@ -235,7 +278,7 @@ def create_app(config: ServerConfig) -> Starlette:
                                      "with Content-Type image/* (or application/octet-stream)")
             items = [data]
         elif kind == "application/json":
-            payload = _json(data)
+            payload = await state.off_loop(_json, data)
             if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
                 raise HttpError(400, 'expected {"inputs": ["text", ...]} (or send image bytes with an image/* type)')
             items = payload["inputs"]
@@ -249,7 +292,7 @@ def create_app(config: ServerConfig) -> Starlette:
             items = [data]
         if not data:
             raise HttpError(400, "empty request body; expected image bytes or text")
-        if not top_k.isdigit() or int(top_k) < 1:
+        if not (top_k.isascii() and top_k.isdigit()) or int(top_k) < 1:
             raise HttpError(400, f"top_k={top_k!r}: expected a positive integer")
         top_k_value = int(top_k)
         min_score = request.query_params.get("min_score")  # detection
@@ -263,7 +306,11 @@ def create_app(config: ServerConfig) -> Starlette:
         if aggregation is not None and not (predictor.is_tagger and aggregation in AGGREGATIONS):
             raise HttpError(400, f"aggregation={aggregation!r}: applies to token-classification models, "
                                  f"{' or '.join(AGGREGATIONS)}")
-        futures = [asyncio.wrap_future(state.batcher.submit(item, top_k_value, score, aggregation)) for item in items]
+        predictor.limits.inputs(len(items))
+        # Decoding and tokenising run in the preprocessing threads, never on the event loop.
+        submitted = await state.off_loop(lambda: [state.batcher.submit(item, top_k_value, score, aggregation)
+                                                   for item in items])
+        futures = [asyncio.wrap_future(future) for future in submitted]
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures), config.inference_timeout_s)
         except asyncio.TimeoutError:
@@ -273,14 +320,22 @@ def create_app(config: ServerConfig) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         loader = threading.Thread(target=state.load, name="serve-loader", daemon=True)
         loader.start()
         yield
         if state.batcher is not None:
             state.batcher.close()
+        state.preprocess.shutdown(wait=False, cancel_futures=True)
 
-    app = Starlette(routes=[
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """Starlette's own errors (unknown route 404, wrong method 405) as JSON, like every other reply."""
+        state.requests.labels("other", str(exc.status_code)).inc()
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    app = Starlette(exception_handlers={HTTPException: http_error}, routes=[
         Route("/v2", server_metadata), Route("/v2/health/live", live), Route("/v2/health/ready", ready),
         Route("/v2/models/{name}", model_metadata), Route("/v2/models/{name}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
@@ -291,26 +346,25 @@ def create_app(config: ServerConfig) -> Starlette:
     return app
 
 
-def run(config: ServerConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def run(config: ServerConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+        predictor: Predictor | None = None) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish, queued ones drain (graceful shutdown)."""
     import os
 
     import uvicorn
 
-    if workers > 1:  # each worker process loads its own copy of the model
-        os.environ["ZOO_SERVE_CONFIG"] = json.dumps({
-            "bundle": str(config.bundle), "name": config.name, "max_body_bytes": config.max_body_bytes,
-            "max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
-            "device": config.session.device, "threads": config.session.intra_op_threads})
+    if workers > 1:  # each worker process loads its own copy of the model, with every setting of `config`
+        os.environ["ZOO_SERVE_CONFIG"] = json.dumps(dataclasses.asdict(config), default=str)
         uvicorn.run("serve.http:app_from_env", factory=True, host=host, port=port, workers=workers,
                     timeout_graceful_shutdown=30, log_level="warning")
         return
-    uvicorn.run(create_app(config), host=host, port=port, timeout_graceful_shutdown=30, log_level="warning")
+    uvicorn.run(create_app(config, predictor), host=host, port=port, timeout_graceful_shutdown=30, log_level="warning")
 
 
 def app_from_env() -> Starlette:
+    """The app of one worker process of `run(..., workers=N)`: the ServerConfig the parent wrote."""
     import os
 
     data = json.loads(os.environ["ZOO_SERVE_CONFIG"])
-    session = SessionConfig(device=data.pop("device"), intra_op_threads=data.pop("threads"))
-    return create_app(ServerConfig(bundle=Path(data.pop("bundle")), session=session, **data))
+    return create_app(ServerConfig(**{**data, "bundle": Path(data["bundle"]), "session": SessionConfig(**data["session"]),
+                                      "limits": Limits(**data["limits"])}))

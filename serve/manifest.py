@@ -146,12 +146,20 @@ class _Reader:
         return _Reader(self.get(key, dict), f"{self.path}.{key}")
 
 
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
+
+
 def _tensors(reader: _Reader, key: str) -> list[TensorSpec]:
     items = reader.get(key, list)
     specs = []
     for index, item in enumerate(items):
         r = _Reader(item, f"{reader.path}.{key}[{index}]")
-        specs.append(TensorSpec(r.get("name", str), r.get("dtype", str), r.items("shape", (int, str))))
+        spec = TensorSpec(r.get("name", str), r.get("dtype", str), r.items("shape", (int, str)))
+        if spec.dtype not in DTYPES:
+            r.fail("dtype", f"expected one of {', '.join(DTYPES)}, found {spec.dtype!r}")
+        if not spec.shape or any(isinstance(d, int) and d < 1 for d in spec.shape):
+            r.fail("shape", f"expected at least one axis, each a positive size or a name, found {spec.shape}")
+        specs.append(spec)
     if not specs:
         reader.fail(key, "expected at least one tensor")
     return specs
@@ -180,9 +188,16 @@ def parse_manifest(data: Any) -> Manifest:
             pre.fail("interpolation", f"expected 'bilinear' or 'bicubic', found {preprocessing.interpolation!r}")
         if len(preprocessing.mean) != 3 or len(preprocessing.std) != 3 or min(preprocessing.std) <= 0:
             pre.fail("mean", "expected three means and three positive stds")
+        for key in ("resize", "crop"):
+            if getattr(preprocessing, key) is not None and getattr(preprocessing, key) < 1:
+                pre.fail(key, f"expected a positive size in pixels or null, found {getattr(preprocessing, key)}")
     else:
         preprocessing = TextPreprocessing(tokenizer=pre.get("tokenizer", str), max_length=pre.get("max_length", int),
                                           pad_token=pre.get("pad_token", str), pad_id=pre.get("pad_id", int))
+        if preprocessing.max_length < 1:
+            pre.fail("max_length", f"expected a positive number of tokens, found {preprocessing.max_length}")
+        if preprocessing.pad_id < 0:
+            pre.fail("pad_id", f"expected a token id (>= 0), found {preprocessing.pad_id}")
     post = top.child("postprocessing")
     kind = post.get("kind", str)
     kinds = ("classification", "segmentation", "detection", "token-classification", "question-answering", "embedding")
@@ -238,6 +253,10 @@ def read_manifest(directory: Path, verify: bool = True) -> Manifest:
         raise BundleError(f"{directory} has no {MANIFEST_NAME}; expected a bundle written by `zoo export`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{path} nests JSON too deeply to be a manifest") from None
+    except OSError as exc:  # a folder where the file should be, unreadable, ...
+        raise BundleError(f"{path} cannot be read: {exc.strerror or exc}") from None
     manifest = parse_manifest(data)
     if manifest.model_file not in manifest.files:
         raise BundleError(f"{MANIFEST_NAME}: files: the model file {manifest.model_file!r} has no sha256 entry")

@@ -11,7 +11,8 @@ import numpy as np
 
 from serve.errors import BundleError, InputError
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
-from serve.preprocess import TextEncoder, describe, pillow, preprocess_image_sized, preprocess_images
+from serve.limits import DEFAULT_LIMITS, Limits
+from serve.preprocess import TextEncoder, check_text, describe, pillow, preprocess_image_sized, preprocess_images
 from serve.detection import detections
 from serve.entities import AGGREGATIONS, entities
 from serve.lengths import length_runs
@@ -38,9 +39,10 @@ class Predictor:
     `{"question", "context"}` for question answering."""
 
     def __init__(self, directory: Path, manifest: Manifest, choice: SessionChoice, io_binding: str = "auto",
-                 variant: str = "fp32"):
+                 variant: str = "fp32", limits: Limits = DEFAULT_LIMITS):
         self.directory = directory
         self.manifest = manifest
+        self.limits = limits
         self.session = choice.session
         self.provider = choice.provider
         self.variant = variant
@@ -59,7 +61,7 @@ class Predictor:
             pillow()  # fail at load, not at the first request, when pillow is not installed
         if manifest.modality == "text":
             length = first[1] if isinstance(first[1], int) else None
-            self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing, length)
+            self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing, length, limits)
             if manifest.postprocessing.kind == "question-answering":
                 spec = manifest.preprocessing
                 self._windows = WindowTokenizer(directory / spec.tokenizer, length or spec.max_length,
@@ -116,29 +118,31 @@ class Predictor:
         if len(items) == 0:
             raise InputError("no inputs given; expected at least one")
         if isinstance(self.manifest.preprocessing, ImagePreprocessing):
-            return {self.input_names[0]: preprocess_images(self.manifest.preprocessing, items)}
+            return {self.input_names[0]: preprocess_images(self.manifest.preprocessing, items, self.limits)}
         return self._text(items)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feeds: dict[str, np.ndarray], chunk: int | None = None) -> np.ndarray:
         """The model's raw output for already-preprocessed inputs (checked against the manifest). A
-        fixed-batch model takes any batch: it runs in chunks of its batch, the last one padded."""
+        fixed-batch model takes any batch: it runs in chunks of its batch, the last one padded. `chunk`
+        runs any other model in chunks of at most that many rows (a server's memory stays at the
+        plateau of its warm-up batch)."""
         checked = self._check(feeds)
-        if self.fixed_batch is None:
+        size, total = self.fixed_batch or chunk, len(next(iter(checked.values())))
+        if size is None or (self.fixed_batch is None and total <= size):
             return self._session_run([self.output_name], checked)[0]
-        size, total = self.fixed_batch, len(next(iter(checked.values())))
         outputs = []
         for start in range(0, total, size):
-            chunk = {name: array[start:start + size] for name, array in checked.items()}
-            short = size - len(next(iter(chunk.values())))
-            if short:
-                chunk = {name: np.concatenate([array, np.repeat(array[-1:], short, axis=0)]) for name, array in chunk.items()}
-            outputs.append(self._session_run([self.output_name], chunk)[0])
+            part = {name: array[start:start + size] for name, array in checked.items()}
+            short = size - len(next(iter(part.values())))
+            if short and self.fixed_batch:
+                part = {name: np.concatenate([array, np.repeat(array[-1:], short, axis=0)]) for name, array in part.items()}
+            outputs.append(self._session_run([self.output_name], part)[0])
         return np.concatenate(outputs)[:total]
 
     def _read(self, items: Sequence[Any]) -> list[Any]:
         """Question answering: every window of every (question, context) in one run; per item, the
         (window logits, window encodings, context) that `postprocess` decodes."""
-        pairs = [question_and_context(item) for item in items]
+        pairs = [question_and_context(item, self.limits) for item in items]
         windows = [self._windows.windows(question, context) for question, context in pairs]
         logits = self.run(self._windows.pad([w for item_windows in windows for w in item_windows]))
         rows, start = [], 0
@@ -221,7 +225,29 @@ class Predictor:
             if array.shape[0] == 0:
                 raise InputError(f"input {spec.name}: empty batch; expected at least one example")
             checked[spec.name] = array
+        if self._text is not None:
+            self._check_tokens(checked)
         return checked
+
+    def _check_tokens(self, feeds: dict[str, np.ndarray]) -> None:
+        """Token inputs the model can take: every sequence the shape of input_ids and no longer than
+        max_length, ids within the vocabulary, an attention mask of 0 and 1."""
+        ids = feeds.get("input_ids")
+        if ids is None:
+            return
+        if ids.shape[1] > self._text.max_length:
+            raise InputError(f"input input_ids: sequences of {ids.shape[1]} tokens; this model takes at most "
+                             f"{self._text.max_length}")
+        vocabulary = self._text.tokenizer.get_vocab_size()
+        if ids.size and (ids.min() < 0 or ids.max() >= vocabulary):
+            raise InputError(f"input input_ids: ids from {ids.min()} to {ids.max()}; the vocabulary has ids 0.."
+                             f"{vocabulary - 1}")
+        for name, array in feeds.items():
+            if name != "input_ids" and array.shape != ids.shape:
+                raise InputError(f"input {name}: shape {list(array.shape)} differs from input_ids' {list(ids.shape)}")
+        mask = feeds.get("attention_mask")
+        if mask is not None and mask.size and not np.isin(mask, (0, 1)).all():
+            raise InputError("input attention_mask: expected 0 (padding) and 1 (token) only")
 
     def predict(self, items: Sequence[Any], top_k: int = 5, batch_size: int = 32,
                 min_score: float | None = None, aggregation: str | None = None) -> list[dict[str, Any]]:
@@ -241,7 +267,7 @@ class Predictor:
         results: list[dict[str, Any]] = []
         for batch in _batches(list(items), batch_size):
             if self.manifest.modality == "image":  # sizes: where a segmentation mask goes back to
-                prepared = [preprocess_image_sized(self.manifest.preprocessing, item) for item in batch]
+                prepared = [preprocess_image_sized(self.manifest.preprocessing, item, self.limits) for item in batch]
                 rows = self.run_images([array for array, _ in prepared])
                 sizes = [size for _, size in prepared]
             else:
@@ -294,22 +320,50 @@ class Predictor:
                            "score": float(probabilities[i])} for i in order]}
 
 
-def question_and_context(item: Any) -> tuple[str, str]:
+def question_and_context(item: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, str]:
     """A question-answering input: `{"question": str, "context": str}`."""
     if not (isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("context"), str)):
         raise InputError(f'question-answering input {describe(item)}: expected {{"question": "...", "context": "..."}}')
     if not item["question"].strip() or not item["context"].strip():
         raise InputError("question-answering input: the question and the context must not be empty")
-    return item["question"], item["context"]
+    return check_text(item["question"], limits), check_text(item["context"], limits)
+
+
+# onnxruntime's type names for the manifest's dtypes
+_GRAPH_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+                "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(bool)": "bool"}
+
+
+def check_graph(manifest: Manifest, session: Any, model_file: str) -> None:
+    """BundleError unless the manifest's inputs and outputs are the graph's: names, dtypes, ranks and
+    fixed sizes. (A manifest edited, or copied beside another model, would otherwise load and then fail
+    on every request.)"""
+    for role, specs, nodes in (("inputs", manifest.inputs, session.get_inputs()),
+                               ("outputs", manifest.outputs, session.get_outputs())):
+        graph = {node.name: node for node in nodes}
+        for spec in specs:
+            node = graph.get(spec.name)
+            if node is None:
+                raise BundleError(f"manifest.json: {role}: {spec.name!r} is not one of the {role} of {model_file} "
+                                  f"({', '.join(sorted(graph))}); re-export the bundle")
+            dtype = _GRAPH_TYPES.get(node.type, node.type)
+            fixed = [(a, b) for a, b in zip(spec.shape, node.shape) if isinstance(a, int) and isinstance(b, int) and a != b]
+            if dtype != spec.dtype or len(node.shape) != len(spec.shape) or fixed:
+                raise BundleError(f"manifest.json: {role}: {spec.name} is {spec.dtype} {spec.shape} in the manifest but "
+                                  f"{dtype} {node.shape} in {model_file}; re-export the bundle")
+        if role == "inputs" and (extra := sorted(set(graph) - {spec.name for spec in specs})):
+            raise BundleError(f"manifest.json: inputs: {model_file} also takes {', '.join(extra)}, which the manifest "
+                              "does not describe; re-export the bundle")
 
 
 def load(directory: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True,
-         config: SessionConfig | None = None, variant: str = "auto") -> Predictor:
+         config: SessionConfig | None = None, variant: str = "auto", limits: Limits | None = None) -> Predictor:
     """A Predictor for the bundle in `directory`. Every bundle file is checked against the manifest's
     sha256 first (`verify=False` skips that, for development only). `config` sets every session
     option; `device` and `threads` are shorthands for its common fields; `variant` picks a precision
     the bundle holds ("fp32", "fp16", "int8"); "auto" takes fp16 when the session runs on CUDA and the
-    bundle has it (checked against torch at export), else fp32."""
+    bundle has it (checked against torch at export), else fp32. `limits` bound what one input may cost
+    (serve.limits; safe defaults)."""
     path = Path(directory)
     manifest = read_manifest(path, verify=verify)
     config = config or SessionConfig(device=device, intra_op_threads=threads)
@@ -324,6 +378,7 @@ def load(directory: str | Path, device: str = "auto", threads: int | None = None
     if auto and variant == "fp16" and choice.provider != CUDA:  # CUDA listed but unusable: fp32 on CPU
         variant, model_file = "fp32", manifest.model_file
         choice = create_session(path / model_file, config, manifest.files[model_file])
-    predictor = Predictor(path, manifest, choice, config.io_binding, variant)
+    check_graph(manifest, choice.session, model_file)
+    predictor = Predictor(path, manifest, choice, config.io_binding, variant, limits or DEFAULT_LIMITS)
     log.info(predictor.provider_line)
     return predictor

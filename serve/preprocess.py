@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from serve.errors import BundleError, InputError
+from serve.errors import BundleError, InputError, LimitError
+from serve.limits import DEFAULT_LIMITS, Limits
 from serve.manifest import ImagePreprocessing, TextPreprocessing
 
 if TYPE_CHECKING:
@@ -49,26 +52,39 @@ def describe(item: Any) -> str:
     return f"<{type(item).__name__}>"
 
 
-def to_rgb_image(item: Any) -> Image.Image:
-    """Path, bytes, PIL image or HxW(x3|4) uint8 array -> RGB PIL image with EXIF orientation applied."""
+def to_rgb_image(item: Any, limits: Limits = DEFAULT_LIMITS, resized: bool = True) -> Image.Image:
+    """Path, bytes, PIL image or HxW(x3|4) uint8 array -> RGB PIL image with EXIF orientation applied.
+    An encoded image's declared size is checked against `limits` before it is decoded (`resized`: the
+    short side will be scaled, so the aspect ratio is bounded too)."""
     Image = pillow()
     from PIL import ImageOps, UnidentifiedImageError
 
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (3, 4)):
             raise InputError(f"array input {item.dtype} {item.shape}: expected a uint8 image of shape HxW, HxWx3 or HxWx4")
+        limits.image_size(item.shape[1], item.shape[0], resized)
         return Image.fromarray(item).convert("RGB")
     if isinstance(item, Image.Image):
+        limits.image_size(*item.size, resized)
         image = item
     elif isinstance(item, (str, Path, bytes, bytearray)):
         try:
-            image = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
+            with warnings.catch_warnings():  # pillow warns over 89 MP and refuses over 179 MP
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
+            limits.image_size(*image.size, resized)  # the header's size, before any pixel is decoded
             image.load()
         except FileNotFoundError:
             raise InputError(f"image file {item} does not exist") from None
         except IsADirectoryError:
             raise InputError(f"{item} is a folder; expected an image file") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # over pillow's own limit
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = f"{int(found.group(1)):,}" if found else "more"
+            raise LimitError(f"{describe(item)}: image of {pixels} pixels exceeds the limit of "
+                             f"{limits.max_image_pixels:,} (max_image_pixels; `zoo serve --max-image-pixels`); "
+                             "downscale it first") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"{describe(item)} is not a readable image (expected JPEG, PNG, ...): {exc}") from None
     else:
         raise InputError(f"unsupported image input {describe(item)}: expected a path, bytes, PIL image or uint8 array")
@@ -100,14 +116,15 @@ def _center_crop(image: Image.Image, crop: int) -> Image.Image:
     return image.crop((left, top, left + crop, top + crop))
 
 
-def preprocess_image(spec: ImagePreprocessing, item: Any) -> np.ndarray:
+def preprocess_image(spec: ImagePreprocessing, item: Any, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """One CHW float32 array."""
-    return preprocess_image_sized(spec, item)[0]
+    return preprocess_image_sized(spec, item, limits)[0]
 
 
-def preprocess_image_sized(spec: ImagePreprocessing, item: Any) -> tuple[np.ndarray, tuple[int, int]]:
+def preprocess_image_sized(spec: ImagePreprocessing, item: Any,
+                           limits: Limits = DEFAULT_LIMITS) -> tuple[np.ndarray, tuple[int, int]]:
     """One CHW float32 array and the image's own (width, height), which a mask is mapped back to."""
-    image = to_rgb_image(item)
+    image = to_rgb_image(item, limits, resized=spec.resize is not None)
     size = image.size
     if spec.resize is not None:  # None: detectors take the image as it is and resize inside the graph
         image = _resize_shorter(image, spec.resize, spec.interpolation)
@@ -123,9 +140,9 @@ def _normalize(spec: ImagePreprocessing, image: Image.Image) -> np.ndarray:
     return ((pixels - mean) / std).transpose(2, 0, 1)
 
 
-def preprocess_images(spec: ImagePreprocessing, items: Sequence[Any]) -> np.ndarray:
+def preprocess_images(spec: ImagePreprocessing, items: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """One NCHW batch; the images must come out the same size (always so with a crop)."""
-    arrays = [preprocess_image(spec, item) for item in items]
+    arrays = [preprocess_image(spec, item, limits) for item in items]
     shapes = sorted({a.shape[1:] for a in arrays})
     if len(shapes) > 1:
         raise InputError(f"images of different aspect ratios give inputs of sizes {shapes}, which cannot share a "
@@ -133,18 +150,47 @@ def preprocess_images(spec: ImagePreprocessing, items: Sequence[Any]) -> np.ndar
     return np.stack(arrays)
 
 
+def check_text(item: Any, limits: Limits = DEFAULT_LIMITS) -> str:
+    """`item` if it is a text the tokenizer can take within `limits`, else InputError / LimitError."""
+    if not isinstance(item, str):
+        raise InputError(f"text input {describe(item)}: expected a str")
+    limits.text(item)
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"text input: character {exc.start} ({item[exc.start]!r}) is not valid Unicode text "
+                         "(a lone surrogate); send UTF-8 text") from None
+    return item
+
+
+def load_tokenizer_file(path: Path):
+    """A `tokenizers` Tokenizer from a tokenizer.json; BundleError for anything else in its place."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception for a file it cannot parse
+        raise BundleError(f"{path.name} is not a tokenizers tokenizer.json ({str(exc).splitlines()[0][:120]}); "
+                          "re-export the bundle") from None
+
+
 class TextEncoder:
     """The bundle's tokenizer with its manifest settings: truncation at max_length, padding to the
     longest text, or to `length` for a model exported with a fixed sequence length."""
 
-    def __init__(self, path: Path, spec: TextPreprocessing, length: int | None = None):
+    def __init__(self, path: Path, spec: TextPreprocessing, length: int | None = None,
+                 limits: Limits = DEFAULT_LIMITS):
         try:
             from tokenizers import Tokenizer
         except ImportError:
             raise BundleError("this is a text bundle and the tokenizers package is missing; "
                               "install it with `pip install zoo[text]`") from None
 
-        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer = load_tokenizer_file(path)
+        if spec.pad_id >= self.tokenizer.get_vocab_size():
+            raise BundleError(f"manifest.json: preprocessing.pad_id: {spec.pad_id} is not an id of the tokenizer's "
+                              f"vocabulary (0..{self.tokenizer.get_vocab_size() - 1})")
+        self.limits = limits
         self.max_length = length or spec.max_length
         self.fixed_length = length is not None
         self.tokenizer.enable_truncation(self.max_length)
@@ -156,8 +202,7 @@ class TextEncoder:
     def encode(self, texts: Sequence[Any]) -> tuple[dict[str, np.ndarray], list[Any]]:
         """The model inputs and each text's `tokenizers.Encoding` (offsets, word ids: entity spans)."""
         for text in texts:
-            if not isinstance(text, str):
-                raise InputError(f"text input {describe(text)}: expected a str")
+            check_text(text, self.limits)
         encodings = self.tokenizer.encode_batch(list(texts))
         for index, encoding in enumerate(encodings):
             if encoding.overflowing:

@@ -39,7 +39,9 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         code = ("import sys, json; from pathlib import Path; from serve.http import ServerConfig, run; "
-                "o = json.loads(sys.argv[2]); run(ServerConfig(bundle=Path(sys.argv[1]), **o), port=int(sys.argv[3]))")
+                "from serve.limits import Limits; o = json.loads(sys.argv[2]); o['limits'] = Limits(**o.get('limits', {})); "
+                "run(ServerConfig(bundle=Path(sys.argv[1]), **o), port=int(sys.argv[3]))")
+        self.model = json.loads((Path(bundle) / "manifest.json").read_text()).get("model_id", "")
         self.process = subprocess.Popen([sys.executable, "-c", code, str(bundle), json.dumps(options), str(self.port)],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
@@ -141,7 +143,7 @@ def test_text_predict(text_server, bundles) -> None:
     ("post", "/v2/models/efficientnet_lite0/infer", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
     ("post", "/v2/models/efficientnet_lite0/infer", {"json": {"inputs": [{"name": "pixel_values", "shape": [1, 3, 224, 224], "datatype": "FP64", "data": [0]}]}}, 400, "datatype 'FP64'"),
     ("post", "/v2/models/efficientnet_lite0/infer", {"json": {"inputs": [{"name": "pixel_values", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": [0.0] * 12}]}}, 400, "size 2 on axis 2"),
-    ("post", "/v2/models/efficientnet_lite0/infer", {"json": {"inputs": [{"name": "pixel_values", "shape": [1, 3], "datatype": "FP32", "data": [0.0]}]}}, 400, "does not fit shape"),
+    ("post", "/v2/models/efficientnet_lite0/infer", {"json": {"inputs": [{"name": "pixel_values", "shape": [1, 3], "datatype": "FP32", "data": [0.0]}]}}, 400, "data does not fit FP32 of shape [1, 3]"),
     ("post", "/v2/models/efficientnet_lite0/predict", {"content": b"GIF89a nope", "headers": {"content-type": "image/gif"}}, 400, "not a readable image"),
     ("post", "/v2/models/efficientnet_lite0/predict", {"content": b"x" * 4_500_000, "headers": {"content-type": "image/jpeg"}}, 413, "exceeds the limit"),
     ("post", "/v2/models/efficientnet_lite0/predict?top_k=zero", {"content": PHOTO}, 400, "top_k"),

@@ -46,15 +46,19 @@ def cli() -> None:
 @cli.command("list")
 @click.argument("patterns", nargs=-1)
 @click.option("--modality", type=click.Choice(["image", "text"]), help="Only image or text models.")
-@click.option("--task", help="Only this task (image-classification, semantic-segmentation, sentence-embedding, "
-                             "feature-extraction).")
+@click.option("--task", help="Only this task (image-classification, semantic-segmentation, object-detection, "
+                             "sentence-embedding, feature-extraction).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out ids matching this fnmatch pattern.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of ids.")
 def list_command(patterns: tuple[str, ...], modality: str | None, task: str | None, exclude: tuple[str, ...],
                  as_json: bool) -> None:
     """List registry models whose id matches any PATTERN (fnmatch, default '*')."""
-    from zoo.registry import get_model, list_models
+    from zoo.registry import get_model, list_models, load_registry
 
+    tasks = sorted({entry.task for entry in load_registry().values()})
+    if task is not None and task not in tasks:
+        raise click.BadParameter(f"{task!r} is not a task of the registry; expected one of {', '.join(tasks)}",
+                                 param_hint="--task")
     names = list_models(patterns or "*", exclude, modality=modality, task=task)
     if as_json:
         click.echo(json.dumps(names))
@@ -178,9 +182,9 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
     if min_score is not None and not predictor.is_detector:
         raise click.BadParameter(f"applies to detection bundles; {bundle} is a {predictor.manifest.task} model",
                                  param_hint="--min-score")
-    click.echo(predictor.provider_line, err=True)
     items = [{"question": question, "context": text} for text in inputs] if predictor.is_reader else list(inputs)
     results = predictor.predict(items, top_k=top_k, batch_size=batch_size, min_score=min_score, aggregation=aggregation)
+    click.echo(predictor.provider_line, err=True)  # after the inputs were taken: a bad one stays a one-line error
     if masks is not None:
         masks.mkdir(parents=True, exist_ok=True)
         for index, result in enumerate(results):
@@ -291,23 +295,48 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True)
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
+@click.option("--max-inputs", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images or texts per request (the batch of one KServe infer request).")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
+              help="Width x height of one image, as its header declares it, checked before decoding.")
+@click.option("--max-aspect-ratio", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="Long side over short side of an image the model resizes.")
+@click.option("--max-text-chars", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Characters of one text.")
+@click.option("--preprocess-workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Threads that decode and tokenise, off the event loop (images decoded at once, at most).")
 @click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="Precision to serve; auto = fp16 on a working CUDA session when the bundle has it, else fp32.")
 def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | None, device: str,
-                  threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float, variant: str) -> None:
+                  threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float, max_inputs: int,
+                  max_image_pixels: int, max_aspect_ratio: float, max_text_chars: int, preprocess_workers: int,
+                  variant: str) -> None:
     """Serve BUNDLE over HTTP (KServe v2 + /v2/models/NAME/predict + /metrics)."""
-    from serve.manifest import read_manifest
+    import socket
 
-    read_manifest(bundle)  # a wrong folder or a modified bundle fails here, before the server starts
+    import serve
     from serve.http import ServerConfig, run
+    from serve.limits import Limits
     from serve.providers import SessionConfig
 
+    limits = Limits(max_inputs=max_inputs, max_image_pixels=max_image_pixels, max_aspect_ratio=max_aspect_ratio,
+                    max_text_chars=max_text_chars)
+    session = SessionConfig(device=device, intra_op_threads=threads)
+    try:  # a port in use fails here, in one line, before anything loads
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise click.BadParameter(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port "
+                                 "or stop what uses it", param_hint="--port") from None
+    # The whole bundle loads here first: a wrong folder, a modified or inconsistent bundle, a variant it does
+    # not have: one line and exit 2, not a server that never becomes ready. One worker keeps this copy.
+    predictor = serve.load(bundle, config=session, variant=variant, limits=limits)
     config = ServerConfig(bundle=bundle, name=name, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, variant=variant,
-                          session=SessionConfig(device=device, intra_op_threads=threads))
-    click.echo(f"zoo serve: http://{host}:{port}/v2/models/{name or read_manifest(bundle, verify=False).model_id}",
-               err=True)
-    run(config, host=host, port=port, workers=workers)
+                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, variant=variant, session=session,
+                          limits=limits, preprocess_workers=preprocess_workers)
+    click.echo(f"zoo serve: http://{host}:{port}/v2/models/{name or predictor.manifest.model_id}", err=True)
+    run(config, host=host, port=port, workers=workers, predictor=predictor if workers == 1 else None)
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,10 +18,14 @@ def read_state_dict(path: Path, weights_format: str) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses the file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError/RuntimeError for anything not plain tensors
-        raise BuildError(f"{path.name}: refused to load: not a plain tensor state dict ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0]})") from None
+        # torch's own message suggests weights_only=False, which would run the file's code: not repeated here.
+        raise BuildError(f"{path.name}: refused to load: not a plain tensor state dict but a pickle of other "
+                         f"Python objects ({type(exc).__name__}), which zoo never unpickles; convert the "
+                         "weights to safetensors or a plain state dict") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
