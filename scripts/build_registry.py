@@ -271,6 +271,24 @@ TEXT_ENTRIES = [
 ]
 
 
+# Fine-tuning defaults per family (zoo.recipe: full fine-tuning after a linear probe, AdamW), measured in
+# benchmarks/transfer.py. Segmentation and detection entries have none: their new heads start from
+# random weights and take the recipe's fallback.
+FINETUNE = {
+    "cnn": {"lr": 3e-4, "weight_decay": 0.01},
+    "vit": {"lr": 3e-5, "weight_decay": 0.05},
+    "text-encoder": {"lr": 5e-5, "weight_decay": 0.01},
+}
+
+
+def finetune_family(model: dict) -> str | None:
+    if model["builder"] == "hf_encoder":
+        return "text-encoder"
+    if model["task"] != "image-classification":
+        return None
+    return "vit" if model["architecture"].startswith("vit_") else "cnn"
+
+
 def dumps(document: dict) -> str:
     """Indented JSON with number arrays kept on one line (reference outputs stay readable)."""
     text = json.dumps(document, indent=1, ensure_ascii=False)
@@ -289,6 +307,8 @@ def main() -> int:
     for model in models:
         if model["id"] in references:
             model["reference"] = references[model["id"]]
+        if (family := finetune_family(model)) is not None:
+            model["finetune"] = FINETUNE[family]
     voc = get_model_weights("lraspp_mobilenet_v3_large").DEFAULT.meta["categories"]
     coco = get_model_weights("ssdlite320_mobilenet_v3_large").DEFAULT.meta["categories"]
     document = {"format_version": 1, "label_sets": {"imagenet-1k": categories, "voc-21": voc, "coco-91": coco},

@@ -75,15 +75,17 @@ def test_freeze_first_blocks(images: Path, tmp_path: Path) -> None:
     finetune("efficientnet_lite0", images, tmp_path / "run", freeze="5", lr=1e-3, **FAST)
     changed = _changed(tmp_path / "run", _pretrained_state())
     frozen = [k for k in changed if k.startswith(("_conv_stem", "_bn0", "_blocks.0.", "_blocks.1.", "_blocks.2.", "_blocks.3."))]
-    trained = [k for k in changed if k.startswith(("_blocks.15.", "_conv_head")) and "num_batches" not in k]
+    statistics = [k for k in changed if "running_" in k or "num_batches" in k]
+    trained = [k for k in changed if k.startswith(("_blocks.15.", "_conv_head")) and k not in statistics]
     assert frozen and not any(changed[k] for k in frozen)
     assert trained and all(changed[k] for k in trained)
+    assert statistics and not any(changed[k] for k in statistics)  # --batchnorm frozen (the default)
 
 
 def test_gradual_unfreezing_adds_one_block_per_epoch(images: Path, tmp_path: Path) -> None:
     result = finetune("efficientnet_lite0", images, tmp_path / "run", freeze="gradual:1", lr=1e-3,
                       epochs=3, batch_size=4, quiet=True)
-    assert [row["frozen_blocks"] for row in result.history] == [18, 17, 16]
+    assert [row["frozen_blocks"] for row in result.history] == [18, 18, 17, 16]  # the probe, then 3 epochs
     changed = _changed(tmp_path / "run", _pretrained_state())
     assert all(changed[k] for k in changed if k.startswith(("_conv_head", "_bn1.weight")))  # 'top' trained
     assert any(changed[k] for k in changed if k.startswith("_blocks.15."))  # unfrozen in epoch 3

@@ -227,17 +227,19 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
                    "Annotations/ + JPEGImages/ (Pascal VOC) (each with optional train/ val/), for token classification "
                    "(NER) a CoNLL file or JSONL with tokens,tags, for question answering SQuAD JSON.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
-@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--epochs", type=int, help="Default: a budget of optimizer steps scaled to the data (zoo.recipe).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate of the head.")
+@click.option("--lr", type=float, help="Learning rate of the head (blocks below: see --lr-decay). Default: the "
+                                      "registry card's fine-tuning rate, or 1e-3 for a randomly initialised head.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "adagrad"]), default="adamw", show_default=True)
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--weight-decay", type=float, help="Default: the registry card's.")
+@click.option("--warmup-epochs", type=float, help="Default: the first tenth of the epochs.")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
 @click.option("--clip-grad", type=float, help="Clip the gradient norm to this value.")
 @click.option("--accumulate", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
-@click.option("--patience", type=int, help="Early stopping: epochs without improvement of --metric.")
+@click.option("--patience", type=int, help="Early stopping: epochs without improvement of --metric (0: never stop "
+                                           "early). Default: a quarter of the epochs, at least 3.")
 @click.option("--metric", type=click.Choice(["auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "map50", "map",
                                             "entity_f1", "entity_precision", "entity_recall", "squad_f1", "exact_match",
                                             "loss"]),
@@ -251,6 +253,21 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--lr-decay", type=float, default=1.0, show_default=True,
               help="Discriminative LR: each block below the head trains at this factor of the one above.")
 @click.option("--head", type=click.Choice(["multiclass", "binary"]), default="multiclass", show_default=True)
+@click.option("--head-init", type=click.Choice(["auto", "probe", "random"]), default="auto", show_default=True,
+              help="probe: fit the head on frozen features before fine-tuning (LP-FT; auto for classifiers).")
+@click.option("--probe", "probe_only", is_flag=True,
+              help="Linear probe only: fit the head on frozen features in seconds; the backbone never trains.")
+@click.option("--augment", type=click.Choice(["auto", "none", "light", "trivial", "imagenet"]), default="auto",
+              show_default=True, help="Image augmentation: light (auto) = random crops >= half the image + flips; "
+                                      "trivial adds TrivialAugmentWide; imagenet crops down to 8 percent.")
+@click.option("--refit", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="on (auto when zoo split the validation set off the data): once selection is done, train the "
+                   "selected procedure again on train + val.")
+@click.option("--select", type=click.Choice(["auto", "last", "best"]), default="auto", show_default=True,
+              help="Weights kept: last (auto) = the final epoch's, or the probe's if it validated better; best = "
+                   "the epoch with the best validation --metric.")
+@click.option("--batchnorm", type=click.Choice(["auto", "frozen", "train"]), default="auto", show_default=True,
+              help="frozen (auto): BatchNorm keeps its pretrained running statistics; train: updates them.")
 @click.option("--positive", help="Binary head: the positive label (default: the second in sorted order).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held out per class when the data has no validation split (seeded, stratified).")

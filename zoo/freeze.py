@@ -86,13 +86,15 @@ def apply_freeze(model: nn.Module, blocks: list[Block], frozen: int) -> None:
             parameters[name].requires_grad_(index >= frozen)
 
 
-def freeze_batchnorm_statistics(model: nn.Module) -> None:
-    """Call after model.train(): BatchNorm layers whose parameters are all frozen stop updating
-    their running statistics (otherwise 'frozen' layers still drift with the new data)."""
+def freeze_batchnorm_statistics(model: nn.Module, all_layers: bool = False) -> None:
+    """Call after model.train(): BatchNorm layers whose parameters are all frozen (every layer with
+    `all_layers`) normalise with their running statistics and stop updating them (otherwise 'frozen'
+    layers drift with the new data; with small batches, per-batch statistics differ from the running
+    ones evaluation uses). Their affine parameters still train when they are not frozen."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
+            if all_layers or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 

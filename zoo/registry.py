@@ -16,6 +16,7 @@ import jsonschema
 from zoo.errors import RegistryError, UnknownModelError
 from zoo.schema import (
     FileSpec,
+    FinetuneDefaults,
     ImageInputSpec,
     Metric,
     ModelEntry,
@@ -151,6 +152,7 @@ def _entry(model: dict[str, Any], label_sets: dict[str, list[str]]) -> ModelEntr
         provenance=Provenance(**model["provenance"]), params=model["params"], input=input_spec, output=output,
         metrics=tuple(Metric(**m) for m in model.get("metrics", ())), gflops=model.get("gflops"),
         reference=reference, description=model.get("description", ""),
+        finetune=FinetuneDefaults(**model["finetune"]) if "finetune" in model else None,
     )
 
 

@@ -141,12 +141,13 @@ def _plot(path: Path, history: list[dict[str, Any]]) -> None:
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend()
-    for key in history[0]:
-        if key.startswith("val_") and key != "val_loss":  # accuracy, macro_f1 / miou, pixel_accuracy
-            right.plot(epochs, [r[key] for r in history], "o-", label=key.replace("_", " "))
+    scores = [key for key in history[0] if key.startswith("val_") and key != "val_loss"]  # accuracy, macro_f1, ...
+    for key in scores:
+        right.plot(epochs, [r[key] for r in history], "o-", label=key.replace("_", " "))
     right.set_xlabel("epoch")
     right.set_ylim(0, 1.02)
-    right.legend()
+    if scores:  # a refit pass has no validation split
+        right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)

@@ -114,6 +114,16 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class FinetuneDefaults:
+    """What fine-tuning this backbone starts from when the user sets nothing (zoo.recipe): the
+    learning rate of full fine-tuning after a linear probe, and the weight decay. CNNs and
+    transformers differ by an order of magnitude."""
+
+    lr: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     id: str
     modality: Modality
@@ -131,6 +141,7 @@ class ModelEntry:
     metrics: tuple[Metric, ...] = ()
     gflops: float | None = None
     reference: Reference | None = None
+    finetune: FinetuneDefaults | None = None
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

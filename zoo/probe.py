@@ -1,0 +1,113 @@
+"""Linear probe: the backbone's pooled features (the input of the classifier layer) extracted once, and
+the new head fitted on them by L2-regularised logistic regression (scikit-learn, L-BFGS), its strength
+chosen on the validation split. The first stage of linear-probe-then-fine-tune (LP-FT, Kumar et al.
+2022: a fitted head does not distort the features the way a random one does), and the whole of
+`zoo finetune --probe`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+# Inverse regularisation strengths tried (scikit-learn's C: the data term's weight against 1/2 |W|^2), chosen
+# by stratified cross-validation of the log loss on the training split. Features are used as they come:
+# standardising them amplified near-constant dimensions and cost 8-11 points of test accuracy on digits
+# (benchmarks/transfer.py data; C between 0.1 and 100 on the raw features changed it by 2 at most).
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+FOLDS = 5
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A fitted linear head in the model's own feature space: logits = features @ weight.T + bias."""
+
+    weight: torch.Tensor  # (outputs, features)
+    bias: torch.Tensor  # (outputs,)
+    C: float
+    train_loss: float
+
+
+def head_layer(model: nn.Module, head_prefix: str) -> nn.Linear | None:
+    """The classifier layer `head_prefix` names, or None when the head is not one linear layer
+    (segmentation, detection)."""
+    module = model.get_submodule(head_prefix.rstrip(".")) if head_prefix.rstrip(".") else None
+    return module if isinstance(module, nn.Linear) else None
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, head: nn.Linear, batches: Iterable, run: Callable[[tuple], object]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) over `batches` of (inputs, labels): what reaches `head`, with the model in
+    eval mode (no dropout, BatchNorm running statistics). `run(inputs)` calls the model."""
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float().cpu()))
+    model.eval()
+    labels = []
+    try:
+        for inputs, target in batches:
+            run(inputs)
+            labels.append(target)
+    finally:
+        handle.remove()
+    return torch.cat(captured), torch.cat(labels)
+
+
+def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, outputs: int, grid: tuple[float, ...] = C_GRID,
+              folds: int = FOLDS, seed: int = 0) -> Probe:
+    """Logistic regression on the features, its C chosen by stratified `folds`-fold cross-validation of
+    the log loss (fewer folds when a class has fewer examples; the first C of `grid` that ties), then
+    refitted on all of them. `outputs` is the head's size: 1 for a binary (sigmoid) head, else the
+    number of classes."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    x, y = train_x.double().numpy(), train_y.numpy()
+    splits = min(folds, int(torch.bincount(train_y).min()))
+    with warnings.catch_warnings():  # a C too weak to converge within max_iter just scores worse
+        warnings.simplefilter("ignore")
+        if splits >= 2:
+            search = LogisticRegressionCV(Cs=list(grid), cv=StratifiedKFold(splits, shuffle=True, random_state=seed),
+                                          scoring="neg_log_loss", max_iter=5000, refit=True).fit(x, y)
+            C = float(search.C_[0])
+            classifier = search
+        else:  # one example of some class: nothing to cross-validate; scikit-learn's default
+            C = 1.0
+            classifier = LogisticRegression(C=C, max_iter=5000).fit(x, y)
+    weight, bias = _head_parameters(classifier, outputs)
+    train_loss = _log_loss(torch.from_numpy(x) @ weight.T + bias, train_y)
+    return Probe(weight.float(), bias.float(), C, train_loss)
+
+
+def _head_parameters(classifier, outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's coef_/intercept_ as the head's (weight, bias). Two classes give one row (the
+    log-odds of class 1): a binary head takes it as is, a two-logit softmax head as -row/2, +row/2."""
+    coef = torch.from_numpy(classifier.coef_).double()
+    intercept = torch.from_numpy(classifier.intercept_).double()
+    if coef.shape[0] == 1 and outputs == 2:
+        coef, intercept = torch.cat([-coef / 2, coef / 2]), torch.cat([-intercept / 2, intercept / 2])
+    if coef.shape[0] != outputs:
+        raise ValueError(f"the probe has {coef.shape[0]} output rows, the head {outputs}")
+    return coef, intercept
+
+
+def _predict(logits: torch.Tensor) -> torch.Tensor:
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
+
+
+def _log_loss(logits: torch.Tensor, target: torch.Tensor) -> float:
+    if logits.shape[1] == 1:
+        return float(nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target.double()))
+    loss = float(nn.functional.cross_entropy(logits, target))
+    return loss if math.isfinite(loss) else float("inf")
+
+
+@torch.no_grad()
+def load_probe(head: nn.Linear, probe: Probe) -> None:
+    """Write the fitted weights into the model's head layer."""
+    head.weight.copy_(probe.weight.to(head.weight))
+    head.bias.copy_(probe.bias.to(head.bias))

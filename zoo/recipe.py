@@ -1,0 +1,102 @@
+"""The default recipe of `zoo finetune`: every setting left to "auto" (or None) is chosen here from the
+model's registry card, the task and the size of the data, the same way for every data set. Each choice
+comes with its reason; the run prints them and stores them in run.json and the card. A value the user
+gave is kept and reported as given.
+
+For classifiers (measured in benchmarks/transfer.py):
+- linear probe, then fine-tuning (LP-FT): the head is first fitted on the frozen backbone's features
+  (zoo.probe), then everything trains at the card's learning rate (CNNs and transformers differ);
+- a budget in optimizer steps rather than epochs: small data sets get more epochs, large ones fewer;
+  warm-up over the first tenth, cosine decay to zero, no early stopping;
+- the weights kept are the final ones, unless the probe (evaluated as epoch 0) scored better on the
+  validation split: picking the best of many epochs on a few dozen validation examples picks noise
+  (digits, 10 per class: the best-validation epoch tested 0.85, the final one 0.89-0.94);
+- BatchNorm running statistics stay frozen; no augmentation (crops and flips cost accuracy within this
+  budget);
+- when zoo split the validation examples off small data itself, the chosen procedure is run again on
+  train + val (refit): at 10 examples per class the held-out fifth is a fifth of the evidence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import InputError
+from zoo.schema import ModelEntry
+
+if TYPE_CHECKING:
+    from zoo.data import Dataset
+    from zoo.training import FinetuneConfig
+
+TARGET_STEPS = 80  # optimizer steps of fine-tuning, before the epoch bounds below
+MIN_EPOCHS, MAX_EPOCHS = 3, 40
+WARMUP_FRACTION = 0.1
+REFIT_MAX_EXAMPLES = 500  # above: no second pass on train + val (see resolve)
+PATIENCE_FRACTION = 0.25  # early stopping after this share of the epochs without improvement (at least 3)
+# What fine-tunes a random head, when there is no probe (segmentation, detection, NER, QA, --head-init
+# random) and the card gives no rate: the previous default of every task.
+FALLBACK_LR, FALLBACK_WEIGHT_DECAY = 1e-3, 0.01
+
+
+def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tuple[FinetuneConfig, list[str]]:
+    """`config` with every automatic setting decided, and one line per setting: value and reason."""
+    choices: list[str] = []
+    values: dict[str, Any] = {}
+
+    def choose(field: str, value: Any, reason: str) -> None:
+        given = getattr(config, field)
+        if given is None or given == "auto":
+            values[field] = value
+            choices.append(f"{field} = {value}: {reason}")
+        else:
+            choices.append(f"{field} = {given}: given")
+
+    linear_head = dataset.task == "classification"
+    if config.probe_only:
+        if not linear_head:
+            raise InputError(f"--probe fits a linear classifier on frozen features; {dataset.task} has no such head")
+        choose("head_init", "probe", "--probe: the head is fitted on frozen features and is the result")
+        values["freeze"] = "head"
+        choices.append("freeze = head: --probe trains nothing but the head")
+    elif linear_head:
+        choose("head_init", "probe", "linear probe first, then fine-tuning (LP-FT): training starts from a fitted "
+                                     "head instead of a random one that would distort the pretrained features")
+    else:
+        choose("head_init", "random", f"{dataset.task} has no single linear head to fit on frozen features")
+    head_init = values.get("head_init", config.head_init)
+    card = entry.finetune
+    if card is not None and head_init == "probe":
+        choose("lr", card.lr, f"the registry card's fine-tuning rate for {entry.architecture}")
+        choose("weight_decay", card.weight_decay, f"the registry card's weight decay for {entry.architecture}")
+    else:
+        choose("lr", FALLBACK_LR, "a new head trained from random initialisation")
+        choose("weight_decay", FALLBACK_WEIGHT_DECAY, "a new head trained from random initialisation")
+    choose("augment", "none", "no augmentation: within this short budget, crops and flips cost accuracy "
+                              "(digits: 0.88 vs 0.94 test accuracy; --augment light|trivial to try)")
+    choose("batchnorm", "frozen", "running statistics kept from pretraining; small batches of new data would "
+                                  "move them away from what evaluation uses")
+    examples = len(dataset.train)
+    steps_per_epoch = max(1, math.ceil(math.ceil(examples / config.batch_size) / config.accumulate))
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+    choose("epochs", epochs, f"~{TARGET_STEPS} optimizer steps at {steps_per_epoch} per epoch ({examples} training "
+                             f"examples, batch {config.batch_size}), within {MIN_EPOCHS}..{MAX_EPOCHS} epochs")
+    epochs = values.get("epochs", config.epochs)
+    choose("warmup_epochs", round(WARMUP_FRACTION * epochs, 2), f"the first {WARMUP_FRACTION:.0%} of the steps")
+    choose("select", "last", "the final weights of the schedule, or the probe's if it scored better on validation: "
+                             "picking the best of many epochs on a small validation split picks its noise")
+    choose("patience", 0, "no early stopping: the schedule runs to its end")
+    total = examples + len(dataset.val)
+    if dataset.split == "given":
+        choose("refit", "off", "the data came with its own validation split; it stays held out")
+    elif not linear_head:
+        choose("refit", "off", f"{dataset.task}: the validation split stays held out")
+    elif total > REFIT_MAX_EXAMPLES:
+        choose("refit", "off", f"{total} examples: the held-out fifth costs little accuracy at this size, and a "
+                               "second pass would double the time")
+    else:
+        choose("refit", "on", f"the {len(dataset.val)} validation examples were split off the data to decide "
+                              "between the probe and fine-tuning; once decided, that procedure runs again on all "
+                              f"{total} examples (the reported metrics stay the validation's)")
+    return dataclasses.replace(config, **values), choices
