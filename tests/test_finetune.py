@@ -61,7 +61,7 @@ def _changed(run: Path, base: dict[str, torch.Tensor]) -> dict[str, bool]:
     return {k: not torch.equal(v, base[k]) for k, v in state.items() if k in base and v.shape == base[k].shape}
 
 
-FAST = {"epochs": 1, "batch_size": 4, "quiet": True}
+FAST = {"epochs": 1, "batch_size": 4, "quiet": True, "refit": "off"}  # mechanisms, not the recipe
 
 
 def test_head_only_freezes_backbone_and_batchnorm_statistics(images: Path, tmp_path: Path) -> None:

@@ -68,16 +68,15 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, outputs: int, grid: 
 
     x, y = train_x.double().numpy(), train_y.numpy()
     splits = min(folds, int(torch.bincount(train_y).min()))
+    C = 1.0  # one example of some class: nothing to cross-validate; scikit-learn's default
     with warnings.catch_warnings():  # a C too weak to converge within max_iter just scores worse
         warnings.simplefilter("ignore")
-        if splits >= 2:
+        if splits >= 2:  # selection needs no precise fits: tol 1e-3 (6x faster on 100 x 1280 x 10 classes)
             search = LogisticRegressionCV(Cs=list(grid), cv=StratifiedKFold(splits, shuffle=True, random_state=seed),
-                                          scoring="neg_log_loss", max_iter=5000, refit=True).fit(x, y)
-            C = float(search.C_[0])
-            classifier = search
-        else:  # one example of some class: nothing to cross-validate; scikit-learn's default
-            C = 1.0
-            classifier = LogisticRegression(C=C, max_iter=5000).fit(x, y)
+                                          scoring="neg_log_loss", max_iter=1000, tol=1e-3, refit=False).fit(x, y)
+            mean = next(iter(search.scores_.values())).mean(axis=0)  # (folds, Cs) -> per C
+            C = float(grid[int(mean.argmax())])  # the first of equal scores: the stronger regularisation
+        classifier = LogisticRegression(C=C, max_iter=5000, tol=1e-6).fit(x, y)
     weight, bias = _head_parameters(classifier, outputs)
     train_loss = _log_loss(torch.from_numpy(x) @ weight.T + bias, train_y)
     return Probe(weight.float(), bias.float(), C, train_loss)
