@@ -58,6 +58,9 @@ def test_choices_are_deterministic_explained_and_scale_with_the_data() -> None:
     masks = Example("x.png", 0, mask="x.png")
     segmentation, lines = resolve(FinetuneConfig(), get_model("lraspp_mobilenet_v3_large"), _dataset(16, masks))
     assert segmentation.head_init == "random" and segmentation.lr == 1e-3 and any("no single linear" in l for l in lines)
+    assert segmentation.batchnorm == "train" and small.batchnorm == "frozen"
+    scratch, _ = resolve(FinetuneConfig(pretrained=False), entry, _dataset(16))
+    assert scratch.batchnorm == "train"  # random statistics are nothing to keep
 
 
 def test_given_values_are_kept(images: Path, tmp_path: Path) -> None:

@@ -75,8 +75,13 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
         choose("weight_decay", FALLBACK_WEIGHT_DECAY, "a new head trained from random initialisation")
     choose("augment", "none", "no augmentation: within this short budget, crops and flips cost accuracy "
                               "(digits: 0.88 vs 0.94 test accuracy; --augment light|trivial to try)")
-    choose("batchnorm", "frozen", "running statistics kept from pretraining; small batches of new data would "
-                                  "move them away from what evaluation uses")
+    if not config.pretrained:
+        choose("batchnorm", "train", "random initialisation: running statistics have nothing to keep")
+    elif linear_head:
+        choose("batchnorm", "frozen", "running statistics kept from pretraining; small batches of new data would "
+                                      "move them away from what evaluation uses")
+    else:
+        choose("batchnorm", "train", f"{dataset.task}: a new head and decoder learn with the statistics of the data")
     examples = len(dataset.train)
     steps_per_epoch = max(1, math.ceil(math.ceil(examples / config.batch_size) / config.accumulate))
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
