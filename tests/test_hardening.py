@@ -73,23 +73,39 @@ def test_images_over_a_limit_are_413_naming_it(image_server, body: bytes, limit:
     assert "--max-" in response.json()["error"]  # how to raise it
 
 
+def _liveness_while(server, post) -> tuple[list[float], float]:
+    """Poll /v2/health/live while `post()` runs in another thread: the latencies, and the request's time."""
+    with ThreadPoolExecutor(1) as pool:
+        start = time.perf_counter()
+        pending = pool.submit(post)
+        latencies = []
+        while not pending.done():
+            poll = time.perf_counter()
+            assert httpx.get(server.url + "/v2/health/live", timeout=30).status_code == 200
+            latencies.append(time.perf_counter() - poll)
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - start
+    response = pending.result()
+    assert response.status_code == 200, response.text[:300]
+    return latencies, elapsed
+
+
+def _never_stalled(latencies: list[float], elapsed: float) -> None:
+    """Work on the event loop would hold one liveness reply for most of the request (seconds); off the loop
+    each reply waits at most for a scheduler slice. The bound leaves room for a loaded 2-core CI machine."""
+    assert len(latencies) >= 3, (latencies, elapsed)
+    assert max(latencies) < min(0.3, elapsed / 3), (max(latencies), elapsed, latencies)
+
 def test_worst_accepted_image_keeps_memory_and_liveness(image_server) -> None:
-    """The largest image the limits accept, decoded while /v2/health/live is polled: liveness stays
-    under 100 ms, and the server's RSS comes back to within 20 % of its warm level."""
+    """The largest image the limits accept, decoded while /v2/health/live is polled: liveness never
+    stalls (_never_stalled), and the server's RSS comes back to within 20 % of its warm level."""
     for _ in range(3):  # warm: arenas and caches at their steady state for normal photos
         assert _post(image_server, "predict", content=PHOTO, headers={"content-type": "image/jpeg"}).status_code == 200
     warm = image_server.rss_kib()
     worst = png(8000, 5000)  # 40 MP, exactly the limit
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_post, image_server, "predict", content=worst, headers={"content-type": "image/png"})
-        latencies = []
-        while not pending.done():
-            start = time.perf_counter()
-            assert httpx.get(image_server.url + "/v2/health/live", timeout=5).status_code == 200
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.02)
-        assert pending.result().status_code == 200, pending.result().text
-    assert len(latencies) >= 3 and max(latencies) < 0.1, latencies
+    latencies, elapsed = _liveness_while(image_server, lambda: _post(
+        image_server, "predict", content=worst, headers={"content-type": "image/png"}))
+    _never_stalled(latencies, elapsed)
     time.sleep(0.5)
     after = image_server.rss_kib()
     assert after <= 1.2 * warm, (warm, after)
@@ -138,18 +154,10 @@ def test_inputs_and_text_length_are_capped(text_server) -> None:
 
 def test_a_full_text_batch_keeps_liveness(text_server) -> None:
     """The worst accepted text request (64 texts of 100,000 characters: tokenised, then truncated) runs
-    off the event loop: liveness answers in under 100 ms meanwhile."""
+    off the event loop: liveness never stalls meanwhile."""
     texts = [("lorem ipsum dolor " * 6000)[:100_000]] * 64
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_post, text_server, "predict", json={"inputs": texts})
-        latencies = []
-        while not pending.done():
-            start = time.perf_counter()
-            assert httpx.get(text_server.url + "/v2/health/live", timeout=5).status_code == 200
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.02)
-    assert pending.result().status_code == 200, pending.result().text[:300]
-    assert len(latencies) >= 3 and max(latencies) < 0.1, latencies
+    latencies, elapsed = _liveness_while(text_server, lambda: _post(text_server, "predict", json={"inputs": texts}))
+    _never_stalled(latencies, elapsed)
 
 
 # --- item 4: one bad request inside a micro-batch fails alone ------------------------------------
@@ -365,3 +373,12 @@ def test_a_plain_pickle_weights_file_is_refused_without_torch_warnings(tmp_path:
         with pytest.raises(BuildError, match="never unpickles"):
             read_state_dict(path, "torch-state-dict")
     assert caught == []
+
+
+def test_server_start_prints_no_warnings(bundles) -> None:
+    """Item 11: a deprecation warning printed at every server start (Starlette's async-generator lifespan)."""
+    server = Server(bundles["efficientnet_lite0"])
+    server.wait_ready()
+    server.stop()
+    output = server.process.stdout.read()
+    assert "Warning" not in output and "serve: " in output, output

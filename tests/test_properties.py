@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from serve.errors import BundleError, InputError
+from serve.errors import BundleError, InputError, LimitError
+from serve.limits import DEFAULT_LIMITS
 from serve.manifest import ImagePreprocessing, parse_manifest
 from serve.preprocess import preprocess_image
 from zoo.errors import RegistryError
@@ -107,6 +108,10 @@ def test_any_image_preprocesses_to_a_finite_tensor(width, height, mode, seed) ->
         image = Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
     buffer = io.BytesIO()
     image.save(buffer, format="TIFF" if mode in ("I;16", "CMYK") else "PNG")
+    if max(width, height) > DEFAULT_LIMITS.max_aspect_ratio * min(width, height):
+        with pytest.raises(LimitError, match="--max-aspect-ratio"):  # refused before decoding, by its header
+            preprocess_image(SPEC, buffer.getvalue())
+        return
     out = preprocess_image(SPEC, buffer.getvalue())
     assert out.shape == (3, 224, 224) and out.dtype == np.float32 and np.isfinite(out).all()
     low = (0 - np.array(SPEC.mean)) / np.array(SPEC.std)
