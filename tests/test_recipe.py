@@ -46,8 +46,11 @@ def test_choices_are_deterministic_explained_and_scale_with_the_data() -> None:
     large, _ = resolve(FinetuneConfig(), entry, _dataset(1024))
     assert large.epochs == max(MIN_EPOCHS, -(-TARGET_STEPS // 32)) < small.epochs
     assert (small.lr, small.weight_decay) == (entry.finetune.lr, entry.finetune.weight_decay) == (3e-4, 0.01)
-    text, _ = resolve(FinetuneConfig(), get_model("all-minilm-l6-v2"), _dataset(16))
+    text, text_lines = resolve(FinetuneConfig(), get_model("all-minilm-l6-v2"), _dataset(16))
     assert text.lr == get_model("all-minilm-l6-v2").finetune.lr != small.lr  # per family, from the card
+    # the reasons printed fit the model: no crops or BatchNorm talk for a text encoder
+    assert any(line.startswith("batchnorm = frozen: bert has no BatchNorm") for line in text_lines)
+    assert any(line.startswith("augment = none: text input") for line in text_lines)
     # every setting the recipe decides is named with its reason; nothing is left undecided
     decided = {line.split(" = ")[0] for line in small_lines}
     assert {"head_init", "lr", "weight_decay", "augment", "batchnorm", "epochs", "warmup_epochs", "select",

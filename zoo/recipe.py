@@ -38,6 +38,8 @@ PATIENCE_FRACTION = 0.25  # early stopping after this share of the epochs withou
 # What fine-tunes a random head, when there is no probe (segmentation, detection, NER, QA, --head-init
 # random) and the card gives no rate: the previous default of every task.
 FALLBACK_LR, FALLBACK_WEIGHT_DECAY = 1e-3, 0.01
+# Architectures without BatchNorm (LayerNorm only): --batchnorm has no effect on them.
+NORMALISED_BY_LAYERS = {"bert", "distilbert", "roberta", "vit_b_16", "convnext_tiny"}
 
 
 def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tuple[FinetuneConfig, list[str]]:
@@ -73,9 +75,14 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
     else:
         choose("lr", FALLBACK_LR, "a new head trained from random initialisation")
         choose("weight_decay", FALLBACK_WEIGHT_DECAY, "a new head trained from random initialisation")
-    choose("augment", "none", "no augmentation: within this short budget, crops and flips cost accuracy "
-                              "(digits: 0.88 vs 0.94 test accuracy; --augment light|trivial to try)")
-    if not config.pretrained:
+    if entry.modality != "image":
+        choose("augment", "none", f"{entry.modality} input: image augmentation does not apply")
+    else:
+        choose("augment", "none", "no augmentation: within this short budget, crops and flips cost accuracy "
+                                  "(digits: 0.88 vs 0.94 test accuracy; --augment light|trivial to try)")
+    if entry.architecture in NORMALISED_BY_LAYERS:
+        choose("batchnorm", "frozen", f"{entry.architecture} has no BatchNorm layers (LayerNorm only): nothing to do")
+    elif not config.pretrained:
         choose("batchnorm", "train", "random initialisation: running statistics have nothing to keep")
     elif linear_head:
         choose("batchnorm", "frozen", "running statistics kept from pretraining; small batches of new data would "
