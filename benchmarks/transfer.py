@@ -20,6 +20,7 @@ Data (all installed offline from PyPI packages):
 Methods:
 - zoo: `zoo.finetune(MODEL, DATA, OUT)`, nothing else set (the default recipe, zoo.recipe);
 - zoo-probe: `--probe` (the head fitted on frozen features only);
+- previous: `zoo finetune`'s defaults before this recipe (PREVIOUS_DEFAULTS);
 - scratch: the same defaults from random initialisation;
 - sklearn-probe: the pretrained model's pooled features + scikit-learn LogisticRegression() defaults;
 - classical: SVC() on the pixels (images), TfidfVectorizer() + LogisticRegression() (text);
@@ -54,7 +55,12 @@ from typing import Callable
 import numpy as np
 
 TEXT_MODEL, IMAGE_MODEL = "all-minilm-l6-v2", "efficientnet_lite0"
-METHODS = ("zoo", "zoo-probe", "scratch", "sklearn-probe", "classical", "setfit")
+METHODS = ("zoo", "zoo-probe", "previous", "scratch", "sklearn-probe", "classical", "setfit")
+# `zoo finetune`'s defaults before the recipe (what the issue measured): 3 epochs of full fine-tuning from a
+# random head, AdamW 1e-3, ImageNet-style crops, BatchNorm statistics updated, the best epoch kept.
+PREVIOUS_DEFAULTS = {"epochs": 3, "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 0.0, "patience": 0,
+                     "head_init": "random", "augment": "imagenet", "batchnorm": "train", "select": "best",
+                     "refit": "off"}
 SETFIT_PAIRS = 2000  # num_iterations = max(1, min(20, SETFIT_PAIRS // (2 * N))): at most 2,000 training pairs
 
 
@@ -266,6 +272,8 @@ def run_method(method: str, data: Data, indices: np.ndarray, seed: int, root: Pa
         return zoo_method(data, indices, seed, root, probe_only=True)
     if method == "scratch":
         return zoo_method(data, indices, seed, root, pretrained=False)
+    if method == "previous":
+        return zoo_method(data, indices, seed, root, **PREVIOUS_DEFAULTS)
     return {"sklearn-probe": sklearn_probe, "classical": classical, "setfit": setfit}[method](data, indices, seed, root)
 
 

@@ -92,8 +92,10 @@ def _liveness_while(server, post) -> tuple[list[float], float]:
 
 def _never_stalled(latencies: list[float], elapsed: float) -> None:
     """Work on the event loop would hold one liveness reply for most of the request (seconds); off the loop
-    each reply waits at most for a scheduler slice. The bound leaves room for a loaded 2-core CI machine."""
+    replies take < 100 ms (nine in ten here), and no single one waits more than a few scheduler slices
+    while the server's threads fill both cores of a loaded CI machine (0.137 s seen there)."""
     assert len(latencies) >= 3, (latencies, elapsed)
+    assert sorted(latencies)[int(0.9 * (len(latencies) - 1))] < 0.1, latencies
     assert max(latencies) < min(0.3, elapsed / 3), (max(latencies), elapsed, latencies)
 
 def test_worst_accepted_image_keeps_memory_and_liveness(image_server) -> None:
