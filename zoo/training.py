@@ -681,8 +681,11 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
             bad_epochs += 1
         if validate and config.select == "best":
             chosen = max(range(len(history)), key=lambda i: (key(history[i]), i))
-        elif validate and probe is not None and key(history[probe]) > key(row):
-            chosen = probe  # "last": the newest weights, unless the probe scored better on validation
+        elif validate and probe is not None and key(history[probe])[0] > key(row)[0]:
+            # "last": the newest weights, unless the probe scored better on the validation metric. A tie
+            # keeps fine-tuning, the procedure that measured better (benchmarks/transfer.py): on a few
+            # validation examples ties are common, and the probe's softer loss would win every one.
+            chosen = probe
         else:
             chosen = last
         improved, best_index = chosen == last, chosen
