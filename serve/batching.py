@@ -21,6 +21,11 @@ from serve.predictor import Predictor, question_and_context
 from serve.preprocess import check_text, describe, preprocess_image_sized
 
 
+# Idle time after a batch before the predictor gives freed heap back to the OS (Predictor.release_memory):
+# long enough that the requests' own buffers are gone, short enough that memory returns between bursts.
+RELEASE_AFTER_IDLE_S = 0.2
+
+
 @dataclass
 class _Request:
     item: Any
@@ -112,12 +117,19 @@ class MicroBatcher:
         return batch, stop
 
     def _loop(self) -> None:
+        ran = False
         while True:
-            first = self._queue.get()
+            try:  # after a batch, RELEASE_AFTER_IDLE_S without work returns the heap it left behind
+                first = self._queue.get(timeout=RELEASE_AFTER_IDLE_S) if ran else self._queue.get()
+            except queue.Empty:
+                self.predictor.release_memory()
+                ran = False
+                continue
             if first is None:
                 return
             batch, stop = self._collect(first)
             self._run(batch)
+            ran = True
             if stop:
                 while not self._queue.empty():  # drain what was queued before close()
                     request = self._queue.get_nowait()

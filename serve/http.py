@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from serve import priority
 from serve.batching import MicroBatcher
 from serve.errors import LimitError, ServeError
 from serve.entities import AGGREGATIONS
@@ -62,6 +63,9 @@ class ServerConfig:
     # Threads that parse bodies and decode/tokenise inputs, off the event loop; at most this many
     # requests are being decoded at once (each holds at most one image of limits.max_image_pixels).
     preprocess_workers: int = 2
+    # Nice levels below the event loop for every compute thread (serve.priority; Linux): liveness answers
+    # while the cores are saturated. 0 keeps every thread at the loop's priority.
+    compute_niceness: int = 5
 
 
 class HttpError(Exception):
@@ -87,13 +91,21 @@ class _State:
                                ["endpoint"], registry=self.registry)
         self.batch_sizes = Histogram("zoo_batch_size", "Requests merged per onnxruntime run", registry=self.registry,
                                      buckets=(1, 2, 4, 8, 16, 32, 64))
-        self.preprocess = ThreadPoolExecutor(config.preprocess_workers, thread_name_prefix="serve-preprocess")
+        self.loop_thread = threading.get_native_id()  # replaced by the event loop's own at startup
+        self.base_nice = priority.current()
+        self.preprocess = ThreadPoolExecutor(config.preprocess_workers, thread_name_prefix="serve-preprocess",
+                                             initializer=self.lower_priority)
+
+    def lower_priority(self) -> None:
+        """The calling (compute) thread a few nice levels below the event loop."""
+        priority.lower(self.config.compute_niceness, self.base_nice)
 
     async def off_loop(self, function, *args):
         """`function(*args)` in a preprocessing thread: the event loop keeps answering meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(self.preprocess, function, *args)
 
     def load(self) -> None:
+        self.lower_priority()
         try:
             predictor = self.loaded or load(self.config.bundle, config=self.config.session,
                                             variant=self.config.variant, limits=self.config.limits)
@@ -101,6 +113,9 @@ class _State:
             predictor.warm_up(self.config.max_batch_size)  # before reporting ready: no slow first requests
             self.batcher = MicroBatcher(predictor, self.config.max_batch_size, self.config.max_wait_ms,
                                         on_batch=self.batch_sizes.observe, open_files=False)
+            # onnxruntime's and tokenizers' threads exist now (a bundle preloaded in the main thread made
+            # them there): all but the event loop's thread go below it
+            priority.lower_all_but(self.loop_thread, self.config.compute_niceness, self.base_nice)
             self.predictor = predictor
             print(predictor.provider_line, flush=True)
         except Exception as exc:  # anything: readiness must report it, not wait forever
@@ -322,6 +337,10 @@ def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Star
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        state.loop_thread, state.base_nice = threading.get_native_id(), priority.current()
+        # asyncio.to_thread (KServe infer runs) in threads below the loop's priority too
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(thread_name_prefix="serve-infer",
+                                                                           initializer=state.lower_priority))
         loader = threading.Thread(target=state.load, name="serve-loader", daemon=True)
         loader.start()
         yield

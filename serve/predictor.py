@@ -3,6 +3,8 @@ onnxruntime calls, top-k labels or embeddings out."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -23,6 +25,17 @@ from serve.providers import CUDA, SessionChoice, SessionConfig, create_session, 
 log = logging.getLogger("serve")
 
 
+def _malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS, Windows)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -39,7 +52,9 @@ class Predictor:
     `{"question", "context"}` for question answering."""
 
     def __init__(self, directory: Path, manifest: Manifest, choice: SessionChoice, io_binding: str = "auto",
-                 variant: str = "fp32", limits: Limits = DEFAULT_LIMITS):
+                 variant: str = "fp32", limits: Limits = DEFAULT_LIMITS, release_memory: bool = True):
+        import onnxruntime as ort
+
         self.directory = directory
         self.manifest = manifest
         self.limits = limits
@@ -48,6 +63,10 @@ class Predictor:
         self.variant = variant
         self.io_binding = io_binding == "on" or (io_binding == "auto" and choice.provider == CUDA)
         self.provider_line = choice.line + f"; variant {variant}" + ("; IO binding" if self.io_binding else "")
+        self.release = release_memory
+        self.run_options = ort.RunOptions()
+        if release_memory:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.input_names = [spec.name for spec in manifest.inputs]
         self.output_name = manifest.outputs[0].name
         # A bundle exported with a static shape: a fixed batch (run() splits and pads to it) and, for
@@ -162,15 +181,22 @@ class Predictor:
         the outputs allocated on that device by onnxruntime (any shape: detections too) and copied back.
         A binding per call, so concurrent calls share the session safely."""
         if not self.io_binding:
-            return self.session.run(names, feeds)
+            return self.session.run(names, feeds, self.run_options)
         device = "cuda" if self.provider == CUDA else "cpu"
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in names:
             binding.bind_output(name, device)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, self.run_options)
         return binding.copy_outputs_to_cpu()
+
+    def release_memory(self) -> None:
+        """Give the C heap's free pages back to the OS (glibc's malloc_trim; a few ms). Tokenising 64 long
+        texts leaves ~200 MB of freed but held heap otherwise. Servers call it when their queue is idle;
+        a no-op with `release_memory=False` or off glibc."""
+        if self.release and _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
 
     def run_images(self, arrays: Sequence[np.ndarray]) -> list[Any]:
         """One output row per preprocessed CHW image, in order: images of equal shape share a run
@@ -379,6 +405,7 @@ def load(directory: str | Path, device: str = "auto", threads: int | None = None
         variant, model_file = "fp32", manifest.model_file
         choice = create_session(path / model_file, config, manifest.files[model_file])
     check_graph(manifest, choice.session, model_file)
-    predictor = Predictor(path, manifest, choice, config.io_binding, variant, limits or DEFAULT_LIMITS)
+    predictor = Predictor(path, manifest, choice, config.io_binding, variant, limits or DEFAULT_LIMITS,
+                          config.release_memory)
     log.info(predictor.provider_line)
     return predictor

@@ -204,9 +204,11 @@ class TextEncoder:
         for text in texts:
             check_text(text, self.limits)
         encodings = self.tokenizer.encode_batch(list(texts))
-        for index, encoding in enumerate(encodings):
-            if encoding.overflowing:
-                log.warning("input %d: text longer than max_length=%d tokens was truncated", index, self.max_length)
+        truncated = [index for index, encoding in enumerate(encodings) if encoding.overflowing]
+        if truncated:  # one line per call, not one per text: a server logs this for every long request
+            shown = ", ".join(map(str, truncated[:5])) + (f" and {len(truncated) - 5} more" if len(truncated) > 5 else "")
+            log.warning("input%s %s: text longer than max_length=%d tokens was truncated",
+                        "s" if len(truncated) > 1 else "", shown, self.max_length)
         return {
             "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),

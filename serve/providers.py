@@ -40,6 +40,10 @@ class SessionConfig:
     # IO binding: inputs copied to the session's device once and bound, outputs allocated there by
     # onnxruntime and copied back after the run. "auto": on CUDA only (on CPU plain run() is as fast).
     io_binding: str = "auto"
+    # After each run the CPU memory arena gives back what the run needed beyond what it holds in use
+    # (onnxruntime's memory.enable_memory_arena_shrinkage): without it, one batch of 64 x 256 tokens
+    # keeps ~900 MB for the life of the process. No measurable cost at batches of 1-32 here.
+    release_memory: bool = True
 
     def check(self) -> None:
         if self.io_binding not in IO_BINDING:
