@@ -10,8 +10,9 @@ vocabulary as BERT's, and ids that are valid in RoBERTa's larger vocabulary) and
 For CI time (the whole suite must stay well under 20 minutes) those three stand-ins keep 2 of their
 encoder layers (every layer is the same graph; embeddings, pooling and widths are the entry's own), and
 segmentation entries are exported at 256 px instead of 520 (they take any size), and the (model, format)
-pairs known to fail are not attempted unless ZOO_MATRIX_KNOWN_FAILURES=1. Everything else, and every
-converter step, is the entry's own."""
+pairs known to fail are not attempted unless ZOO_MATRIX_KNOWN_FAILURES=1, and entries that only repeat a
+graph family another entry covers (SAME_FAMILY_AS) are skipped unless ZOO_MATRIX=all. Everything else,
+and every converter step, is the entry's own."""
 
 from __future__ import annotations
 
@@ -55,6 +56,15 @@ DETECTION_FP16_FAILURE = "float16 converter failed"
 # CI skips the known failures (re-checking them costs ~70 s, mostly onnx2tf's attempt at ViT);
 # ZOO_MATRIX_KNOWN_FAILURES=1 attempts them and requires each row to fail with its reason.
 ATTEMPT_KNOWN_FAILURES = os.environ.get("ZOO_MATRIX_KNOWN_FAILURES") == "1"
+# CI exports one entry per graph family; these repeat a family another entry covers with the same
+# builder and operators, only bigger (~5 of the suite's minutes on 2 cores). ZOO_MATRIX=all runs them too.
+SAME_FAMILY_AS = {
+    "vgg16": "resnet18",  # plain convolutions, pooling and a linear classifier (vgg16 alone took 191 s)
+    "resnet50": "resnet18",  # the same torchvision ResNet, bottleneck blocks instead of basic ones
+    "bert-base-uncased": "all-minilm-l6-v2",  # both BertModel through hf_encoder (12 vs 6 layers)
+    "fasterrcnn_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet_v3_large_320_fpn",  # same graph, 800 px
+}
+FULL_MATRIX = os.environ.get("ZOO_MATRIX") == "all"
 # Image models whose dynamic-batch graph onnx2tf cannot convert: their SavedModel has a fixed batch of 1.
 FIXED_BATCH_SAVEDMODEL = {"convnext_tiny"}
 # Segmentation graphs take any height and width, which onnx2tf cannot convert: a fixed square instead.
@@ -88,6 +98,8 @@ def matrix_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_exports_to_every_format(name: str, all_formats, matrix_registry: Path, tmp_path: Path,
                                              monkeypatch) -> None:
+    if name in SAME_FAMILY_AS and not FULL_MATRIX:
+        pytest.skip(f"same graph family as {SAME_FAMILY_AS[name]} (ZOO_MATRIX=all exports it too)")
     detector = get_model(name).task == "object-detection"
     formats = DETECTION_FORMATS if detector else FORMATS
     if not ATTEMPT_KNOWN_FAILURES and name not in REAL:
