@@ -330,6 +330,23 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def _commit() -> str:
+    """The checkout's commit, "+dirty" when zoo/ has uncommitted changes: which recipe a row measured."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "zoo"], cwd=root, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty.strip() else "")
+
+
+COMMIT = _commit()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", choices=list(DATASETS), default=list(DATASETS))
@@ -359,7 +376,7 @@ def main() -> int:
                         seconds = time.perf_counter() - start
                     row = {"data": name, "modality": data.modality, "per_class": n, "seed": seed, "method": method,
                            **scores(predicted, data.labels[data.test]), "test_size": len(data.test),
-                           "seconds": round(seconds, 1)}
+                           "seconds": round(seconds, 1), "commit": COMMIT}
                     with open(rows_file, "a") as handle:  # one line per run: a long benchmark keeps what it measured
                         handle.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
