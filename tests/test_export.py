@@ -122,7 +122,7 @@ def test_int8_variant_is_small_and_close_to_fp32(all_formats, name: str) -> None
     full, quantized = serve.load(directory), serve.load(directory, variant="int8")
     if name == "efficientnet_lite0":
         assert int8["quantization"].startswith("static QDQ") and int8["top1_on"] == "30 held-out views"
-        assert 0.5 <= int8["top1_agreement"] <= 1.0  # measured 0.73 (low-margin views: see export.calibration)
+        assert int8["top1_agreement"] >= 0.7  # measured 0.73 (22/30; low-margin views: see export.calibration)
         photos = [str(ROOT / "zoo" / "assets" / "flower.jpg"), str(ROOT / "zoo" / "assets" / "china.jpg")]
         assert [r["top_k"][0]["label"] for r in full.predict(photos)] == \
             [r["top_k"][0]["label"] for r in quantized.predict(photos)]
