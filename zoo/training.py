@@ -669,6 +669,18 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
         loss = row["val_loss"] if row["val_loss"] is not None else 0.0
         return (-loss if config.metric == "loss" else row[f"val_{config.metric}"], -loss)
 
+    def probe_clearly_better(probe_row: dict[str, Any], row: dict[str, Any]) -> bool:
+        """The probe beats fine-tuning on the validation metric by more than the split's noise: one
+        binomial standard error, sqrt(m (1 - m) / n), of a rate m measured on n examples (strictly better
+        for the loss). Fine-tuning is the procedure that measured better (benchmarks/transfer.py); on a
+        few dozen validation examples a difference of one or two examples is noise, and a tie-break on
+        the loss would pick the probe's softer logits every time."""
+        if config.metric == "loss":
+            return key(probe_row)[0] > key(row)[0]
+        a, b = key(probe_row)[0], key(row)[0]
+        m = min(max((a + b) / 2, 0.0), 1.0)
+        return a - b > math.sqrt(m * (1 - m) / max(1, len(dataset.val)))
+
     def record(epoch: int, row: dict[str, Any]) -> None:
         """Append the row; checkpoint last, and best (the row `config.select` picks); save the resumable
         state."""
@@ -681,11 +693,8 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
             bad_epochs += 1
         if validate and config.select == "best":
             chosen = max(range(len(history)), key=lambda i: (key(history[i]), i))
-        elif validate and probe is not None and key(history[probe])[0] > key(row)[0]:
-            # "last": the newest weights, unless the probe scored better on the validation metric. A tie
-            # keeps fine-tuning, the procedure that measured better (benchmarks/transfer.py): on a few
-            # validation examples ties are common, and the probe's softer loss would win every one.
-            chosen = probe
+        elif validate and probe is not None and probe_clearly_better(history[probe], row):
+            chosen = probe  # "last": the newest weights, unless the probe validated clearly better
         else:
             chosen = last
         improved, best_index = chosen == last, chosen
