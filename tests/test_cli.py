@@ -23,9 +23,22 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_list_filters(capsys) -> None:
     code, out, _ = run(capsys, "list", "--modality", "text", "--json")
     assert code == 0
-    assert json.loads(out) == ["all-minilm-l6-v2", "bert-base-uncased", "distilbert-base-uncased", "roberta-base"]
+    cards = json.loads(out)  # the records `zoo info --json` gives, not bare ids
+    assert [c["id"] for c in cards] == ["all-minilm-l6-v2", "bert-base-uncased", "distilbert-base-uncased", "roberta-base"]
+    assert cards[0] == json.loads(run(capsys, "info", "all-minilm-l6-v2", "--json")[1])
     code, out, _ = run(capsys, "list", "res*", "--task", "image-classification")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["resnet18", "resnet50"]
+    code, out, _ = run(capsys, "list")  # columns line up under the longest id
+    rows = out.splitlines()
+    assert len({row.index(" image ") if " image " in row else row.index(" text ") for row in rows}) == 1, out
+
+
+def test_info_names_every_output_kind(capsys) -> None:
+    for name, expected in (("ssdlite320_mobilenet_v3_large", "boxes, scores and labels per image, 90 classes"),
+                           ("lraspp_mobilenet_v3_large", "per-pixel logits, 21 classes"),
+                           ("all-minilm-l6-v2", "384-d embedding, mean pooling, L2-normalised")):
+        code, out, _ = run(capsys, "info", name)
+        assert code == 0 and expected in out and "None" not in out, out
 
 
 def test_info_shows_the_card(capsys) -> None:

@@ -34,6 +34,12 @@ def card_lines(entry: ModelEntry) -> list[str]:
         head = f"{len(out.labels)} classes{labels}"
     elif out.kind == "segmentation":
         head = f"per-pixel logits, {len(out.labels)} classes{labels}, at the input's resolution"
+    elif out.kind == "detection":
+        head = f"boxes, scores and labels per image, {len(out.labels) - 1} classes{labels} (label 0: background)"
+    elif out.kind == "token-logits":
+        head = f"label logits per token, {len(out.labels)} tags{labels}"
+    elif out.kind == "span-logits":
+        head = "answer start and end logits per token (extractive question answering)"
     else:
         head = f"{out.dim}-d embedding, {out.pooling} pooling" + (", L2-normalised" if out.normalize else "")
     lines = [

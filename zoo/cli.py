@@ -49,7 +49,7 @@ def cli() -> None:
 @click.option("--task", help="Only this task (image-classification, semantic-segmentation, object-detection, "
                              "sentence-embedding, feature-extraction).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out ids matching this fnmatch pattern.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of ids.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the entries' cards (as `zoo info --json`).")
 def list_command(patterns: tuple[str, ...], modality: str | None, task: str | None, exclude: tuple[str, ...],
                  as_json: bool) -> None:
     """List registry models whose id matches any PATTERN (fnmatch, default '*')."""
@@ -61,12 +61,16 @@ def list_command(patterns: tuple[str, ...], modality: str | None, task: str | No
                                  param_hint="--task")
     names = list_models(patterns or "*", exclude, modality=modality, task=task)
     if as_json:
-        click.echo(json.dumps(names))
+        from zoo.card import card_dict
+
+        click.echo(json.dumps([card_dict(get_model(name)) for name in names], indent=1))
         return
-    for name in names:
-        entry = get_model(name)
+    entries = [get_model(name) for name in names]
+    width = max([len(name) for name in names] + [2])  # columns fit the longest id
+    tasks = max([len(entry.task) for entry in entries] + [4])
+    for entry in entries:
         ref = "reference" if entry.reference else ""
-        click.echo(f"{name:26} {entry.modality:5} {entry.task:22} {entry.params / 1e6:7.1f}M  {ref}")
+        click.echo(f"{entry.id:{width}}  {entry.modality:5} {entry.task:{tasks}} {entry.params / 1e6:7.1f}M  {ref}".rstrip())
 
 
 @cli.command()
