@@ -53,9 +53,12 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
 # float16 converter breaks their If subgraphs (main-graph casts of subgraph values), which the row must say.
 DETECTION_FORMATS = ("onnx", "onnx-fp16", "triton")
 DETECTION_FP16_FAILURE = "float16 converter failed"
-# CI skips the known failures (re-checking them costs ~70 s, mostly onnx2tf's attempt at ViT);
-# ZOO_MATRIX_KNOWN_FAILURES=1 attempts them and requires each row to fail with its reason.
+# CI attempts the fastest known failure of each reason the detectors do not already show: the int8
+# cosine-floor refusal on LR-ASPP (calibrated, quantized, compared, refused: the gate end to end). The
+# others cost ~70 s, mostly onnx2tf's attempt at ViT; ZOO_MATRIX_KNOWN_FAILURES=1 attempts every one.
+# Each attempted row must fail with its reason.
 ATTEMPT_KNOWN_FAILURES = os.environ.get("ZOO_MATRIX_KNOWN_FAILURES") == "1"
+CI_KNOWN_FAILURES = {("lraspp_mobilenet_v3_large", "onnx-int8")}
 # CI exports one entry per graph family; these repeat a family another entry covers with the same
 # builder and operators, only bigger (~5 of the suite's minutes on 2 cores). ZOO_MATRIX=all runs them too.
 SAME_FAMILY_AS = {
@@ -103,7 +106,7 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
     detector = get_model(name).task == "object-detection"
     formats = DETECTION_FORMATS if detector else FORMATS
     if not ATTEMPT_KNOWN_FAILURES and name not in REAL:
-        formats = tuple(f for f in formats if (name, f) not in KNOWN_FAILURES)
+        formats = tuple(f for f in formats if (name, f) not in KNOWN_FAILURES or (name, f) in CI_KNOWN_FAILURES)
     if name in REAL:
         bundle = all_formats[name]
     else:
