@@ -66,6 +66,11 @@ SAME_FAMILY_AS = {
     "resnet50": "resnet18",  # the same torchvision ResNet, bottleneck blocks instead of basic ones
     "bert-base-uncased": "all-minilm-l6-v2",  # both BertModel through hf_encoder (12 vs 6 layers)
     "fasterrcnn_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet_v3_large_320_fpn",  # same graph, 800 px
+    # the MobileNetV3-Large backbone (dilated, as in both segmentation entries) and torchvision's
+    # segmentation builder, with a different head of the same operators (convolutions, pooling, upsampling)
+    "deeplabv3_mobilenet_v3_large": "lraspp_mobilenet_v3_large",
+    # its backbone is exported by both segmentation entries and SSDlite; its classifier head is resnet18's
+    "mobilenet_v3_large": "lraspp_mobilenet_v3_large",
 }
 FULL_MATRIX = os.environ.get("ZOO_MATRIX") == "all"
 # Image models whose dynamic-batch graph onnx2tf cannot convert: their SavedModel has a fixed batch of 1.
