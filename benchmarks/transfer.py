@@ -298,6 +298,7 @@ def table(rows: list[dict]) -> list[str]:
                 values = [metric_of(r) for r in found]
                 seconds = statistics.mean(r["seconds"] for r in found) if found else 0
                 cells.append(f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f} ({seconds:.0f} s)"
+                             + (f" [{len(values)} seed{'s' if len(values) > 1 else ''}]" if 0 < len(values) < 3 else "")
                              if values else "—")
             metric = "balanced accuracy" if name in ("drug-reviews", "rotten-tomatoes") else "accuracy"
             lines.append(f"| {name} | {n} | {metric} | " + " | ".join(cells) + f" | {seeds} |")
