@@ -9,7 +9,7 @@ For classifiers (measured in benchmarks/transfer.py):
 - a budget in optimizer steps rather than epochs: small data sets get more epochs, large ones fewer;
   warm-up over the first tenth, cosine decay to zero, no early stopping;
 - the weights kept are the final ones, unless the probe (evaluated as epoch 0) scored better on the
-  validation split by more than its noise (one standard error): picking the best of many epochs on a few
+  validation split by more than its noise (a 95 % margin): picking the best of many epochs on a few
   dozen validation examples picks noise
   (digits, 10 per class: the best-validation epoch tested 0.85, the final one 0.89-0.94);
 - BatchNorm running statistics stay frozen; no augmentation (crops and flips cost accuracy within this
@@ -98,7 +98,7 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
     epochs = values.get("epochs", config.epochs)
     choose("warmup_epochs", round(WARMUP_FRACTION * epochs, 2), f"the first {WARMUP_FRACTION:.0%} of the steps")
     choose("select", "last", "the final weights of the schedule, or the probe's if it validated better by more "
-                             "than the split's noise (one standard error): picking the best of many epochs on a "
+                             "than the split's noise (a 95 % margin): picking the best of many epochs on a "
                              "small validation split picks its noise")
     choose("patience", 0, "no early stopping: the schedule runs to its end")
     total = examples + len(dataset.val)
