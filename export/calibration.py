@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from zoo.data.dataset import IMAGE_SUFFIXES  # what a training folder accepts, a calibration folder too
 from zoo.errors import InputError
 from zoo.preprocess import open_image, preprocess_images, square
 from zoo.reference import asset_path
 from zoo.schema import ImageInputSpec
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # (file in skimage/data or zoo/assets, sha256)
 CALIBRATION_PHOTOS = (
     ("skimage", "astronaut.png", "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
