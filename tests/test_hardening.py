@@ -404,3 +404,22 @@ def test_compute_threads_run_below_the_event_loop(image_server) -> None:
     assert nice.pop(pid) == 0, nice  # uvicorn's event loop runs in the main thread
     assert set(nice.values()) == {5}, nice  # every other: loader, batcher, preprocessing, onnxruntime's pool
     assert len(nice) >= 4, nice
+
+
+def test_inference_over_the_timeout_is_a_json_504_and_the_server_lives_on(bundles) -> None:
+    """inference_timeout_s (`zoo serve --inference-timeout`): a request whose inference runs longer gets
+    504 naming the limit, is counted, and the server keeps answering."""
+    server = Server(bundles["efficientnet_lite0"], inference_timeout_s=0.001)
+    try:
+        server.wait_ready()
+        response = _post(server, "predict", content=PHOTO, headers={"content-type": "image/jpeg"})
+        assert response.status_code == 504, response.text
+        assert response.json()["error"] == "inference did not finish within 0.001s"
+        body = {"inputs": [{"name": "pixel_values", "shape": [8, 3, 224, 224], "datatype": "FP32",
+                            "data": [0.0] * (8 * 3 * 224 * 224)}]}
+        assert _post(server, "infer", json=body).status_code == 504
+        assert httpx.get(server.url + "/v2/health/live").status_code == 200
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'zoo_requests_total{endpoint="predict",status="504"} 1.0' in metrics, metrics
+    finally:
+        server.stop()

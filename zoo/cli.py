@@ -328,10 +328,14 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
               help="Threads that decode and tokenise, off the event loop (images decoded at once, at most).")
 @click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="Precision to serve; auto = fp16 on a working CUDA session when the bundle has it, else fp32.")
+@click.option("--inference-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request's inference may take before it gets 504.")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a client may take to send its body before it gets 408.")
 def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | None, device: str,
                   threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float, max_inputs: int,
                   max_image_pixels: int, max_aspect_ratio: float, max_text_chars: int, preprocess_workers: int,
-                  variant: str) -> None:
+                  variant: str, inference_timeout: float, body_timeout: float) -> None:
     """Serve BUNDLE over HTTP (KServe v2 + /v2/models/NAME/predict + /metrics)."""
     import socket
 
@@ -355,7 +359,8 @@ def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | 
     predictor = serve.load(bundle, config=session, variant=variant, limits=limits)
     config = ServerConfig(bundle=bundle, name=name, max_body_bytes=int(max_body_mb * 1024 * 1024),
                           max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, variant=variant, session=session,
-                          limits=limits, preprocess_workers=preprocess_workers)
+                          limits=limits, preprocess_workers=preprocess_workers,
+                          inference_timeout_s=inference_timeout, body_timeout_s=body_timeout)
     click.echo(f"zoo serve: http://{host}:{port}/v2/models/{name or predictor.manifest.model_id}", err=True)
     run(config, host=host, port=port, workers=workers, predictor=predictor if workers == 1 else None)
 
