@@ -311,8 +311,11 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
     names = [d for d in DATASETS if any(r["data"] == d for r in rows)]
-    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    colours = {method: f"C{index}" for index, method in enumerate(METHODS)}  # one colour per method everywhere
+    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.9), squeeze=False)
     for axis, name in zip(axes[0], names):
         for method in METHODS:
             points = sorted({r["per_class"] for r in rows if (r["data"], r["method"]) == (name, method)})
@@ -320,13 +323,19 @@ def plot(rows: list[dict], path: Path) -> None:
                 continue
             means = [statistics.mean(metric_of(r) for r in rows if (r["data"], r["method"], r["per_class"]) == (name, method, n))
                      for n in points]
-            axis.plot(points, means, "o-", label=method)
+            axis.plot(points, means, "o-", label=method, color=colours[method])
+        sizes = sorted({r["per_class"] for r in rows if r["data"] == name})
         axis.set_xscale("log")
+        axis.xaxis.set_major_locator(FixedLocator(sizes))
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_locator(NullLocator())
         axis.set_title(name)
         axis.set_xlabel("training examples per class")
         axis.set_ylabel("balanced accuracy" if name in ("drug-reviews", "rotten-tomatoes") else "accuracy")
-    axes[0][-1].legend(fontsize=8)
-    figure.tight_layout()
+    present = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    figure.legend([plt.Line2D([], [], color=colours[m], marker="o") for m in present], present,
+                  loc="lower center", ncol=len(present), fontsize=9)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
