@@ -72,6 +72,13 @@ SAME_FAMILY_AS = {
     # its backbone is exported by both segmentation entries and SSDlite; its classifier head is resnet18's
     "mobilenet_v3_large": "lraspp_mobilenet_v3_large",
 }
+# Left out of CI for its time only (the whole CI run must stay well under 20 minutes on 2 cores; these
+# three took 150 s of the suite's 1082), each with what still covers it there:
+CI_TIME_SKIPS = {
+    "vit_b_16": "77 s; attention, LayerNorm and GELU are exported by the text encoders",
+    "efficientnet_b0": "36 s; MBConv blocks are exported by efficientnet_lite0 (real weights), SE by LR-ASPP's MobileNetV3",
+    "distilbert-base-uncased": "36 s; the hf_encoder path is exported by all-minilm-l6-v2 and roberta-base",
+}
 FULL_MATRIX = os.environ.get("ZOO_MATRIX") == "all"
 # Image models whose dynamic-batch graph onnx2tf cannot convert: their SavedModel has a fixed batch of 1.
 FIXED_BATCH_SAVEDMODEL = {"convnext_tiny"}
@@ -108,6 +115,8 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
                                              monkeypatch) -> None:
     if name in SAME_FAMILY_AS and not FULL_MATRIX:
         pytest.skip(f"same graph family as {SAME_FAMILY_AS[name]} (ZOO_MATRIX=all exports it too)")
+    if name in CI_TIME_SKIPS and not FULL_MATRIX:
+        pytest.skip(f"CI time: {CI_TIME_SKIPS[name]} (ZOO_MATRIX=all exports it too)")
     detector = get_model(name).task == "object-detection"
     formats = DETECTION_FORMATS if detector else FORMATS
     if not ATTEMPT_KNOWN_FAILURES and name not in REAL:
