@@ -79,3 +79,47 @@ def test_special_tokens_and_padding_are_never_entities() -> None:
     padded = np.concatenate([logits, np.log(np.full((3, len(LABELS)), 0.2))])
     assert _summary(entities(text, padded, encoding, LABELS, "simple")) == [("PER", "Ann", 0.9)]
     assert math.isclose(entities(text, padded, encoding, LABELS, "first")[0]["score"], 0.9)
+
+
+def test_first_is_the_default_and_unknown_strategies_are_named() -> None:
+    logits, encoding = _tokens(TEXT, PIECES)
+    assert _summary(entities(TEXT, logits, encoding, LABELS))[-1] == ("LOC", "Oslo", 0.7)
+    with pytest.raises(ValueError, match=r"aggregation 'max': expected one of first, simple"):
+        entities(TEXT, logits, encoding, LABELS, "max")
+
+
+def test_rows_of_very_different_scales_keep_their_own_probabilities() -> None:
+    """Each token's softmax is its own: a row of logits near 1000 next to rows near -1000 (an unbounded
+    head) must neither overflow nor wash the others out."""
+    logits, encoding = _tokens(TEXT, PIECES)
+    scaled = logits.copy()
+    scaled[1] += 1000.0
+    scaled[4] -= 1000.0
+    for strategy in ("simple", "first"):
+        assert _summary(entities(TEXT, scaled, encoding, LABELS, strategy)) == \
+            _summary(entities(TEXT, logits, encoding, LABELS, strategy))
+
+
+def test_a_special_token_inside_the_text_ends_the_entity_and_the_rest_still_counts() -> None:
+    """A [SEP] between two sentences (special, no word) and a pad-like token without a word but not marked
+    special: neither is an entity, and the tokens after them are still read."""
+    text = "Ann Lee Bo"
+    logits, encoding = _tokens(text, [("Ann", 0, "B-PER", 0.9), ("Lee", 1, "I-PER", 0.8), ("Bo", 2, "B-PER", 0.6)])
+    logits = np.insert(logits, 3, np.log([0.01, 0.01, 0.96, 0.01, 0.01]), axis=0)  # an I-PER [SEP]
+    logits = np.insert(logits, 3, np.log([0.01, 0.01, 0.96, 0.01, 0.01]), axis=0)
+    encoding.offsets[3:3] = [(0, 0), (0, 0)]
+    encoding.word_ids[3:3] = [None, 7]
+    encoding.special_tokens_mask[3:3] = [0, 1]  # a word-less token not marked special, a special with a word id
+    for strategy in ("simple", "first"):
+        assert _summary(entities(text, logits, encoding, LABELS, strategy)) == [
+            ("PER", "Ann Lee", 0.85), ("PER", "Bo", 0.6)]
+
+
+def test_tokens_beyond_the_logits_and_labels_beyond_the_list() -> None:
+    """Fewer logit rows than tokens (a fixed-length model cut the text): the rest is ignored; an argmax
+    on a column the label list does not name (a head wider than its labels) is no entity."""
+    logits, encoding = _tokens(TEXT, PIECES)
+    assert _summary(entities(TEXT, logits[:3], encoding, LABELS, "simple")) == [("PER", "Ann Lee", 0.85)]
+    wider = np.concatenate([logits, np.full((len(logits), 1), -50.0)], axis=1)
+    wider[1, -1] = 50.0  # "Ann" argmax: column 5, beyond the 5 labels
+    assert _summary(entities(TEXT, wider, encoding, LABELS, "simple"))[0] == ("PER", "Lee", 0.8)

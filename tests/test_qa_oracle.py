@@ -72,3 +72,34 @@ def test_a_window_without_context_gives_no_answer() -> None:
     encoding = SimpleNamespace(ids=[0, 1, 2], sequence_ids=[None, 0, None], offsets=[(0, 0)] * 3)
     assert best_span(np.zeros((3, 2)), encoding) is None
     assert answer("text", [np.zeros((3, 2))], [encoding]) == {"answer": "", "start": 0, "end": 0, "score": 0.0}
+
+
+def test_huge_logits_do_not_overflow() -> None:
+    rng = np.random.default_rng(3)
+    logits, encoding = _window(rng, tokens=12, context_from=3, first_char=0)
+    score, start, end = best_span(logits + 800.0, encoding, 30)  # exp(800) overflows a float64
+    expected = _oracle(logits, encoding, 30)  # softmax is shift-invariant: the same answer and score
+    assert (start, end) == expected[1:] and score == pytest.approx(expected[0], rel=1e-9)
+
+
+def test_answer_limits_every_window_to_max_answer_tokens() -> None:
+    rng = np.random.default_rng(11)
+    context = "".join(chr(ord("a") + i % 26) for i in range(400))
+    windows = [_window(rng, tokens=24, context_from=4, first_char=offset) for offset in (0, 40)]
+    result = answer(context, [w[0] for w in windows], [w[1] for w in windows], max_answer_tokens=1)
+    best = max((_oracle(logits, encoding, 1) for logits, encoding in windows), key=lambda span: span[0])
+    assert (result["score"], result["start"], result["end"]) == pytest.approx(best, rel=1e-9)
+    assert result["end"] - result["start"] == 3  # one token of 3 characters
+
+
+def test_the_best_score_wins_not_the_latest_position() -> None:
+    """A later window with a worse span loses; of two windows scoring the same, the first wins."""
+    rng = np.random.default_rng(5)
+    logits, encoding = _window(rng, tokens=10, context_from=3, first_char=0)
+    later = SimpleNamespace(ids=encoding.ids, sequence_ids=encoding.sequence_ids,
+                            offsets=[(s + 40, e + 40) if e else (0, 0) for s, e in encoding.offsets])
+    flat = np.zeros_like(logits)  # every span equally likely: a low score
+    context = "x" * 100
+    assert answer(context, [logits, flat], [encoding, later])["start"] < 40
+    assert answer(context, [flat, logits], [encoding, later])["start"] >= 40
+    assert answer(context, [logits, logits], [encoding, later])["start"] < 40
