@@ -228,8 +228,32 @@ def test_hf_source_uses_a_prefilled_hub_cache_offline(tmp_path: Path, monkeypatc
     assert fetch(entry).files["weights.bin"].read_bytes() == PAYLOAD
 
     other = _entry("hf-missing", [SourceSpec(kind="hf", repo_id="acme/other", revision=revision)])
-    with pytest.raises(FetchError, match="not in the Hugging Face cache"):
+    with pytest.raises(FetchError, match=r"weights.bin is not in the Hugging Face cache and the Hub cannot be reached "
+                                         r"\(HF_HUB_OFFLINE / ZOO_OFFLINE set, or no network\)"):
         fetch(other)
+
+
+def test_hf_source_takes_the_pinned_revision_not_main(tmp_path: Path, monkeypatch) -> None:
+    """The cache also holds a newer snapshot that `main` points to: the pinned one is served, copied when the
+    cache sits on another filesystem (no hard link)."""
+    pinned, newer = "0123456789abcdef0123456789abcdef01234567", "fedcba9876543210fedcba9876543210fedcba98"
+    hub = tmp_path / "hf" / "hub"
+    for revision, payload in ((pinned, PAYLOAD), (newer, b"changed upstream")):
+        (hub / "models--acme--tiny" / "snapshots" / revision).mkdir(parents=True)
+        (hub / "models--acme--tiny" / "snapshots" / revision / "weights.bin").write_bytes(payload)
+    (hub / "models--acme--tiny" / "refs").mkdir()
+    (hub / "models--acme--tiny" / "refs" / "main").write_text(newer)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+
+    def no_link(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr("zoo.cache.os.link", no_link)
+    entry = _entry("hf-pinned", [SourceSpec(kind="hf", repo_id="acme/tiny", revision=pinned)])
+    path = fetch(entry).files["weights.bin"]
+    assert path.read_bytes() == PAYLOAD and not path.is_symlink()
+    assert (hub / "models--acme--tiny" / "snapshots" / pinned / "weights.bin").read_bytes() == PAYLOAD
 
 
 def test_prefix_digest_is_checked(tmp_path: Path) -> None:

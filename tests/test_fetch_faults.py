@@ -34,6 +34,7 @@ class FaultServer:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.agents: list[str | None] = []  # User-Agent of each request
         self.bytes_sent = 0
         self.failures_left: dict[str, int] = {}
         self.drip_delay = 0.0
@@ -57,7 +58,13 @@ class FaultServer:
             def do_GET(self) -> None:  # noqa: N802
                 fault = self.path.strip("/").split("/")[0]
                 server.requests.append((self.path, self.headers.get("Range")))
+                server.agents.append(self.headers.get("User-Agent"))
                 remaining = server.failures_left.get(fault, 0)
+                if fault.startswith("status"):  # /status300/...: that status, nothing else
+                    self.send_response(int(fault[6:]))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if fault == "loop":
                     self.send_response(302)
                     self.send_header("Location", self.path)
@@ -219,3 +226,60 @@ def test_killed_download_leaves_nothing_complete_and_resumes(server: FaultServer
     assert (folder / "weights.bin").read_bytes() == PAYLOAD
     assert server.requests[-1][1] is not None and server.requests[-1][1].startswith("bytes=")  # resumed
     assert server.bytes_sent - sent_before < len(PAYLOAD)
+
+
+def test_attempts_backoff_and_the_final_error(server: FaultServer, tmp_path: Path, monkeypatch) -> None:
+    """Exactly `attempts` requests, the wait doubling up to its cap, every failure named in the error."""
+    from zoo import download as downloading
+
+    server.failures_left["flaky"] = 100
+    slept: list[float] = []
+    monkeypatch.setattr(downloading.time, "sleep", slept.append)
+    policy = downloading.RetryPolicy(attempts=6, backoff_s=0.5, max_backoff_s=3.0, deadline_s=60, timeout_s=1)
+    with pytest.raises(FetchError) as caught:
+        downloading.download(server.base + "flaky/weights.bin", tmp_path / "w", tmp_path / ".w.partial", policy)
+    assert len(server.requests) == 6 and slept == [0.5, 1.0, 2.0, 3.0, 3.0]
+    message = str(caught.value)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/flaky/weights\.bin: gave up after 6 attempt\(s\) in 0\.\ds: "
+                        r"attempt 1: HTTP 503 Service Unavailable; attempt 2: .*; attempt 6: HTTP 503 Service Unavailable",
+                        message), message
+    assert set(server.agents) == {"zoo-fetch/0.1"} and not (tmp_path / "w").exists()
+
+
+def test_no_attempt_starts_past_the_deadline(server: FaultServer, tmp_path: Path) -> None:
+    from zoo import download as downloading
+
+    server.failures_left["flaky"] = 100
+    policy = downloading.RetryPolicy(attempts=10, backoff_s=0.05, max_backoff_s=1.0, deadline_s=0.12, timeout_s=1)
+    with pytest.raises(FetchError, match=r"gave up after 2 attempt\(s\)"):
+        downloading.download(server.base + "flaky/weights.bin", tmp_path / "w", tmp_path / ".w.partial", policy)
+    assert len(server.requests) == 2  # 0.05 s waited after the first; 0.05 + 0.1 would pass 0.12 s
+
+
+def test_retry_settings_from_the_environment(monkeypatch) -> None:
+    from zoo.download import RetryPolicy
+
+    monkeypatch.setenv("ZOO_FETCH_RETRIES", "0")
+    monkeypatch.setenv("ZOO_FETCH_TIMEOUT", "2.5")
+    monkeypatch.setenv("ZOO_FETCH_DEADLINE", "7")
+    assert RetryPolicy.from_env() == RetryPolicy(attempts=1, timeout_s=2.5, deadline_s=7.0)
+    for name in ("ZOO_FETCH_RETRIES", "ZOO_FETCH_TIMEOUT", "ZOO_FETCH_DEADLINE"):
+        monkeypatch.delenv(name)
+    assert RetryPolicy.from_env() == RetryPolicy()
+    monkeypatch.setenv("ZOO_FETCH_DEADLINE", "soon")
+    with pytest.raises(FetchError, match=r"^\$ZOO_FETCH_DEADLINE='soon' is not a number$"):
+        RetryPolicy.from_env()
+
+
+@pytest.mark.parametrize(("status", "message"), [
+    (300, r"redirect loop or too many redirects \(HTTP 300\)"),
+    (399, r"redirect loop or too many redirects \(HTTP 399\)"),
+    (400, r"HTTP 400 Bad Request$"),
+    (404, r"HTTP 404 Not Found$"),
+])
+def test_permanent_http_errors_are_not_retried(server: FaultServer, tmp_path: Path, status: int, message: str) -> None:
+    from zoo.download import download
+
+    with pytest.raises(FetchError, match=message):
+        download(server.base + f"status{status}/weights.bin", tmp_path / "w", tmp_path / ".w.partial")
+    assert len(server.requests) == 1
