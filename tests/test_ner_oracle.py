@@ -123,3 +123,9 @@ def test_tokens_beyond_the_logits_and_labels_beyond_the_list() -> None:
     wider = np.concatenate([logits, np.full((len(logits), 1), -50.0)], axis=1)
     wider[1, -1] = 50.0  # "Ann" argmax: column 5, beyond the 5 labels
     assert _summary(entities(TEXT, wider, encoding, LABELS, "simple"))[0] == ("PER", "Lee", 0.8)
+
+
+def test_first_reads_on_after_a_word_of_several_pieces() -> None:
+    text = "Oslo Ann"
+    logits, encoding = _tokens(text, [("Os", 0, "B-LOC", 0.7), ("lo", 0, "I-LOC", 0.5), ("Ann", 1, "B-PER", 0.9)])
+    assert _summary(entities(text, logits, encoding, LABELS, "first")) == [("LOC", "Oslo", 0.7), ("PER", "Ann", 0.9)]

@@ -67,3 +67,31 @@ def test_mask_png_holds_the_class_indices() -> None:
     assert set(encoded) == {"mask_png_base64", "areas"}
     assert np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded["mask_png_base64"])))).tolist() == mask.tolist()
     assert jsonable({"top_k": [1]}) == {"top_k": [1]}
+
+
+def test_ties_keep_the_graphs_order_and_the_last_label_index_is_named_by_number() -> None:
+    scores = np.array([0.5] * 40, dtype=np.float32)  # beyond numpy's small-array insertion sort
+    boxes = np.arange(160, dtype=np.float32).reshape(40, 4)
+    found = detections(boxes, scores, np.ones(40, dtype=np.int64), ["bg", "cat"], min_score=0.0)
+    assert [d["box"][0] for d in found] == [4.0 * i for i in range(40)]
+    assert detections(boxes[:1], scores[:1], np.array([2]), ["bg", "cat"], 0.0)[0]["label"] == "2"
+
+
+def test_mask_resizing_to_a_non_integer_scale_never_blends() -> None:
+    grid = np.array([[1, 2, 0], [0, 1, 2], [2, 0, 1]])
+    logits = np.stack([(grid == c).astype(np.float32) for c in range(3)])
+    # nearest neighbour, 3 -> 5 columns and 3 -> 7 rows: source index floor((i + 0.5) * 3 / n), no exact ties
+    rows, columns = [0, 0, 1, 1, 1, 2, 2], [0, 0, 1, 2, 2]
+    assert mask_from_logits(logits, (5, 7)).tolist() == [[int(grid[r, c]) for c in columns] for r in rows]
+
+
+def test_class_areas_edge_cases() -> None:
+    mask = np.repeat(np.arange(20, dtype=np.uint8), 3).reshape(6, 10)  # 20 classes of 3 pixels: ties
+    assert [a["index"] for a in class_areas(mask, [f"c{i}" for i in range(20)])] == list(range(20))
+    assert class_areas(np.array([[3, 3]], dtype=np.uint8), ["a", "b", "c"]) == [
+        {"index": 3, "label": "3", "pixels": 2, "fraction": 1.0}]
+
+
+def test_a_mask_of_any_integer_dtype_encodes_its_indices() -> None:
+    mask = np.array([[0, 1], [20, 255]], dtype=np.int64)
+    assert np.asarray(Image.open(io.BytesIO(mask_png(mask)))).tolist() == mask.tolist()

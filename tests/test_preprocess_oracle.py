@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -107,8 +108,11 @@ def test_bad_images_are_named(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"image of 40x53 is smaller than the 48x48 crop after resizing"):
         preprocess_image(spec, photo(30, 40))
     free = ImagePreprocessing(resize=40, crop=None, interpolation="bilinear", mean=MEAN, std=STD)
-    with pytest.raises(InputError, match=r"images of different aspect ratios give inputs of sizes \[\(40, 40\), \(40, 80\)\]"):
+    with pytest.raises(InputError, match=r"^images of different aspect ratios give inputs of sizes \[\(40, 40\), \(40, 80\)\], "
+                                         r"which cannot share a batch; predict\(\) runs each size separately$"):
         preprocess_images(free, [photo(30, 30), photo(60, 30)])
+    with pytest.raises(LimitError, match="max_image_pixels"):
+        preprocess_images(free, [photo(30, 30)], Limits(max_image_pixels=100))
 
 
 def test_limits_apply_to_every_image_kind() -> None:
@@ -136,7 +140,7 @@ def test_text_checks() -> None:
     assert check_text("fine") == "fine"
     with pytest.raises(InputError, match=r"text input <int>: expected a str"):
         check_text(3)
-    with pytest.raises(InputError, match=r"character 2 \('\\ud800'\) is not valid Unicode text"):
+    with pytest.raises(InputError, match=r"character 2 \('\\ud800'\) is not valid Unicode text \(a lone surrogate\); send UTF-8 text$"):
         check_text("ab\ud800")
     with pytest.raises(LimitError, match=r"text of 6 characters exceeds the limit of 5 \(max_text_chars"):
         check_text("abcdef", Limits(max_text_chars=5))
@@ -160,7 +164,9 @@ def test_text_encoder_gives_berts_ids_padded_and_truncated(caplog) -> None:
     assert long["input_ids"].shape == (3, 8) and long["input_ids"][0].tolist() == [101] + [7592] * 6 + [102]
     assert [r.getMessage() for r in caplog.records] == [
         "inputs 0, 2: text longer than max_length=8 tokens was truncated"]
+    assert encoder.fixed_length is False
     fixed = TextEncoder(TOKENIZER, text_spec(), length=6)
+    assert fixed.fixed_length is True
     assert fixed(["hello"])["input_ids"].tolist() == [[101, 7592, 102, 0, 0, 0]]
     assert fixed(["hello " * 9])["input_ids"].tolist() == [[101, 7592, 7592, 7592, 7592, 102]]
     with pytest.raises(InputError, match="expected a str"):
@@ -198,3 +204,35 @@ def test_question_windows_overlap_by_the_stride() -> None:
 def test_a_torch_tensor_is_not_an_image() -> None:
     with pytest.raises(InputError, match=r"unsupported image input <Tensor>"):
         to_rgb_image(torch.zeros(3, 4, 4, dtype=torch.uint8))
+
+
+def test_text_encoder_pads_with_the_manifests_id_and_applies_limits(caplog) -> None:
+    spec = TextPreprocessing(tokenizer="tokenizer.json", max_length=8, pad_token="[MASK]", pad_id=103)
+    encoder = TextEncoder(TOKENIZER, spec, limits=Limits(max_text_chars=20))
+    assert encoder(["hello world", "hello"])["input_ids"].tolist() == [[101, 7592, 2088, 102], [101, 7592, 102, 103]]
+    with pytest.raises(LimitError, match="max_text_chars"):
+        encoder(["x" * 21])
+    with caplog.at_level(logging.WARNING, logger="serve"):
+        TextEncoder(TOKENIZER, text_spec())(["hello " * 9] * 7 + ["hello"])
+        TextEncoder(TOKENIZER, text_spec())(["hello", "hello " * 9])
+    assert [r.getMessage() for r in caplog.records] == [
+        "inputs 0, 1, 2, 3, 4 and 2 more: text longer than max_length=8 tokens was truncated",
+        "input 1: text longer than max_length=8 tokens was truncated"]
+
+
+def test_text_encoder_without_tokenizers_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(BundleError, match=r"^this is a text bundle and the tokenizers package is missing; "
+                                          r"install it with `pip install zoo\[text\]`$"):
+        TextEncoder(TOKENIZER, text_spec())
+
+
+def test_window_tokenizer_from_a_tokenizer_object_leaves_it_unchanged() -> None:
+    from tokenizers import Tokenizer
+
+    original = Tokenizer.from_file(str(TOKENIZER))
+    before = original.truncation
+    windows = WindowTokenizer(original, max_length=12, stride=2, pad_id=0)
+    assert original.truncation == before and windows.tokenizer.truncation["max_length"] == 12
+    padded = windows.pad(windows.windows("hello", "world " * 10))
+    assert padded["input_ids"].dtype == np.int64 and padded["attention_mask"].dtype == np.int64
