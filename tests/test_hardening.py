@@ -42,7 +42,7 @@ def png(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def image_server(bundles):
-    server = Server(bundles["efficientnet_lite0"], max_wait_ms=10.0)
+    server = Server(bundles["efficientnet_lite0"], max_wait_ms=10.0, inference_timeout_s=300.0)
     server.wait_ready()
     yield server
     server.stop()
@@ -50,14 +50,15 @@ def image_server(bundles):
 
 @pytest.fixture(scope="module")
 def text_server(bundles):
-    server = Server(bundles["all-minilm-l6-v2"], max_wait_ms=20.0)
+    # The worst accepted batch takes seconds here and more on a loaded machine: the timeout is not under test.
+    server = Server(bundles["all-minilm-l6-v2"], max_wait_ms=20.0, inference_timeout_s=300.0)
     server.wait_ready()
     yield server
     server.stop()
 
 
 def _post(server: Server, route: str, **kwargs) -> httpx.Response:
-    return httpx.post(f"{server.url}/v2/models/{server.model}/{route}", timeout=60, **kwargs)
+    return httpx.post(f"{server.url}/v2/models/{server.model}/{route}", timeout=300, **kwargs)
 
 
 # --- item 2: images whose pixels would blow up memory --------------------------------------------
@@ -92,11 +93,12 @@ def _liveness_while(server, post) -> tuple[list[float], float]:
 
 def _never_stalled(latencies: list[float], elapsed: float) -> None:
     """Work on the event loop would hold one liveness reply for most of the request (seconds); off the loop
-    replies take < 100 ms (nine in ten here), and no single one waits more than a few scheduler slices
-    while the server's threads fill both cores of a loaded CI machine (0.137 s seen there)."""
+    replies take < 100 ms (nine in ten on an idle machine), and no single one waits more than a few scheduler
+    slices while the server's threads fill both cores (0.137 s seen on CI; p90 0.14 s and max 0.16 s here with
+    a benchmark on the same two cores, hence the bounds)."""
     assert len(latencies) >= 3, (latencies, elapsed)
-    assert sorted(latencies)[int(0.9 * (len(latencies) - 1))] < 0.1, latencies
-    assert max(latencies) < min(0.3, elapsed / 3), (max(latencies), elapsed, latencies)
+    assert sorted(latencies)[int(0.9 * (len(latencies) - 1))] < 0.25, latencies
+    assert max(latencies) < min(1.0, elapsed / 3), (max(latencies), elapsed, latencies)
 
 def test_worst_accepted_image_keeps_memory_and_liveness(image_server) -> None:
     """The largest image the limits accept, decoded while /v2/health/live is polled: liveness never
