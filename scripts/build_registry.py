@@ -7,6 +7,7 @@ below. Reference outputs already in the registry are kept (scripts/make_referenc
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -296,8 +297,12 @@ def dumps(document: dict) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--registry", type=Path, default=REGISTRY,
+                        help="the registry file to write (its reference outputs are kept)")
+    registry = parser.parse_args().registry
     categories = get_model_weights("resnet18").DEFAULT.meta["categories"]
-    old = json.loads(REGISTRY.read_text()) if REGISTRY.exists() else {"models": []}
+    old = json.loads(registry.read_text()) if registry.exists() else {"models": []}
     references = {m["id"]: m["reference"] for m in old["models"] if "reference" in m}
     models = [EFFICIENTNET_LITE0, *TEXT_ENTRIES[:1]]
     models += [torchvision_entry(arch, paper) for arch, paper in TORCHVISION.items()]
@@ -313,8 +318,8 @@ def main() -> int:
     coco = get_model_weights("ssdlite320_mobilenet_v3_large").DEFAULT.meta["categories"]
     document = {"format_version": 1, "label_sets": {"imagenet-1k": categories, "voc-21": voc, "coco-91": coco},
                 "models": models}
-    REGISTRY.write_text(dumps(document))
-    print(f"wrote {REGISTRY} with {len(models)} models", file=sys.stderr)
+    registry.write_text(dumps(document))
+    print(f"wrote {registry} with {len(models)} models", file=sys.stderr)
     return 0
 
 

@@ -11,6 +11,7 @@ zoo/registry.json. Needs the `reference` tools: pip install timm sentence-transf
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -83,13 +84,16 @@ def minilm_reference() -> dict:
 
 
 def main() -> int:
-    document = json.loads(REGISTRY.read_text())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--registry", type=Path, default=REGISTRY, help="the registry file to update in place")
+    args = parser.parse_args()
+    document = json.loads(args.registry.read_text())
     references = {"efficientnet_lite0": efficientnet_lite0_reference(), "all-minilm-l6-v2": minilm_reference()}
     for model in document["models"]:
         if model["id"] in references:
             model["reference"] = references[model["id"]]
-    REGISTRY.write_text(dumps(document))
-    print(f"stored references for {sorted(references)} in {REGISTRY}", file=sys.stderr)
+    args.registry.write_text(dumps(document))
+    print(f"stored references for {sorted(references)} in {args.registry}", file=sys.stderr)
     return 0
 
 
