@@ -297,7 +297,8 @@ def table(rows: list[dict]) -> list[str]:
                 seeds = max(seeds, len(found))
                 values = [metric_of(r) for r in found]
                 seconds = statistics.mean(r["seconds"] for r in found) if found else 0
-                cells.append(f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f} ({seconds:.0f} s)"
+                spread = f" ± {statistics.pstdev(values):.3f}" if len(values) > 1 else ""  # one seed: no spread
+                cells.append(f"{statistics.mean(values):.3f}{spread} ({seconds:.0f} s)"
                              + (f" [{len(values)} seed{'s' if len(values) > 1 else ''}]" if 0 < len(values) < 3 else "")
                              if values else "—")
             metric = "balanced accuracy" if name in ("drug-reviews", "rotten-tomatoes") else "accuracy"
