@@ -21,7 +21,7 @@ Methods:
 - zoo: `zoo.finetune(MODEL, DATA, OUT)`, nothing else set (the default recipe, zoo.recipe);
 - zoo-probe: `--probe` (the head fitted on frozen features only);
 - previous: `zoo finetune`'s defaults before this recipe (PREVIOUS_DEFAULTS);
-- scratch: the same defaults from random initialisation;
+- scratch: the default recipe (as `zoo`) from random initialisation: what the pretrained weights are worth;
 - sklearn-probe: the pretrained model's pooled features + scikit-learn LogisticRegression() defaults;
 - classical: SVC() on the pixels (images), TfidfVectorizer() + LogisticRegression() (text);
 - setfit (text): SetFit 1.x on the same all-MiniLM-L6-v2 weights, its defaults but `num_iterations`
