@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,12 @@ def load(script: str) -> ModuleType:
     finally:
         sys.path.remove(str(path.parent))
     return module
+
+
+def stored_reference(model_id: str) -> dict:
+    """The reference outputs committed in zoo/registry.json for one model, as written there."""
+    document = json.loads((ROOT / "zoo" / "registry.json").read_text())
+    return next(m for m in document["models"] if m["id"] == model_id)["reference"]
 
 
 def run(script: str, *argv: str) -> None:
@@ -91,12 +98,9 @@ def test_build_registry_reproduces_the_registry(tmp_path: Path) -> None:
 def test_make_references_reproduces_the_stored_references() -> None:
     """The reference logits of EfficientNet-Lite0, recomputed by timm from the same weights, are the
     registry's (to its own atol)."""
-    import numpy as np
-
     pytest.importorskip("timm")
     module = load("scripts/make_references.py")
-    stored = next(m for m in json.loads((ROOT / "zoo" / "registry.json").read_text())["models"]
-                  if m["id"] == "efficientnet_lite0")["reference"]
+    stored = stored_reference("efficientnet_lite0")
     fresh = module.efficientnet_lite0_reference()
     assert [c["input"] for c in fresh["cases"]] == [c["input"] for c in stored["cases"]]
     for new, old in zip(fresh["cases"], stored["cases"]):
@@ -106,12 +110,9 @@ def test_make_references_reproduces_the_stored_references() -> None:
 
 @heavy
 def test_make_references_minilm() -> None:
-    import numpy as np
-
     pytest.importorskip("sentence_transformers")
     module = load("scripts/make_references.py")
-    stored = next(m for m in json.loads((ROOT / "zoo" / "registry.json").read_text())["models"]
-                  if m["id"] == "all-minilm-l6-v2")["reference"]
+    stored = stored_reference("all-minilm-l6-v2")
     np.testing.assert_allclose(module.minilm_reference()["cases"][0]["output"], stored["cases"][0]["output"],
                                rtol=0, atol=stored["atol"])
 

@@ -105,8 +105,7 @@ def test_a_special_token_inside_the_text_ends_the_entity_and_the_rest_still_coun
     special: neither is an entity, and the tokens after them are still read."""
     text = "Ann Lee Bo"
     logits, encoding = _tokens(text, [("Ann", 0, "B-PER", 0.9), ("Lee", 1, "I-PER", 0.8), ("Bo", 2, "B-PER", 0.6)])
-    logits = np.insert(logits, 3, np.log([0.01, 0.01, 0.96, 0.01, 0.01]), axis=0)  # an I-PER [SEP]
-    logits = np.insert(logits, 3, np.log([0.01, 0.01, 0.96, 0.01, 0.01]), axis=0)
+    logits = np.insert(logits, [3, 3], np.log([0.01, 0.01, 0.96, 0.01, 0.01]), axis=0)  # both scored I-PER
     encoding.offsets[3:3] = [(0, 0), (0, 0)]
     encoding.word_ids[3:3] = [None, 7]
     encoding.special_tokens_mask[3:3] = [0, 1]  # a word-less token not marked special, a special with a word id

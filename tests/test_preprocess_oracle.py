@@ -246,14 +246,9 @@ def test_window_tokenizer_from_a_tokenizer_object_leaves_it_unchanged() -> None:
 def test_pillows_own_bomb_limit_is_a_limit_error_too() -> None:
     """Limits raised past pillow's own ceiling (~179 MP): pillow refuses on the header, and that is a
     LimitError naming the declared size, not a crash."""
-    import struct
-    import zlib
+    from test_hardening import png_header_only
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    bomb = png_header_only(20000, 10000)
     with pytest.raises(LimitError, match=r"^<\d+ bytes>: image of 200,000,000 pixels exceeds the limit of 1,000,000,000 "
                                          r"\(max_image_pixels; `zoo serve --max-image-pixels`\); downscale it first$"):
         to_rgb_image(bomb, Limits(max_image_pixels=10**9, max_aspect_ratio=100))
