@@ -281,8 +281,15 @@ def run_method(method: str, data: Data, indices: np.ndarray, seed: int, root: Pa
 # Report
 
 
+METRIC_NAMES = {"text": "balanced accuracy", "image": "accuracy"}  # by modality, as metric_of picks
+
+
 def metric_of(row: dict) -> float:
     return row["balanced_accuracy"] if row["modality"] == "text" else row["accuracy"]
+
+
+def metric_name(rows: list[dict], data: str) -> str:
+    return METRIC_NAMES[next(r["modality"] for r in rows if r["data"] == data)]
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -301,8 +308,7 @@ def table(rows: list[dict]) -> list[str]:
                 cells.append(f"{statistics.mean(values):.3f}{spread} ({seconds:.0f} s)"
                              + (f" [{len(values)} seed{'s' if len(values) > 1 else ''}]" if 0 < len(values) < 3 else "")
                              if values else "—")
-            metric = "balanced accuracy" if name in ("drug-reviews", "rotten-tomatoes") else "accuracy"
-            lines.append(f"| {name} | {n} | {metric} | " + " | ".join(cells) + f" | {seeds} |")
+            lines.append(f"| {name} | {n} | {metric_name(rows, name)} | " + " | ".join(cells) + f" | {seeds} |")
     return lines
 
 
@@ -332,7 +338,7 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.xaxis.set_minor_locator(NullLocator())
         axis.set_title(name)
         axis.set_xlabel("training examples per class")
-        axis.set_ylabel("balanced accuracy" if name in ("drug-reviews", "rotten-tomatoes") else "accuracy")
+        axis.set_ylabel(metric_name(rows, name))
     present = [m for m in METHODS if any(r["method"] == m for r in rows)]
     figure.legend([plt.Line2D([], [], color=colours[m], marker="o") for m in present], present,
                   loc="lower center", ncol=len(present), fontsize=9)
