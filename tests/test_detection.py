@@ -166,6 +166,74 @@ def test_finetune_reports_map_and_the_run_validates(run_and_bundle) -> None:
     assert main(["validate", str(run)]) == 0
 
 
+def _coco_average_precision(detections: list[np.ndarray], truths: list[np.ndarray], iou_threshold: float) -> float:
+    """COCO's AP written out (cocoeval's rules, no crowd regions): per class, each image's detections of
+    that class by score (the best 100), all images merged by score; each detection takes the unmatched
+    ground truth of highest IoU >= the threshold (a true positive) or none (a false positive); precision
+    made non-increasing from the right, read at 101 recall points (0 beyond the last recall); the mean over
+    the classes that have ground truth. Rows: x1 y1 x2 y2 score label / label x1 y1 x2 y2."""
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union
+
+    precisions = []
+    for label in sorted({int(t[0]) for truth in truths for t in truth}):
+        scored = []  # (score, image, box)
+        for image, found in enumerate(detections):
+            mine = found[found[:, 5] == label]
+            mine = mine[np.argsort(-mine[:, 4], kind="stable")][:100]
+            scored += [(row[4], image, row[:4]) for row in mine]
+        scored.sort(key=lambda item: -item[0])  # stable: ties keep image order, as cocoeval's mergesort
+        gts = [[t[1:] for t in truth if int(t[0]) == label] for truth in truths]
+        used = [[False] * len(g) for g in gts]
+        hits = []
+        for _, image, box in scored:
+            best, best_iou = None, min(iou_threshold, 1 - 1e-10)
+            for index, gt in enumerate(gts[image]):
+                if not used[image][index] and iou(box, gt) >= best_iou:
+                    best, best_iou = index, iou(box, gt)
+            if best is not None:
+                used[image][best] = True
+            hits.append(best is not None)
+        tp = np.cumsum(hits)
+        recall = tp / sum(len(g) for g in gts)
+        precision = tp / np.arange(1, len(hits) + 1)
+        for i in range(len(precision) - 1, 0, -1):
+            precision[i - 1] = max(precision[i - 1], precision[i])
+        points = [precision[i] if (i := int(np.searchsorted(recall, r, side="left"))) < len(precision) else 0.0
+                  for r in np.linspace(0, 1, 101)]
+        precisions.append(float(np.mean(points)))
+    return float(np.mean(precisions))
+
+
+def test_reported_map_is_cocos_ap_computed_by_hand(run_and_bundle, coco: Path) -> None:
+    """The run's val_map50 and val_map equal COCO's AP worked out here on the kept model's detections of
+    the validation images (the run's split: --val-fraction 0.34, seed 0)."""
+    run, _, _ = run_and_bundle
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = load_detection(coco, val_fraction=0.34, seed=0).val
+    model = zoo.build(str(run))
+    with torch.inference_mode():
+        found = [detection_rows(*model(image_pixels(example.item))) for example in val]
+    truths = [np.array(example.objects, dtype=np.float64).reshape(-1, 5) for example in val]
+    assert len(val) == 2 and sum(len(f) for f in found) > 10
+    map50 = _coco_average_precision(found, truths, 0.5)
+    mean = np.mean([_coco_average_precision(found, truths, t) for t in np.linspace(0.5, 0.95, 10)])
+    assert 0.0 < map50 < 1.0  # neither trivially empty nor perfect: the matching decides it
+    assert history[-1]["val_map50"] == pytest.approx(map50, abs=1e-4)
+    assert history[-1]["val_map"] == pytest.approx(mean, abs=1e-4)
+
+
+def test_coco_average_precision_oracle_by_hand() -> None:
+    """The oracle on test_metrics_oracle's worked case: AP at 0.5 (51 + 50 * 2/3) / 101, at 0.65 51 / 101."""
+    truths = [np.array([[1, 0, 0, 10, 10], [1, 20, 20, 30, 30]], dtype=np.float64)]
+    found = [np.array([[0, 0, 10, 10, 0.9, 1], [50, 50, 60, 60, 0.8, 1], [20, 20, 30, 26.2, 0.7, 1]])]
+    assert _coco_average_precision(found, truths, 0.5) == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert _coco_average_precision(found, truths, 0.65) == pytest.approx(51 / 101)
+
+
 def test_exported_detections_match_torch_on_photos_of_any_size(run_and_bundle, coco: Path, capsys) -> None:
     run, bundle, result = run_and_bundle
     rows = {r["format"]: r for r in result.formats}

@@ -115,6 +115,35 @@ def test_finetune_reports_miou_and_the_run_validates(run_and_bundle) -> None:
     assert main(["validate", str(run)]) == 0
 
 
+def test_reported_miou_is_the_hand_computed_iou_of_the_validation_image(run_and_bundle, data: Path) -> None:
+    """The run's val_miou equals IoU computed here by hand on its validation image: the kept model's argmax
+    at the evaluation size (shorter side to `resize`), the mask brought to that size by nearest neighbour
+    (source pixel floor(i * in / out), as torchvision resizes masks), pixels marked 255 left out, the mean
+    over the classes in prediction or mask."""
+    run, _ = run_and_bundle
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (example,) = load_segmentation(data, val_fraction=0.2, seed=0).val  # the run's defaults: 1 of 4 images
+    entry = resolve(str(run))
+    with torch.inference_mode():
+        predicted = zoo.build(str(run))(preprocess_images(entry.input, [example.item]))[0].argmax(0).numpy()
+    height, width = predicted.shape
+    assert min(height, width) == entry.input.resize
+    mask = np.asarray(Image.open(example.mask))
+    rows = np.floor(np.arange(height) * mask.shape[0] / height).astype(int)
+    columns = np.floor(np.arange(width) * mask.shape[1] / width).astype(int)
+    target = mask[rows][:, columns]
+    keep = target != 255
+    ious = []
+    for value in range(len(LABELS)):
+        p, t = (predicted == value) & keep, (target == value) & keep
+        if (p | t).any():
+            ious.append((p & t).sum() / (p | t).sum())
+    assert keep.sum() < keep.size  # the two marked pixels were scaled up, and left out
+    assert history[-1]["val_miou"] == pytest.approx(float(np.mean(ious)), abs=1e-6)
+    accuracy = float(((predicted == target) & keep).sum() / keep.sum())
+    assert history[-1]["val_pixel_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
 def test_classification_metrics_are_refused_for_segmentation(data: Path, tmp_path: Path, capsys) -> None:
     code = main(["finetune", "lraspp_mobilenet_v3_large", "--data", str(data), "--out", str(tmp_path / "r"),
                  "--metric", "macro_f1", "--scratch"])
