@@ -61,7 +61,8 @@ def _changed(run: Path, base: dict[str, torch.Tensor]) -> dict[str, bool]:
     return {k: not torch.equal(v, base[k]) for k, v in state.items() if k in base and v.shape == base[k].shape}
 
 
-FAST = {"epochs": 1, "batch_size": 4, "quiet": True, "refit": "off"}  # mechanisms, not the recipe
+# Mechanisms, not the recipe: the test images are separable, so the recipe would stop at the probe (gated)
+FAST = {"epochs": 1, "batch_size": 4, "quiet": True, "refit": "off", "after_probe": "finetune"}
 
 
 def test_head_only_freezes_backbone_and_batchnorm_statistics(images: Path, tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ def test_freeze_first_blocks(images: Path, tmp_path: Path) -> None:
 
 def test_gradual_unfreezing_adds_one_block_per_epoch(images: Path, tmp_path: Path) -> None:
     result = finetune("efficientnet_lite0", images, tmp_path / "run", freeze="gradual:1", lr=1e-3,
-                      epochs=3, batch_size=4, quiet=True)
+                      epochs=3, batch_size=4, after_probe="finetune", quiet=True)
     assert [row["frozen_blocks"] for row in result.history] == [18, 18, 17, 16]  # the probe, then 3 epochs
     changed = _changed(tmp_path / "run", _pretrained_state())
     assert all(changed[k] for k in changed if k.startswith(("_conv_head", "_bn1.weight")))  # 'top' trained
@@ -118,7 +119,8 @@ def test_a_diverging_run_stops_with_a_clear_error(images: Path, tmp_path: Path, 
     """A learning rate far too high: the loss turns NaN/inf within the epoch; the run stops there, before
     the bad step reaches the weights, and says what to change."""
     code = main(["finetune", "efficientnet_lite0", "--data", str(images), "--out", str(tmp_path / "run"),
-                 "--optimizer", "sgd", "--lr", "1e12", "--epochs", "1", "--batch-size", "2", "--quiet"])
+                 "--optimizer", "sgd", "--lr", "1e12", "--epochs", "1", "--batch-size", "2", "--after-probe", "finetune",
+                 "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "the run diverged (lr 1e+12). Lower --lr" in err, err
     assert not (tmp_path / "run" / "card.json").exists()
@@ -137,14 +139,14 @@ def test_warmup_cosine_schedule_and_accumulation(images: Path, tmp_path: Path) -
     assert lrs[2] == pytest.approx(1.0) and lrs[-1] < 0.1 and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
     # 8 train images, batch 2, accumulate 2 -> 2 optimizer steps per epoch
     finetune("efficientnet_lite0", images, tmp_path / "run", epochs=2, batch_size=2, accumulate=2, freeze="head",
-             val_fraction=0.34, quiet=True)
+             val_fraction=0.34, after_probe="finetune", quiet=True)
     state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)
     assert state["scheduler"]["last_epoch"] == 4
 
 
 def test_same_seed_same_run(images: Path, tmp_path: Path) -> None:
     # refit off: a refit that picks the probe fits it on all the data, the same for every seed by design.
-    settings = {"freeze": "14", "epochs": 2, "batch_size": 4, "quiet": True, "refit": "off"}
+    settings = {"freeze": "14", "epochs": 2, "batch_size": 4, "quiet": True, "refit": "off", "after_probe": "finetune"}
     first = finetune("efficientnet_lite0", images, tmp_path / "a", **settings)
     second = finetune("efficientnet_lite0", images, tmp_path / "b", **settings)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "samples_per_second"} for r in rows]  # noqa: E731
@@ -155,7 +157,7 @@ def test_same_seed_same_run(images: Path, tmp_path: Path) -> None:
 
 
 def test_resume_continues_exactly(images: Path, tmp_path: Path) -> None:
-    settings = {"freeze": "14", "epochs": 3, "batch_size": 4, "quiet": True, "lr": 3e-3}
+    settings = {"freeze": "14", "epochs": 3, "batch_size": 4, "quiet": True, "lr": 3e-3, "after_probe": "finetune"}
     uninterrupted = finetune("efficientnet_lite0", images, tmp_path / "full", **settings)
 
     def interrupt(epoch: int, row: dict) -> None:
@@ -182,7 +184,7 @@ def test_resume_continues_exactly(images: Path, tmp_path: Path) -> None:
 
 def test_early_stopping(images: Path, tmp_path: Path) -> None:
     result = finetune("efficientnet_lite0", images, tmp_path / "run", freeze="head", lr=1e-9, epochs=5, batch_size=4,
-                      patience=1, metric="accuracy", quiet=True)
+                      patience=1, metric="accuracy", after_probe="finetune", quiet=True)
     assert result.stopped_early and len(result.history) == 2 and result.best_epoch == 1
 
 
@@ -264,7 +266,7 @@ def test_two_process_ddp_ranks_end_identical(images: Path, tmp_path: Path) -> No
     except json.JSONDecodeError as exc:
         pytest.fail(f"unparsable rank report ({exc}); stdout:\n{result.stdout[-2000:]}")
     assert sorted(r["rank"] for r in reports) == [0, 1]
-    assert reports[0]["sha"] == reports[1]["sha"]
+    assert reports[0]["sha"] == reports[1]["sha"] and reports[0]["epochs"] == [0, 1]  # the probe, then one epoch
     assert reports[0]["metrics"] == reports[1]["metrics"]
     assert (tmp_path / "run" / "card.json").is_file()
     assert json.loads((tmp_path / "run" / "card.json").read_text())["processes"] == 2

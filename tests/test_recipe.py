@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import zoo
 from zoo.cli import main
 from zoo.data import Dataset, Example
-from zoo.recipe import MAX_EPOCHS, MIN_EPOCHS, TARGET_STEPS, resolve
+from zoo.recipe import MAX_EPOCHS, MIN_EPOCHS, TARGET_STEPS, fine_tuning_measurable, resolve
 from zoo.registry import get_model
 from zoo.training import FinetuneConfig, finetune
 
@@ -53,8 +53,9 @@ def test_choices_are_deterministic_explained_and_scale_with_the_data() -> None:
     assert any(line.startswith("augment = none: text input") for line in text_lines)
     # every setting the recipe decides is named with its reason; nothing is left undecided
     decided = {line.split(" = ")[0] for line in small_lines}
-    assert {"head_init", "lr", "weight_decay", "augment", "batchnorm", "epochs", "warmup_epochs", "select",
-            "patience", "refit"} <= decided
+    assert {"head_init", "after_probe", "lr", "weight_decay", "augment", "batchnorm", "epochs", "warmup_epochs",
+            "select", "patience", "refit"} <= decided
+    assert small.after_probe == "gated"
     assert all(": " in line and not line.endswith(": ") for line in small_lines)
     assert all(value is not None for name, value in dataclasses.asdict(small).items() if name not in ("clip_grad", "positive"))
     # segmentation has no linear head to probe: a random head at the fallback rate
@@ -112,11 +113,36 @@ def test_probe_is_scikit_learns_logistic_regression(images: Path, tmp_path: Path
     assert zoo.validate(str(run)).ok
 
 
+def test_fine_tuning_runs_only_where_validation_could_show_it_better() -> None:
+    """The gate: fine-tune unless the probe's out-of-fold error rate predicts under one validation error."""
+    assert not fine_tuning_measurable(1.0, 200)
+    assert not fine_tuning_measurable(0.96, 20)  # 0.8 expected errors
+    assert fine_tuning_measurable(0.95, 20)  # 1.0 expected error: fine-tuning could show itself better
+    assert fine_tuning_measurable(0.8, 20) and fine_tuning_measurable(0.999, 2000)
+    assert fine_tuning_measurable(None, 20) and fine_tuning_measurable(1.0, 0)  # nothing to go on: fine-tune
+
+
+def test_a_probe_that_leaves_nothing_to_show_ends_the_run(images: Path, tmp_path: Path) -> None:
+    """The synthetic images are separable: the probe classifies every held-out fold, so the default run stops
+    at the probe, says why, and records it; --after-probe finetune runs the epochs anyway."""
+    run = tmp_path / "run"
+    result = finetune("efficientnet_lite0", images, run, epochs=2, batch_size=4, refit="off", quiet=True)
+    assert [row["epoch"] for row in result.history] == [0] and result.best_epoch == 0
+    card = json.loads((run / "card.json").read_text())
+    assert card["probe"]["cv_accuracy"] == 1.0 and card["hyperparameters"]["after_probe"] == "gated"
+    pretrained = zoo.build("efficientnet_lite0").state_dict()
+    kept = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(kept[k], v) for k, v in pretrained.items() if not k.startswith("_fc."))
+    forced = finetune("efficientnet_lite0", images, tmp_path / "forced", epochs=2, batch_size=4, refit="off",
+                      after_probe="finetune", quiet=True)
+    assert [row["epoch"] for row in forced.history] == [0, 1, 2]
+
+
 def test_fine_tuning_that_validates_worse_keeps_the_probe(images: Path, tmp_path: Path) -> None:
     """A learning rate far too high wrecks the backbone: the run ends with the probe's weights."""
     run = tmp_path / "run"
     result = finetune("efficientnet_lite0", images, run, lr=5.0, optimizer="sgd", epochs=2, batch_size=4,
-                      refit="off", quiet=True)
+                      refit="off", after_probe="finetune", quiet=True)
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
     assert result.best_epoch == 0 and result.history[0]["val_accuracy"] == 1.0 > result.history[-1]["val_accuracy"]
     kept = load_file(str(run / "model.safetensors"))
@@ -154,26 +180,36 @@ def _faces(root: Path, per_class: int, indices: np.ndarray) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_default_recipe_transfers_on_real_photographs(tmp_path: Path) -> None:
-    """Real weights, real photographs (scikit-image's LFW subset: faces vs other photo patches), 10 per
-    class, nothing set but the epochs (to keep CI short): the fine-tuned model scores far above chance on
-    80 held-out photographs."""
-    rng = np.random.default_rng(0)
-    faces, others = rng.permutation(100), rng.permutation(np.arange(100, 200))
-    data = _faces(tmp_path / "data", 10, np.concatenate([faces[:10], others[:10]]))
-    test = np.concatenate([faces[60:], others[60:]])
-    run = tmp_path / "run"
-    result = finetune("efficientnet_lite0", data, run, epochs=8, quiet=True)
+def _accuracy(run: Path, pixels: np.ndarray, test: np.ndarray) -> float:
     from zoo.preprocess import preprocess_images
-    from skimage.data import lfw_subset
 
-    pixels = (lfw_subset() * 255).round().astype(np.uint8)
     model = zoo.build(str(run))
     with torch.inference_mode():
         logits = model(preprocess_images(get_model("efficientnet_lite0").input, [Image.fromarray(pixels[i]) for i in test]))
     labels = json.loads((run / "card.json").read_text())["labels"]
     predicted = [labels[i] for i in logits.argmax(1).tolist()]
-    truth = ["face" if i < 100 else "other" for i in test]
-    accuracy = np.mean([p == t for p, t in zip(predicted, truth)])
-    assert accuracy >= 0.85, (accuracy, result.history)
+    return float(np.mean([p == ("face" if i < 100 else "other") for p, i in zip(predicted, test)]))
+
+
+@pytest.mark.slow
+def test_default_recipe_transfers_on_real_photographs(tmp_path: Path) -> None:
+    """Real weights, real photographs (scikit-image's LFW subset: faces vs other photo patches), 10 per
+    class, scored on 80 held-out photographs. The defaults stop at the probe here (its out-of-fold accuracy
+    is 1.0 on 16 training images: the 4 validation images could not show fine-tuning better) and score
+    near the benchmark's 0.99; fine-tuning forced on (8 epochs, to keep CI short) still scores far above
+    chance."""
+    from skimage.data import lfw_subset
+
+    rng = np.random.default_rng(0)
+    faces, others = rng.permutation(100), rng.permutation(np.arange(100, 200))
+    data = _faces(tmp_path / "data", 10, np.concatenate([faces[:10], others[:10]]))
+    test = np.concatenate([faces[60:], others[60:]])
+    pixels = (lfw_subset() * 255).round().astype(np.uint8)
+    result = finetune("efficientnet_lite0", data, tmp_path / "run", quiet=True)
+    assert [row["epoch"] for row in result.history] == [0]
+    assert _accuracy(tmp_path / "run", pixels, test) >= 0.95
+    forced = finetune("efficientnet_lite0", data, tmp_path / "forced", epochs=8, refit="off", after_probe="finetune",
+                      quiet=True)
+    assert [row["epoch"] for row in forced.history] == list(range(9))
+    accuracy = _accuracy(tmp_path / "forced", pixels, test)
+    assert accuracy >= 0.85, (accuracy, forced.history)

@@ -261,8 +261,11 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
               help="probe: fit the head on frozen features before fine-tuning (LP-FT; auto for classifiers).")
 @click.option("--probe", "probe_only", is_flag=True,
               help="Linear probe only: fit the head on frozen features in seconds; the backbone never trains.")
+@click.option("--after-probe", type=click.Choice(["auto", "finetune", "gated"]), default="auto", show_default=True,
+              help="gated (auto with a probe): fine-tune after the probe only when the validation split could show "
+                   "it better (the probe's out-of-fold errors predict at least one there); finetune: always.")
 @click.option("--augment", type=click.Choice(["auto", "none", "light", "trivial", "imagenet"]), default="auto",
-              show_default=True, help="Image augmentation: light (auto) = random crops >= half the image + flips; "
+              show_default=True, help="Image augmentation: none (auto); light = random crops >= half the image + flips; "
                                       "trivial adds TrivialAugmentWide; imagenet crops down to 8 percent.")
 @click.option("--refit", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="on (auto when zoo split the validation set off the data): once selection is done, train the "

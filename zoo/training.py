@@ -56,6 +56,7 @@ from zoo.tolerances import REFERENCE_ATOL
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 HEAD_INITS = ("auto", "probe", "random")
+AFTER_PROBE = ("auto", "finetune", "gated")
 AUGMENTS = ("auto", *AUGMENTATIONS)
 BATCHNORM = ("auto", "frozen", "train")
 SELECT = ("auto", "last", "best")
@@ -101,6 +102,7 @@ class FinetuneConfig:
     pretrained: bool = True
     head_init: str = "auto"  # probe (fitted on frozen features first: LP-FT) | random
     probe_only: bool = False  # `--probe`: the fitted head is the result; the backbone never trains
+    after_probe: str = "auto"  # finetune: always | gated: only when the validation split could show it better
     augment: str = "auto"  # images: none | light | imagenet | trivial (zoo.loaders.train_image_transform)
     select: str = "auto"  # the weights kept: last (the final epoch's, or the probe's if it validated better) | best
     refit: str = "auto"  # on: once selection is done, train the selected procedure again on train + val | off
@@ -134,6 +136,7 @@ class FinetuneConfig:
             (self.batchnorm in BATCHNORM, f"--batchnorm {self.batchnorm!r}: expected one of {', '.join(BATCHNORM)}"),
             (self.select in SELECT, f"--select {self.select!r}: expected one of {', '.join(SELECT)}"),
             (self.refit in ("auto", "on", "off"), f"--refit {self.refit!r}: expected auto, on or off"),
+            (self.after_probe in AFTER_PROBE, f"--after-probe {self.after_probe!r}: expected one of {', '.join(AFTER_PROBE)}"),
             (not (self.probe_only and self.head_init == "random"), "--probe fits the head; it excludes --head-init random"),
             (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
             (self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r}: expected auto, cpu or cuda"),
@@ -415,10 +418,20 @@ class _Trainer:
                            "fingerprint": torch.tensor(list(fingerprint.encode()), dtype=torch.uint8)}, str(tmp))
                 os.replace(tmp, cache)
         self.probe = fit_probe(features, labels, head.out_features, seed=self.config.seed)
-        self.probe_info = {"C": self.probe.C, "train_loss": self.probe.train_loss, "examples": len(features)}
+        self.probe_info = {"C": self.probe.C, "train_loss": self.probe.train_loss, "examples": len(features),
+                           "cv_accuracy": self.probe.cv_accuracy}
         load_probe(head, self.probe)
+        accuracy = "" if self.probe.cv_accuracy is None else f", out-of-fold accuracy {self.probe.cv_accuracy:.3f}"
         self.log(f"linear probe on {len(features)} x {features.shape[1]} frozen features: C={self.probe.C:g} "
-                 f"(cross-validated log loss, up to {FOLDS} folds), {time.perf_counter() - start:.1f}s")
+                 f"(cross-validated log loss, up to {FOLDS} folds){accuracy}, {time.perf_counter() - start:.1f}s")
+
+    def fine_tuning_unmeasurable(self) -> bool:
+        """`--after-probe gated`: the probe's out-of-fold error rate predicts less than one error on the
+        validation split, so no validation result could show fine-tuning better than the probe; then the
+        probe is the result (faces, benchmarks/transfer.py: fine-tuning a near-perfect probe cost 2-5
+        points of test accuracy that no validation split of that size could see)."""
+        accuracy = (self.probe_info or {}).get("cv_accuracy")
+        return self.config.after_probe == "gated" and not recipe.fine_tuning_measurable(accuracy, len(self.dataset.val))
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -594,7 +607,8 @@ def _refit(first: FinetuneResult, entry: ModelEntry, dataset: Dataset, config: F
     are the run's model."""
     merged = dataclasses.replace(dataset, train=dataset.train + dataset.val, val=[])
     probe_only = config.probe_only or first.best_epoch == 0
-    second_config = dataclasses.replace(config, probe_only=probe_only, freeze="head" if probe_only else config.freeze)
+    second_config = dataclasses.replace(config, probe_only=probe_only, freeze="head" if probe_only else config.freeze,
+                                        after_probe="finetune")  # decided by the first pass
     log(f"refit on all {len(merged.train)} examples (train + val): "
         + ("the probe" if probe_only else f"the probe, then {config.epochs} epochs of fine-tuning"))
     folder = out / "refit"
@@ -735,7 +749,12 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
     if runtime.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
     stopped_early = False
-    for epoch in range(start_epoch, 0 if config.probe_only else config.epochs):
+    skip = not config.probe_only and trainer.fine_tuning_unmeasurable()
+    if skip and not resume:
+        log(f"fine-tuning skipped (--after-probe gated): the probe's out-of-fold accuracy "
+            f"{trainer.probe_info['cv_accuracy']:.3f} predicts under one error on the {len(dataset.val)} validation "
+            "examples, so no validation result could show fine-tuning better")
+    for epoch in range(start_epoch, 0 if config.probe_only or skip else config.epochs):
         _seed_everything(config.seed * 1_000 + epoch)  # each epoch's randomness depends on (seed, epoch) only
         trainer.set_epoch_freeze(epoch)
         train_loss, seen, seconds = trainer.train_epoch(wrapped, optimizer, scheduler, scaler, epoch)
