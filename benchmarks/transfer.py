@@ -172,6 +172,11 @@ def write_data(data: Data, indices: np.ndarray, root: Path) -> Path:
     return path
 
 
+# What the last zoo run decided (read by main() into its row): the epochs it fine-tuned (0: it stopped at the
+# probe) and the probe's out-of-fold accuracy.
+RUN_FACTS: dict = {}
+
+
 def zoo_method(data: Data, indices: np.ndarray, seed: int, root: Path, **options) -> np.ndarray:
     import torch
 
@@ -180,7 +185,10 @@ def zoo_method(data: Data, indices: np.ndarray, seed: int, root: Path, **options
 
     model = IMAGE_MODEL if data.modality == "image" else TEXT_MODEL
     run = root / "run"
-    zoo.finetune(model, write_data(data, indices, root), run, seed=seed, quiet=True, **options)
+    result = zoo.finetune(model, write_data(data, indices, root), run, seed=seed, quiet=True, **options)
+    card = json.loads((run / "card.json").read_text())
+    RUN_FACTS.update(fine_tuned_epochs=sum(row["epoch"] > 0 for row in result.history),
+                     probe_cv_accuracy=(card.get("probe") or {}).get("cv_accuracy"))
     entry = resolve_name(str(run))
     network = zoo.build(entry)
     labels = entry.output.labels
@@ -387,13 +395,14 @@ def main() -> int:
                 for method in args.methods:
                     if (name, n, seed, method) in done or (method == "setfit" and data.modality != "text"):
                         continue
+                    RUN_FACTS.clear()
                     with tempfile.TemporaryDirectory() as tmp:
                         start = time.perf_counter()
                         predicted = run_method(method, data, indices, seed, Path(tmp))
                         seconds = time.perf_counter() - start
                     row = {"data": name, "modality": data.modality, "per_class": n, "seed": seed, "method": method,
                            **scores(predicted, data.labels[data.test]), "test_size": len(data.test),
-                           "seconds": round(seconds, 1), "commit": COMMIT}
+                           "seconds": round(seconds, 1), "commit": COMMIT, **RUN_FACTS}
                     with open(rows_file, "a") as handle:  # one line per run: a long benchmark keeps what it measured
                         handle.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
