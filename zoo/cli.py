@@ -262,8 +262,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--probe", "probe_only", is_flag=True,
               help="Linear probe only: fit the head on frozen features in seconds; the backbone never trains.")
 @click.option("--after-probe", type=click.Choice(["auto", "finetune", "gated"]), default="auto", show_default=True,
-              help="gated (auto with a probe): fine-tune after the probe only when the validation split could show "
-                   "it better (the probe's out-of-fold errors predict at least one there); finetune: always.")
+              help="gated (auto with a probe): fine-tune after the probe unless it made no error in "
+                   "cross-validation on the training examples; finetune: always.")
 @click.option("--augment", type=click.Choice(["auto", "none", "light", "trivial", "imagenet"]), default="auto",
               show_default=True, help="Image augmentation: none (auto); light = random crops >= half the image + flips; "
                                       "trivial adds TrivialAugmentWide; imagenet crops down to 8 percent.")

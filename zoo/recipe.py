@@ -8,9 +8,8 @@ For classifiers (measured in benchmarks/transfer.py):
   (zoo.probe), then everything trains at the card's learning rate (CNNs and transformers differ);
 - a budget in optimizer steps rather than epochs: small data sets get more epochs, large ones fewer;
   warm-up over the first tenth, cosine decay to zero, no early stopping;
-- fine-tuning runs only when the validation split could show it better than the probe: not when the
-  probe's out-of-fold accuracy (cross-validation on the training split) predicts under one validation
-  error (faces: fine-tuning a near-perfect probe cost 2-5 points of test accuracy, unseen on validation);
+- fine-tuning runs unless the probe made no error in cross-validation on the training split (faces:
+  fine-tuning such a probe cost 2-5 points of test accuracy, unseen on a validation split of 2-24 images);
 - the weights kept are the final ones, unless the probe (evaluated as epoch 0) scored better on the
   validation split by more than its noise (a 95 % margin): picking the best of many epochs on a few
   dozen validation examples picks noise
@@ -46,11 +45,12 @@ FALLBACK_LR, FALLBACK_WEIGHT_DECAY = 1e-3, 0.01
 NORMALISED_BY_LAYERS = {"bert", "distilbert", "roberta", "vit_b_16", "convnext_tiny"}
 
 
-def fine_tuning_measurable(probe_accuracy: float | None, val_examples: int) -> bool:
-    """Whether a validation split of `val_examples` could show fine-tuning better than a probe whose
-    out-of-fold accuracy is `probe_accuracy`: only if the probe is expected to make at least one error there
-    (unknown accuracy, or no validation split: nothing to go on, so fine-tuning runs)."""
-    return probe_accuracy is None or val_examples == 0 or (1.0 - probe_accuracy) * val_examples >= 1.0
+def fine_tuning_has_room(probe_accuracy: float | None) -> bool:
+    """Whether fine-tuning has anything to fix that the data can show: not when the probe classified every
+    training example right while it was held out (out-of-fold accuracy 1). Unknown (too few examples to
+    fold): fine-tuning runs. A looser bound (under one expected error on the validation split) stopped
+    rotten tomatoes at 10 per class with a probe at 0.81, where fine-tuning gains 3 points."""
+    return probe_accuracy is None or probe_accuracy < 1.0
 
 
 def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tuple[FinetuneConfig, list[str]]:
@@ -80,8 +80,8 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
         choose("head_init", "random", f"{dataset.task} has no single linear head to fit on frozen features")
     head_init = values.get("head_init", config.head_init)
     if head_init == "probe" and not config.probe_only:
-        choose("after_probe", "gated", "fine-tune after the probe only when the validation split could show it better: "
-                                       "not when the probe's out-of-fold errors predict under one error there")
+        choose("after_probe", "gated", "fine-tune after the probe unless the probe classified every training example "
+                                       "right while it was held out (cross-validation): then nothing is left to show")
     else:
         choose("after_probe", "finetune", "no probe to gate on" if head_init != "probe" else "--probe: no fine-tuning")
     card = entry.finetune

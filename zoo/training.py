@@ -102,7 +102,7 @@ class FinetuneConfig:
     pretrained: bool = True
     head_init: str = "auto"  # probe (fitted on frozen features first: LP-FT) | random
     probe_only: bool = False  # `--probe`: the fitted head is the result; the backbone never trains
-    after_probe: str = "auto"  # finetune: always | gated: only when the validation split could show it better
+    after_probe: str = "auto"  # finetune: always | gated: not when the probe made no out-of-fold error
     augment: str = "auto"  # images: none | light | imagenet | trivial (zoo.loaders.train_image_transform)
     select: str = "auto"  # the weights kept: last (the final epoch's, or the probe's if it validated better) | best
     refit: str = "auto"  # on: once selection is done, train the selected procedure again on train + val | off
@@ -425,13 +425,11 @@ class _Trainer:
         self.log(f"linear probe on {len(features)} x {features.shape[1]} frozen features: C={self.probe.C:g} "
                  f"(cross-validated log loss, up to {FOLDS} folds){accuracy}, {time.perf_counter() - start:.1f}s")
 
-    def fine_tuning_unmeasurable(self) -> bool:
-        """`--after-probe gated`: the probe's out-of-fold error rate predicts less than one error on the
-        validation split, so no validation result could show fine-tuning better than the probe; then the
-        probe is the result (faces, benchmarks/transfer.py: fine-tuning a near-perfect probe cost 2-5
-        points of test accuracy that no validation split of that size could see)."""
+    def probe_leaves_nothing(self) -> bool:
+        """`--after-probe gated` and a probe without out-of-fold errors (zoo.recipe.fine_tuning_has_room): the
+        probe is the result."""
         accuracy = (self.probe_info or {}).get("cv_accuracy")
-        return self.config.after_probe == "gated" and not recipe.fine_tuning_measurable(accuracy, len(self.dataset.val))
+        return self.config.after_probe == "gated" and not recipe.fine_tuning_has_room(accuracy)
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -749,11 +747,10 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
     if runtime.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
     stopped_early = False
-    skip = not config.probe_only and trainer.fine_tuning_unmeasurable()
+    skip = not config.probe_only and trainer.probe_leaves_nothing()
     if skip and not resume:
-        log(f"fine-tuning skipped (--after-probe gated): the probe's out-of-fold accuracy "
-            f"{trainer.probe_info['cv_accuracy']:.3f} predicts under one error on the {len(dataset.val)} validation "
-            "examples, so no validation result could show fine-tuning better")
+        log(f"fine-tuning skipped (--after-probe gated): the probe classified all {trainer.probe_info['examples']} "
+            "training examples right while each was held out (cross-validation); nothing is left to show")
     for epoch in range(start_epoch, 0 if config.probe_only or skip else config.epochs):
         _seed_everything(config.seed * 1_000 + epoch)  # each epoch's randomness depends on (seed, epoch) only
         trainer.set_epoch_freeze(epoch)
