@@ -172,23 +172,21 @@ def write_data(data: Data, indices: np.ndarray, root: Path) -> Path:
     return path
 
 
-# What the last zoo run decided (read by main() into its row): the epochs it fine-tuned (0: it stopped at the
-# probe) and the probe's out-of-fold accuracy.
-RUN_FACTS: dict = {}
-
-
-def zoo_method(data: Data, indices: np.ndarray, seed: int, root: Path, **options) -> np.ndarray:
+def zoo_method(data: Data, indices: np.ndarray, seed: int, root: Path, **options) -> tuple[np.ndarray, dict]:
+    """Test-set predictions, and what the run decided: the epochs it fine-tuned (0: it stopped at the probe)
+    and the out-of-fold accuracy of the probe that decided it (the first pass's, not the refit's)."""
     import torch
 
     import zoo
     from zoo.runs import resolve_name
+    from zoo.training import STATE_FILE
 
     model = IMAGE_MODEL if data.modality == "image" else TEXT_MODEL
     run = root / "run"
     result = zoo.finetune(model, write_data(data, indices, root), run, seed=seed, quiet=True, **options)
-    card = json.loads((run / "card.json").read_text())
-    RUN_FACTS.update(fine_tuned_epochs=sum(row["epoch"] > 0 for row in result.history),
-                     probe_cv_accuracy=(card.get("probe") or {}).get("cv_accuracy"))
+    probe = torch.load(run / STATE_FILE, weights_only=True)["probe"] or {}
+    facts = {"fine_tuned_epochs": sum(row["epoch"] > 0 for row in result.history),
+             "probe_cv_accuracy": probe.get("cv_accuracy")}
     entry = resolve_name(str(run))
     network = zoo.build(entry)
     labels = entry.output.labels
@@ -198,7 +196,7 @@ def zoo_method(data: Data, indices: np.ndarray, seed: int, root: Path, **options
             logits = network(*_inputs(entry, [data.items[i] for i in data.test[start:start + 50]]))
             rows = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
             predicted += [data.classes.index(labels[int(i)]) for i in rows]
-    return np.array(predicted)
+    return np.array(predicted), facts
 
 
 def _inputs(entry, items: list) -> list:
@@ -273,7 +271,8 @@ def setfit(data: Data, indices: np.ndarray, seed: int, root: Path) -> np.ndarray
     return np.asarray(model.predict([data.items[i] for i in data.test]))
 
 
-def run_method(method: str, data: Data, indices: np.ndarray, seed: int, root: Path) -> np.ndarray:
+def run_method(method: str, data: Data, indices: np.ndarray, seed: int, root: Path) -> tuple[np.ndarray, dict]:
+    """Test-set predictions of `method`, and facts about the run for its row (zoo's methods only)."""
     if method == "zoo":
         return zoo_method(data, indices, seed, root)
     if method == "zoo-probe":
@@ -282,7 +281,8 @@ def run_method(method: str, data: Data, indices: np.ndarray, seed: int, root: Pa
         return zoo_method(data, indices, seed, root, pretrained=False)
     if method == "previous":
         return zoo_method(data, indices, seed, root, **PREVIOUS_DEFAULTS)
-    return {"sklearn-probe": sklearn_probe, "classical": classical, "setfit": setfit}[method](data, indices, seed, root)
+    baseline = {"sklearn-probe": sklearn_probe, "classical": classical, "setfit": setfit}[method]
+    return baseline(data, indices, seed, root), {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,14 +395,13 @@ def main() -> int:
                 for method in args.methods:
                     if (name, n, seed, method) in done or (method == "setfit" and data.modality != "text"):
                         continue
-                    RUN_FACTS.clear()
                     with tempfile.TemporaryDirectory() as tmp:
                         start = time.perf_counter()
-                        predicted = run_method(method, data, indices, seed, Path(tmp))
+                        predicted, facts = run_method(method, data, indices, seed, Path(tmp))
                         seconds = time.perf_counter() - start
                     row = {"data": name, "modality": data.modality, "per_class": n, "seed": seed, "method": method,
                            **scores(predicted, data.labels[data.test]), "test_size": len(data.test),
-                           "seconds": round(seconds, 1), "commit": COMMIT, **RUN_FACTS}
+                           "seconds": round(seconds, 1), "commit": COMMIT, **facts}
                     with open(rows_file, "a") as handle:  # one line per run: a long benchmark keeps what it measured
                         handle.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)

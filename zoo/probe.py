@@ -62,8 +62,8 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, outputs: int, grid: 
               folds: int = FOLDS, seed: int = 0) -> Probe:
     """Logistic regression on the features, its C chosen by stratified `folds`-fold cross-validation of
     the log loss (fewer folds when a class has fewer examples; the first C of `grid` that ties), then
-    refitted on all of them; the out-of-fold accuracy at that C is kept (`cv_accuracy`). `outputs` is the head's size: 1 for a binary (sigmoid) head, else the
-    number of classes."""
+    refitted on all of them; the out-of-fold accuracy at that C is kept (`cv_accuracy`). `outputs` is the
+    head's size: 1 for a binary (sigmoid) head, else the number of classes."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -73,12 +73,12 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, outputs: int, grid: 
     with warnings.catch_warnings():  # a C too weak to converge within max_iter just scores worse
         warnings.simplefilter("ignore")
         if splits >= 2:  # selection needs no precise fits: tol 1e-3 (6x faster on 100 x 1280 x 10 classes)
-            folds_ = StratifiedKFold(splits, shuffle=True, random_state=seed)
-            search = LogisticRegressionCV(Cs=list(grid), cv=folds_, scoring="neg_log_loss", max_iter=1000, tol=1e-3,
+            splitter = StratifiedKFold(splits, shuffle=True, random_state=seed)
+            search = LogisticRegressionCV(Cs=list(grid), cv=splitter, scoring="neg_log_loss", max_iter=1000, tol=1e-3,
                                           refit=False).fit(x, y)
             mean = next(iter(search.scores_.values())).mean(axis=0)  # (folds, Cs) -> per C
             C = float(grid[int(mean.argmax())])  # the first of equal scores: the stronger regularisation
-            held_out = cross_val_predict(LogisticRegression(C=C, max_iter=1000, tol=1e-3), x, y, cv=folds_)
+            held_out = cross_val_predict(LogisticRegression(C=C, max_iter=1000, tol=1e-3), x, y, cv=splitter)
             cv_accuracy = float((held_out == y).mean())
         classifier = LogisticRegression(C=C, max_iter=5000, tol=1e-6).fit(x, y)
     weight, bias = _head_parameters(classifier, outputs)
