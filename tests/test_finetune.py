@@ -250,7 +250,7 @@ def test_image_run_exports_and_serves_like_torch(images: Path, tmp_path: Path) -
     assert Image.open(run / "metrics.png").size[0] > 100
 
 
-def test_two_process_ddp_ranks_end_identical(images: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_with_gradual_unfreezing_ranks_end_identical(images: Path, tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -266,8 +266,11 @@ def test_two_process_ddp_ranks_end_identical(images: Path, tmp_path: Path) -> No
     except json.JSONDecodeError as exc:
         pytest.fail(f"unparsable rank report ({exc}); stdout:\n{result.stdout[-2000:]}")
     assert sorted(r["rank"] for r in reports) == [0, 1]
-    assert reports[0]["sha"] == reports[1]["sha"] and reports[0]["epochs"] == [0, 1]  # the probe, then one epoch
+    # the probe, the head alone, then the top block too: without DDP rebuilt on unfreezing, that block
+    # trained on each rank's half of the data alone and the weights differed
+    assert reports[0]["sha"] == reports[1]["sha"] and reports[0]["epochs"] == [0, 1, 2]
     assert reports[0]["metrics"] == reports[1]["metrics"]
+    assert reports[0]["group_destroyed"] and reports[1]["group_destroyed"]
     assert (tmp_path / "run" / "card.json").is_file()
     assert json.loads((tmp_path / "run" / "card.json").read_text())["processes"] == 2
 

@@ -279,9 +279,12 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held out per class when the data has no validation split (seeded, stratified).")
 @click.option("--scratch", is_flag=True, help="Random initialisation instead of the pretrained weights (baselines).")
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes [default: 0 on CPU; on CUDA the cores per rank less one, at most 8].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+              help="Mixed precision on CUDA. auto: bf16 on GPUs that compute it natively (compute capability 8.0+), "
+                   "fp16 with loss scaling before them, off on CPU.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out with its stored settings.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--dry-run", is_flag=True, help="Print which blocks train and how many parameters, then stop.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import DataLoader, Dataset as TorchDataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from zoo.data import IGNORE_INDEX, Example
@@ -221,11 +221,63 @@ def image_collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[dict[str, torc
     return {"pixel_values": torch.stack(images)}, torch.tensor(labels)
 
 
+class EpochKeyed(TorchDataset):
+    """A training dataset read by (epoch, index) keys: each example's random augmentation is drawn from a
+    generator seeded by (seed, epoch, index) alone, so the batches do not depend on which worker process
+    made them, on how many there are, or on whether they lived through earlier epochs (persistent
+    workers); a resumed run sees what the uninterrupted run saw."""
+
+    def __init__(self, dataset: Any, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):  # the caller's generator state is left as it was
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
+            return self.dataset[index]
+
+
+class EpochOrder(Sampler):
+    """(epoch, index) keys in an order that depends on (seed, epoch) only; under DDP, this rank's share
+    (DistributedSampler's split of the same permutation). `set_epoch` before each epoch."""
+
+    def __init__(self, size: int, seed: int, distributed: bool):
+        self.size, self.seed, self.epoch = size, seed, 0
+        self.ranks = DistributedSampler(range(size), shuffle=True, seed=seed, drop_last=False) if distributed else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.ranks is not None:
+            self.ranks.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ranks) if self.ranks is not None else self.size
+
+    def __iter__(self):
+        if self.ranks is not None:
+            order = list(self.ranks)
+        else:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
+        return iter([(self.epoch, index) for index in order])
+
+
+class EpochLoader(DataLoader):
+    """A training DataLoader made once per run, its worker processes kept between epochs
+    (persistent_workers); `set_epoch` picks the epoch's order and augmentation."""
+
+    def set_epoch(self, epoch: int) -> None:
+        (self.batch_sampler if isinstance(self.batch_sampler, LengthGroupedBatches) else self.sampler).set_epoch(epoch)
+
+
 def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: Any, batch_size: int, workers: int,
                 seed: int, epoch: int, pin_memory: bool, distributed: bool, augment: str = "light") -> DataLoader:
     """A loader whose shuffling and augmentation depend only on (seed, epoch): a resumed run sees
     exactly the batches the uninterrupted run would have. `train` shuffles and augments (`augment`, for
-    image classifiers); without it, examples keep their order and get the eval transform."""
+    image classifiers): an EpochLoader, made once and moved on with `set_epoch`, its workers persistent;
+    without it, examples keep their order and get the eval transform."""
     if examples and examples[0].mask is not None:
         dataset: Sequence[Any] = SegmentationExamples(examples, segmentation_transform(spec, train))
         collate = segmentation_collate
@@ -240,18 +292,19 @@ def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: An
         dataset, collate = span_features(examples, tokenizer), SpanCollate(tokenizer)
     else:
         dataset, collate = TextExamples(examples), TextCollate(tokenizer)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    sampler = None
-    if distributed and train:
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
-        sampler.set_epoch(epoch)
-    elif train and isinstance(dataset, TextExamples):  # batches of similar length: little padding to compute
-        batches = LengthGroupedBatches([len(e.item) for e in dataset.examples], batch_size, generator)
-        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                          pin_memory=pin_memory, persistent_workers=False)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=workers, collate_fn=collate, pin_memory=pin_memory, generator=generator,
-                      persistent_workers=False, drop_last=False)
+    if not train:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                          pin_memory=pin_memory, drop_last=False)
+    keyed = EpochKeyed(dataset, seed)
+    persistent = {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": collate, "pin_memory": pin_memory}
+    if isinstance(dataset, TextExamples) and not distributed:  # batches of similar length: little padding to compute
+        loader = EpochLoader(keyed, batch_sampler=LengthGroupedBatches([len(e.item) for e in dataset.examples],
+                                                                       batch_size, seed), **persistent)
+    else:
+        loader = EpochLoader(keyed, batch_size=batch_size, sampler=EpochOrder(len(dataset), seed, distributed),
+                             drop_last=False, **persistent)
+    loader.set_epoch(epoch)
+    return loader
 
 
 class LengthGroupedBatches:
@@ -264,17 +317,22 @@ class LengthGroupedBatches:
 
     WINDOW = 16
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator):
-        self.lengths, self.batch_size, self.generator = list(lengths), batch_size, generator
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
         window = self.WINDOW * self.batch_size
         batches = []
         for start in range(0, len(order), window):
             chunk = sorted(order[start:start + window], key=lambda i: self.lengths[i], reverse=True)
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        return iter([batches[i] for i in torch.randperm(len(batches), generator=self.generator).tolist()])
+        return iter([[(self.epoch, i) for i in batches[b]]
+                     for b in torch.randperm(len(batches), generator=self.generator).tolist()])

@@ -107,7 +107,7 @@ class FinetuneConfig:
     select: str = "auto"  # the weights kept: last (the final epoch's, or the probe's if it validated better) | best
     refit: str = "auto"  # on: once selection is done, train the selected procedure again on train + val | off
     batchnorm: str = "auto"  # frozen (running statistics kept, eval mode) | train
-    workers: int = 0
+    workers: int | None = None  # DataLoader worker processes; None: resolved per device (_default_workers)
     device: str = "auto"
     amp: str = "auto"
 
@@ -138,7 +138,7 @@ class FinetuneConfig:
             (self.refit in ("auto", "on", "off"), f"--refit {self.refit!r}: expected auto, on or off"),
             (self.after_probe in AFTER_PROBE, f"--after-probe {self.after_probe!r}: expected one of {', '.join(AFTER_PROBE)}"),
             (not (self.probe_only and self.head_init == "random"), "--probe fits the head; it excludes --head-init random"),
-            (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
+            (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
             (self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r}: expected auto, cpu or cuda"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"--amp {self.amp!r}: expected auto, bf16, fp16 or off"),
             (not (self.head == "binary" and self.label_smoothing), "--label-smoothing applies to multiclass heads only"),
@@ -170,6 +170,7 @@ class Runtime:
     amp_dtype: torch.dtype | None
     rank: int
     world_size: int
+    owns_process_group: bool = False  # finetune() initialised it, so finetune() destroys it
 
     @property
     def is_main(self) -> bool:
@@ -180,6 +181,15 @@ class Runtime:
         return self.world_size > 1
 
 
+def auto_amp(capability: tuple[int, int] | None) -> str:
+    """`--amp auto`: bf16 where the GPU computes it natively (compute capability 8.0 and up: A100, H100,
+    RTX 30xx and later), fp16 with loss scaling before that (V100, T4), off on CPU (`capability` None).
+    Not `torch.cuda.is_bf16_supported()`: it counts emulation, which is slower than fp32 on a V100."""
+    if capability is None:
+        return "off"
+    return "bf16" if capability[0] >= 8 else "fp16"
+
+
 def _runtime(config: FinetuneConfig) -> Runtime:
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
@@ -188,18 +198,78 @@ def _runtime(config: FinetuneConfig) -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise InputError(f"LOCAL_RANK {local_rank}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         "start at most that many processes per node (torchrun --nproc-per-node), or pass --device cpu")
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     amp = config.amp
     if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if use_cuda else "off"
+        amp = auto_amp(torch.cuda.get_device_capability(device) if use_cuda else None)
     if amp != "off" and not use_cuda:
         raise InputError(f"--amp {amp}: mixed precision is for CUDA here; use --amp off on CPU")
+    owns = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        owns = True
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    return Runtime(device, dtype, rank, world_size)
+    return Runtime(device, dtype, rank, world_size, owns)
+
+
+def _default_workers(runtime: Runtime) -> int:
+    """DataLoader workers when --workers is not given: none on CPU (the training threads need the cores),
+    on CUDA enough processes to decode and augment ahead of the GPU: the cores shared by the node's
+    ranks, one left to each rank's training thread, at most 16 (JPEG decoding and resizing keep up with
+    about 150 images/s per worker: an H200 trains EfficientNet-Lite0 at ~3,000/s, benchmarks/gpu_check.py)."""
+    if runtime.device.type != "cuda":
+        return 0
+    per_rank = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world_size)))
+    return max(0, min(16, per_rank - 1))
+
+
+@contextlib.contextmanager
+def _cuda_math(runtime: Runtime):
+    """TF32 matmuls and convolutions while training on CUDA (Ampere and later; a 10-bit mantissa on the
+    inputs, fp32 accumulation: PyTorch's recommended setting for training), restored afterwards so the
+    caller's own numerics (an export parity check, say) stay exact. cuDNN's algorithm search
+    (`cudnn.benchmark`) stays off: on an H200 it cost 10-18 s of warm-up per run and precision for
+    EfficientNet-Lite0, while a loop without it trained at 2,800-3,600 images/s (benchmarks/gpu_check.py)."""
+    if runtime.device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _on_main(runtime: Runtime, action: Callable[[], None]) -> None:
+    """`action` on rank 0 only, the other ranks waiting; a ZooError it raises is raised on every rank
+    (so no rank is left waiting in a collective for one that stopped)."""
+    if not runtime.distributed:
+        action()
+        return
+    failure: list[Any] = [None]
+    if runtime.is_main:
+        try:
+            action()
+        except ZooError as exc:
+            failure = [(type(exc).__name__, str(exc))]
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        raise InputError(failure[0][1])
+
+
+def _agree(runtime: Runtime, decision: bool) -> bool:
+    """Rank 0's `decision` on every rank (early stopping: a rank that stopped alone would hang the others)."""
+    if not runtime.distributed:
+        return decision
+    flag = torch.tensor([int(decision)], device=runtime.device if runtime.device.type == "cuda" else "cpu")
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _seed_everything(seed: int) -> None:
@@ -212,14 +282,17 @@ def _seed_everything(seed: int) -> None:
 # Model, optimizer, schedule
 
 
-def _optimizer(name: str, groups: list[dict], config: FinetuneConfig) -> torch.optim.Optimizer:
+def _optimizer(name: str, groups: list[dict], config: FinetuneConfig, cuda: bool = False) -> torch.optim.Optimizer:
+    """`cuda`: Adam/AdamW use the fused CUDA kernel (one launch for every parameter instead of several per
+    tensor; same update rule, works with the fp16 GradScaler)."""
     if name == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    fused = {"fused": True} if cuda else {}
     if name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, **fused)
     if name == "adagrad":
         return torch.optim.Adagrad(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **fused)
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: FinetuneConfig, steps_per_epoch: int):
@@ -276,6 +349,7 @@ class _Trainer:
     def __init__(self, entry: ModelEntry, dataset: Dataset, config: FinetuneConfig, runtime: Runtime,
                  quiet: bool, log: Callable[[str], None]):
         self.entry, self.dataset, self.config, self.runtime, self.quiet, self.log = entry, dataset, config, runtime, quiet, log
+        _seed_everything(config.seed)  # without pretrained weights the backbone's initialisation is random too
         backbone = build(entry, pretrained=config.pretrained)
         _seed_everything(config.seed)  # the new head's initialisation depends on the seed only
         self.segmentation = dataset.task == "segmentation"
@@ -283,6 +357,10 @@ class _Trainer:
         self.tokens = dataset.task == "token-classification"
         self.qa = dataset.task == "question-answering"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
+        if entry.modality == "text":  # fused attention kernels while training; eager again in _finish
+            from zoo.builders.hf_encoder import set_attention
+
+            set_attention(self.model, "sdpa")
         self.head_prefix = head_prefix(self.model)
         self.blocks = backbone_blocks(self.model, self.head_prefix)
         self.policy = parse_policy(config.freeze, len(self.blocks))
@@ -302,6 +380,7 @@ class _Trainer:
         self.head_layer = head_layer(self.model, self.head_prefix)  # None: no single linear head (segmentation, ...)
         self.probe = None
         self.probe_info: dict[str, float] | None = None  # the probe's C and training loss (run.json state, card)
+        self._train_loader = None
         self.set_epoch_freeze(0)
 
     def set_epoch_freeze(self, epoch: int) -> None:
@@ -310,14 +389,24 @@ class _Trainer:
     def loader(self, train: bool, epoch: int, examples: list | None = None):
         """Training batches (shuffled, augmented) or evaluation batches (in order, the eval transform) of
         the train or val split, or of `examples`."""
+        if train and examples is None and self._train_loader is not None:  # one per run: its workers persist
+            self._train_loader.set_epoch(epoch)
+            return self._train_loader
         if examples is None:
             examples = self.dataset.train if train else self.dataset.val
         # Segmentation is evaluated one image at a time, at its own size: exactly what serve runs.
         batch_size = 1 if self.segmentation and not train else self.config.batch_size
-        return make_loader(examples, train=train, spec=self.entry.input, tokenizer=self.windows if self.qa else self.tokenizer,
-                           batch_size=batch_size, workers=self.config.workers, seed=self.config.seed,
-                           epoch=epoch, pin_memory=self.runtime.device.type == "cuda",
-                           distributed=self.runtime.distributed and train, augment=self.config.augment)
+        loader = make_loader(examples, train=train, spec=self.entry.input, tokenizer=self.windows if self.qa else self.tokenizer,
+                             batch_size=batch_size, workers=self.config.workers, seed=self.config.seed,
+                             epoch=epoch, pin_memory=self.runtime.device.type == "cuda",
+                             distributed=self.runtime.distributed and train, augment=self.config.augment)
+        if train and examples is self.dataset.train:
+            self._train_loader = loader
+        return loader
+
+    def release_loaders(self) -> None:
+        """Ends the training loader's worker processes (a refit pass makes its own)."""
+        self._train_loader = None
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         channels_last = self.entry.modality == "image"  # see _run
@@ -335,7 +424,11 @@ class _Trainer:
 
     def _autocast(self):
         dtype = self.runtime.amp_dtype
-        return torch.autocast(self.runtime.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        if dtype is None:
+            return contextlib.nullcontext()
+        if self.detection:  # boxes in float32 (DetectionNet.mixed_precision)
+            return self.model.mixed_precision(self.runtime.device.type, dtype)
+        return torch.autocast(self.runtime.device.type, dtype=dtype)
 
     def train_epoch(self, model: nn.Module, optimizer, scheduler, scaler, epoch: int) -> tuple[float, int, float]:
         from tqdm.auto import tqdm
@@ -345,7 +438,13 @@ class _Trainer:
         loader = self.loader(True, epoch)
         accumulate = self.config.accumulate
         trainable = [p for p in model.parameters() if p.requires_grad]
-        total_loss, seen, start = 0.0, 0, time.perf_counter()
+        device = self.runtime.device
+        # The running loss and the finite flag stay on the device: the host reads them once per optimizer
+        # step (one synchronisation), not after every micro-batch.
+        total_loss, finite = torch.zeros((), device=device), torch.ones((), device=device)
+        seen, start = 0, time.perf_counter()
+        self.step_losses: list[float] = []  # the mean training loss of each optimizer step
+        step_loss, step_seen = torch.zeros((), device=device), 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, file=sys.stderr,
                    disable=self.quiet or not self.runtime.is_main, dynamic_ncols=True)
         optimizer.zero_grad(set_to_none=True)
@@ -360,9 +459,16 @@ class _Trainer:
                     else:
                         logits = model(*self._to_device(inputs))
                         loss = self.criterion(logits.float(), self._target(labels))
-                self._check_finite(loss, epoch, step)
+                loss_value = loss.detach().float()
+                finite = finite * torch.isfinite(loss_value)
+                step_loss = step_loss + loss_value * len(labels)
+                step_seen += len(labels)
+                # A NaN loss makes NaN gradients, which are checked below, before they reach the weights.
                 scaler.scale(loss / accumulate).backward()
             if last:
+                self._check_finite(finite, step_loss, step_seen, epoch, step)  # the step's one host sync
+                total_loss = total_loss + step_loss
+                finite, step_loss, step_seen = torch.ones((), device=device), torch.zeros((), device=device), 0
                 if self.config.clip_grad:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(trainable, self.config.clip_grad)
@@ -370,22 +476,26 @@ class _Trainer:
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-            total_loss += float(loss.detach()) * len(labels)
             seen += len(labels)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-        return total_loss / max(1, seen), seen, time.perf_counter() - start
+            if last and self.step_losses:
+                bar.set_postfix(loss=f"{self.step_losses[-1]:.4f}", refresh=False)
+        return float(total_loss) / max(1, seen), seen, time.perf_counter() - start
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        """DivergedError on a NaN/inf loss, before it reaches the weights. Under DDP every rank takes the
-        same decision (one flag all-reduced), so none is left waiting in a collective."""
-        finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    def _check_finite(self, finite: torch.Tensor, loss_sum: torch.Tensor, examples: int, epoch: int, step: int) -> None:
+        """DivergedError when a micro-batch of this optimizer step had a NaN/inf loss, before the step
+        reaches the weights; else the step's mean loss joins `step_losses`. One read of the device (two
+        numbers at once). Under DDP every rank takes the same decision (the flag all-reduced), so none
+        is left waiting in a collective."""
+        flag = finite.reshape(1)
         if self.runtime.distributed:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not bool(finite.item()):
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok, total = torch.stack([flag[0], loss_sum]).tolist()
+        if not ok:
             raise DivergedError(
-                f"epoch {epoch + 1}, step {step + 1}: the training loss is {float(loss.detach()):g}; the run diverged "
-                f"(lr {self.config.lr:g}). Lower --lr, or add --warmup-epochs / --clip-grad, and start again "
+                f"epoch {epoch + 1}, step {step + 1}: the training loss is {total / max(1, examples):g}; the run "
+                f"diverged (lr {self.config.lr:g}). Lower --lr, or add --warmup-epochs / --clip-grad, and start again "
                 "(checkpoints of finished epochs are kept in the run's checkpoints/)")
+        self.step_losses.append(total / max(1, examples))
 
     def _detection_batch(self, inputs, targets):
         device = self.runtime.device
@@ -574,16 +684,31 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
     if resume and stored["data"]["fingerprint"] != fingerprint:
         raise InputError(f"--resume: the data in {data} changed since the run started (fingerprint "
                          f"{stored['data']['fingerprint'][:12]} -> {fingerprint[:12]}); start a new run")
-    if not dry_run and not resume:
-        if out_dir is None:
-            raise InputError("--out is required (or use --dry-run)")
-        _prepare_run_dir(out_dir, resume=False, overwrite=overwrite)
+    if not dry_run and not resume and out_dir is None:
+        raise InputError("--out is required (or use --dry-run)")
     if resume:
         choices = stored.get("choices", [])
     else:
         config, choices = recipe.resolve(config, entry, dataset)
         config.check()
     runtime = _runtime(config)
+    try:
+        return _finetune(entry, dataset, config, runtime, out_dir, fingerprint, choices, resume, overwrite, quiet,
+                         dry_run, on_epoch_end)
+    finally:
+        if runtime.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _finetune(entry: ModelEntry, dataset: Dataset, config: FinetuneConfig, runtime: Runtime, out_dir: Path | None,
+              fingerprint: str, choices: list[str], resume: bool, overwrite: bool, quiet: bool, dry_run: bool,
+              on_epoch_end) -> FinetuneResult:
+    """finetune() once the configuration is resolved and the processes are up."""
+    if config.workers is None:  # stored resolved; a resumed run keeps its own
+        config = dataclasses.replace(config, workers=_default_workers(runtime))
+        choices = [*choices, f"workers {config.workers} (DataLoader processes; --workers)"]
+    if not dry_run and not resume:  # rank 0 alone: concurrent deletes under --overwrite, and a slow rank
+        _on_main(runtime, lambda: _prepare_run_dir(out_dir, resume=False, overwrite=overwrite))  # seeing run.json
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if runtime.is_main else (lambda message: None)
     trainer = _Trainer(entry, dataset, config, runtime, quiet, log)
     if not resume:  # after every check: a user mistake stays a one-line error
@@ -592,9 +717,12 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
     if dry_run:
         return FinetuneResult(None, -1, {}, trainable=table)
     refit = config.refit == "on"
-    result = _run(trainer, entry, dataset, config, runtime, out_dir, fingerprint, resume, table, choices, on_epoch_end,
-                  log, finish=not refit)
-    return _refit(result, entry, dataset, config, runtime, out_dir, fingerprint, table, choices, quiet, log) if refit else result
+    with _cuda_math(runtime):
+        result = _run(trainer, entry, dataset, config, runtime, out_dir, fingerprint, resume, table, choices,
+                      on_epoch_end, log, finish=not refit)
+        if refit:
+            result = _refit(result, entry, dataset, config, runtime, out_dir, fingerprint, table, choices, quiet, log)
+    return result
 
 
 def _refit(first: FinetuneResult, entry: ModelEntry, dataset: Dataset, config: FinetuneConfig, runtime: Runtime,
@@ -642,7 +770,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
         model = model.to(memory_format=torch.channels_last)
     groups = parameter_groups(model, trainer.blocks, trainer.head_prefix, config.lr, config.lr_decay,
                               config.weight_decay)
-    optimizer = _optimizer(config.optimizer, groups, config)
+    optimizer = _optimizer(config.optimizer, groups, config, cuda=runtime.device.type == "cuda")
     steps_per_epoch = math.ceil(len(trainer.loader(True, 0)) / config.accumulate)
     scheduler = _schedule(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
@@ -743,9 +871,10 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
                     **{f"val_{name}": value for name, value in metrics.items() if name != "loss"}, "lr": 0.0,
                     "samples_per_second": len(dataset.train) / max(time.perf_counter() - start, 1e-9),
                     "frozen_blocks": len(trainer.blocks)})
-    wrapped = model
-    if runtime.distributed:
-        wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    # DDP registers the parameters that require gradients when it is built: it is built again whenever the
+    # freeze policy unfreezes blocks, or those blocks would train on each rank alone and the replicas drift.
+    # Building it broadcasts rank 0's parameters and buffers, so every rank starts the new stage equal.
+    wrapped, wrapped_frozen = model, None
     stopped_early = False
     skip = not config.probe_only and trainer.probe_leaves_nothing()
     if skip and not resume:
@@ -754,6 +883,12 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
     for epoch in range(start_epoch, 0 if config.probe_only or skip else config.epochs):
         _seed_everything(config.seed * 1_000 + epoch)  # each epoch's randomness depends on (seed, epoch) only
         trainer.set_epoch_freeze(epoch)
+        frozen = frozen_count(*trainer.policy, len(trainer.blocks), epoch)
+        if runtime.distributed and frozen != wrapped_frozen:
+            wrapped = wrapped_frozen = None  # the previous wrapper (and its gradient hooks) goes first
+            wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda"
+                                              else None)
+            wrapped_frozen = frozen
         train_loss, seen, seconds = trainer.train_epoch(wrapped, optimizer, scheduler, scaler, epoch)
         if runtime.distributed:
             _sync_buffers(model)
@@ -763,10 +898,11 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
                "lr": optimizer.param_groups[0]["lr"], "samples_per_second": seen * runtime.world_size / max(seconds, 1e-9),
                "frozen_blocks": frozen_count(*trainer.policy, len(trainer.blocks), epoch)}
         record(epoch, row)
-        if config.patience and bad_epochs >= config.patience:
+        if _agree(runtime, bool(config.patience) and bad_epochs >= config.patience):
             stopped_early = epoch + 1 < config.epochs
             log(f"early stop: no {config.metric} improvement for {bad_epochs} epoch(s)")
             break
+    trainer.release_loaders()
     last_sha = _state_sha256(model)
     best_row = history[best_index]
     best_metrics = {key[len("val_"):]: value for key, value in best_row.items()
@@ -807,6 +943,10 @@ def _finish(trainer: _Trainer, model: nn.Module, entry: ModelEntry, dataset: Dat
 
     model = model.to("cpu").to(memory_format=torch.contiguous_format)
     load_weights(model, weights)
+    if entry.modality == "text":  # the reference outputs come from the graph the exporter traces
+        from zoo.builders.hf_encoder import set_attention
+
+        set_attention(model, "eager")
     shutil.copyfile(weights, out / MODEL_FILE)
     files = {MODEL_FILE: sha256_file(out / MODEL_FILE)}
     if entry.modality == "text":

@@ -37,7 +37,24 @@ class TextEncoder(nn.Module):
         return F.normalize(pooled, p=2.0, dim=-1) if self.normalize else pooled
 
 
+def set_attention(model: nn.Module, implementation: str) -> bool:
+    """Switch every transformers model inside `model` to attention `implementation` ("sdpa": PyTorch's fused
+    scaled-dot-product kernels, for training; "eager": the plain matmul/softmax graph, which `build()`
+    gives, for export and reference outputs). False when this transformers cannot switch a built model
+    (before `set_attn_implementation`): it keeps what it was built with."""
+    from transformers import PreTrainedModel
+
+    found = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    if not found or not all(hasattr(m, "set_attn_implementation") for m in found):
+        return False
+    for module in found:
+        if module.config._attn_implementation != implementation:
+            module.set_attn_implementation(implementation)
+    return True
+
+
 def _model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    # eager: the exporters trace it into plain ONNX ops; training switches to SDPA (set_attention)
     kwargs: dict[str, Any] = {"attn_implementation": "eager"}
     if config["model_type"] in _HAS_POOLER:
         kwargs["add_pooling_layer"] = False
