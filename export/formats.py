@@ -9,6 +9,8 @@ the staging folder; a format that fails leaves no file behind and a failed row i
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,13 +134,43 @@ def _checked(context: DerivedContext, path: Path, atol: float | None, cosine_flo
     return results
 
 
+def _cuda_session(path: Path):
+    """An onnxruntime session on the CUDA provider as serve makes it, or None where there is none."""
+    from serve.providers import CUDA, SessionConfig, cuda_listed, cuda_providers, disabled_optimizers
+    import onnxruntime as ort
+
+    if not cuda_listed():
+        return None
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception:  # no usable CUDA libraries: the session below falls back to CPU
+            pass
+    session = ort.InferenceSession(str(path), providers=cuda_providers(SessionConfig()),
+                                   disabled_optimizers=disabled_optimizers(path.name == FP16_FILE))
+    return session if session.get_providers()[0] == CUDA else None
+
+
 def _fp16(context: DerivedContext):
-    to_fp16(context.staging / MODEL_FILE, context.staging / FP16_FILE)
-    results = _checked(context, context.staging / FP16_FILE, EXPORT_ATOL["float16"])
-    data = external_data_file(context.staging / FP16_FILE)
+    """serve runs fp16 automatically on CUDA only, where other kernels (and TF32) than the CPU's apply: the
+    parity cases run on the CUDA provider too when this machine has one, and the variant records where
+    it was checked."""
+    path = context.staging / FP16_FILE
+    to_fp16(context.staging / MODEL_FILE, path)
+    results = _checked(context, path, EXPORT_ATOL["float16"])
+    checked_on = ["CPUExecutionProvider"]
+    cuda = _cuda_session(path)
+    if cuda is not None:
+        on_cuda = check_parity(context.torch_model, cuda, context.entry, context.cases, EXPORT_ATOL["float16"],
+                               context.output_name)
+        if failing := [c.line() for c in on_cuda if not c.ok]:
+            raise ExportError("on the CUDA provider: " + "; ".join(failing))
+        results += [dataclasses.replace(c, label=f"{c.label} (CUDA)") for c in on_cuda]
+        checked_on.append("CUDAExecutionProvider")
+    data = external_data_file(path)
     row = report_row("onnx-fp16", FP16_FILE, context.staging, results)
     variant = {"file": FP16_FILE, "max_abs_diff": row["max_abs_diff"], "top1_agreement": row["top1_agreement"],
-               "atol": EXPORT_ATOL["float16"]}
+               "atol": EXPORT_ATOL["float16"], "checked_on": checked_on}
     return row, {"variants": {"fp16": variant}}, [FP16_FILE, *([data.name] if data else [])]
 
 

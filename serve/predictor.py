@@ -3,6 +3,8 @@ onnxruntime calls, top-k labels or embeddings out."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ctypes
 import ctypes.util
 import logging
@@ -405,6 +407,12 @@ def load(directory: str | Path, device: str = "auto", threads: int | None = None
         variant, model_file = "fp32", manifest.model_file
         choice = create_session(path / model_file, config, manifest.files[model_file])
     check_graph(manifest, choice.session, model_file)
+    if variant == "fp16" and choice.provider == CUDA:
+        checked = manifest.variants["fp16"].get("checked_on", ["CPUExecutionProvider"])
+        note = ("checked against torch on CUDA at export" if CUDA in checked else
+                "checked against torch on onnxruntime's CPU provider only (exported without a GPU); re-export on a "
+                "CUDA machine to check it on CUDA kernels")
+        choice = dataclasses.replace(choice, line=f"{choice.line}; fp16 {note}")
     predictor = Predictor(path, manifest, choice, config.io_binding, variant, limits or DEFAULT_LIMITS,
                           config.release_memory)
     log.info(predictor.provider_line)

@@ -8,9 +8,10 @@ reported, and ORT's logger is kept at errors-only."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from serve.errors import BundleError, ProviderError
@@ -22,6 +23,11 @@ DEVICES = ("auto", "cuda", "cpu")
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 OPTIMIZED_SUFFIX = ".optimized.onnx"
 IO_BINDING = ("auto", "on", "off")
+CUDNN_CONV_ALGO_SEARCH = ("HEURISTIC", "EXHAUSTIVE", "DEFAULT")
+# A CUDA session's CPU threads only run the few nodes left on the CPU: one thread, not a pool spinning
+# over every core beside the GPU's work (and beside other sessions').
+CUDA_DEFAULT_THREADS = 1
+GPU_INSTALL_FIX = "pip install 'zoo[gpu]' (onnxruntime-gpu[cuda,cudnn]: the CUDA and cuDNN wheels of its build)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,11 @@ class SessionConfig:
     # (onnxruntime's memory.enable_memory_arena_shrinkage): without it, one batch of 64 x 256 tokens
     # keeps ~900 MB for the life of the process. No measurable cost at batches of 1-32 here.
     release_memory: bool = True
+    # CUDA provider. The GPU to run on, and how cuDNN picks convolution algorithms: onnxruntime's default,
+    # EXHAUSTIVE, times every algorithm on every new input shape (each micro-batch size, each detection or
+    # segmentation image size: seconds of stall per new shape); HEURISTIC asks cuDNN's heuristics once.
+    cuda_device_id: int = 0
+    cudnn_conv_algo_search: str = "HEURISTIC"
 
     def check(self) -> None:
         if self.io_binding not in IO_BINDING:
@@ -52,6 +63,11 @@ class SessionConfig:
             raise ProviderError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise ProviderError(f"optimization {self.optimization!r} is not one of {', '.join(OPTIMIZATION_LEVELS)}")
+        if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
+            raise ProviderError(f"cudnn_conv_algo_search {self.cudnn_conv_algo_search!r} is not one of "
+                                f"{', '.join(CUDNN_CONV_ALGO_SEARCH)}")
+        if self.cuda_device_id < 0:
+            raise ProviderError(f"cuda_device_id={self.cuda_device_id}: must be >= 0")
         for name in ("intra_op_threads", "inter_op_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -106,6 +122,68 @@ def disabled_optimizers(float16: bool, cpu: bool = False) -> list[str]:
     return list(FLOAT16_DISABLED_OPTIMIZERS if float16 else ()) + list(CPU_DISABLED_OPTIMIZERS if cpu else ())
 
 
+def cuda_provider_options(config: SessionConfig) -> dict[str, str]:
+    """The CUDAExecutionProvider's options for `config`: the device, cuDNN's algorithm search, and an arena
+    that grows by what a run asks for (the default doubles, reserving up to twice the peak on the GPU)."""
+    return {"device_id": str(config.cuda_device_id), "cudnn_conv_algo_search": config.cudnn_conv_algo_search,
+            "arena_extend_strategy": "kSameAsRequested"}
+
+
+def cuda_providers(config: SessionConfig) -> list:
+    """The providers argument of a CUDA session: CUDA with its options, CPU for what CUDA lacks."""
+    return [(CUDA, cuda_provider_options(config)), CPU]
+
+
+def cuda_session_config(config: SessionConfig) -> SessionConfig:
+    """`config` for a CUDA session: CUDA_DEFAULT_THREADS CPU threads unless set, not spinning."""
+    return replace(config, intra_op_threads=config.intra_op_threads or CUDA_DEFAULT_THREADS,
+                   inter_op_threads=config.inter_op_threads or 1, allow_spinning=False)
+
+
+def cuda_libraries(cuda_version: str) -> list[str]:
+    """The shared libraries onnxruntime-gpu's CUDA provider loads, for a build against CUDA `cuda_version`
+    (onnxruntime.capi.build_and_package_info.cuda_version): the driver, the runtime, cuBLAS, cuRAND, cuFFT
+    and cuDNN 9."""
+    major = int(cuda_version.split(".")[0])
+    cufft = {11: 10, 12: 11, 13: 12}.get(major, major - 1)
+    return ["libcuda.so.1", f"libcudart.so.{major}", f"libcublas.so.{major}", f"libcublasLt.so.{major}",
+            "libcurand.so.10", f"libcufft.so.{cufft}", "libcudnn.so.9"]
+
+
+def missing_libraries(names: list[str]) -> list[str]:
+    """Those of `names` the dynamic loader cannot open here (already loaded ones open at once)."""
+    missing = []
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            missing.append(name)
+    return missing
+
+
+def cuda_failure_reason(cuda_version: str | None, missing: list[str] | None = None) -> str:
+    """Why the CUDA provider did not initialise, naming the libraries that are `missing` (by default:
+    those of `cuda_libraries` the loader cannot open here), and the fix."""
+    if not cuda_version:
+        return f"CUDA: provider listed but did not initialise; {GPU_INSTALL_FIX}"
+    if missing is None:
+        missing = missing_libraries(cuda_libraries(cuda_version))
+    if "libcuda.so.1" in missing:
+        return "CUDA: no NVIDIA driver here (libcuda.so.1 cannot be loaded); install the driver or use device='cpu'"
+    if missing:
+        return (f"CUDA: onnxruntime-gpu (built for CUDA {cuda_version}) cannot load {', '.join(missing)}; "
+                f"{GPU_INSTALL_FIX}")
+    return f"CUDA: provider listed but did not initialise (CUDA {cuda_version} libraries load; no usable GPU?)"
+
+
+def _build_cuda_version() -> str | None:
+    try:
+        from onnxruntime.capi import build_and_package_info
+    except ImportError:
+        return None
+    return getattr(build_and_package_info, "cuda_version", None) or None
+
+
 def cuda_listed() -> bool:
     """onnxruntime-gpu is installed (CUDAExecutionProvider listed); whether it works is only known once a
     session tried it (create_session)."""
@@ -123,18 +201,21 @@ def create_session(model_path: Path, config: SessionConfig | None = None, model_
     config = config or SessionConfig()
     config.check()
     ort.set_default_logger_severity(3)
-    reason = "CUDA: onnxruntime has no CUDAExecutionProvider; install zoo[gpu] on a CUDA machine"
+    reason = f"CUDA: onnxruntime has no CUDAExecutionProvider; on a CUDA machine {GPU_INSTALL_FIX}"
     if config.device in ("auto", "cuda") and CUDA in ort.get_available_providers():
-        if hasattr(ort, "preload_dlls"):
+        if hasattr(ort, "preload_dlls"):  # the nvidia-* wheels' libraries (onnxruntime-gpu[cuda,cudnn])
             try:
                 ort.preload_dlls()
-            except Exception as exc:  # missing CUDA libraries: reported below as the reason for CPU
-                reason = f"CUDA: libraries could not be loaded: {exc}"
-        session = _session(ort, model_path, _options(ort, config, config.optimization), [CUDA, CPU], float16)
+            except Exception:  # what is missing is named below, from the loader itself
+                pass
+        cuda_config = cuda_session_config(config)
+        session = _session(ort, model_path, _options(ort, cuda_config, config.optimization), cuda_providers(config),
+                           float16)
         if session.get_providers()[0] == CUDA:
-            return SessionChoice(session, CUDA, f"serve: {model_path.parent.name} on {CUDA} (GPU), "
+            return SessionChoice(session, CUDA, f"serve: {model_path.parent.name} on {CUDA} (GPU "
+                                                f"{config.cuda_device_id}, cuDNN search {config.cudnn_conv_algo_search}), "
                                                 f"optimisation {config.optimization}")
-        reason = "CUDA: provider listed but did not initialise (no usable GPU or driver)"
+        reason = cuda_failure_reason(_build_cuda_version())
     if config.device == "cuda":
         raise ProviderError(f"device 'cuda' requested but {reason}; use device='auto' or 'cpu'")
     session, cache_note = _cpu_session(ort, model_path, config, model_sha256, float16)

@@ -44,7 +44,7 @@ def test_image_savedmodel_has_a_dynamic_nchw_batch(all_formats, tmp_path: Path) 
                                      "layout": "NCHW"}]
     assert savedmodel["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [None, 1000]}]
     images = synthetic_images(get_model("efficientnet_lite0").input, 3).numpy()  # batch 3: not a parity case
-    expected = ort.InferenceSession(str(bundle / "model.onnx")).run(None, {"pixel_values": images})[0]
+    expected = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": images})[0]
     actual = _run_savedmodel(bundle / "savedmodel", {"pixel_values": images}, "logits", tmp_path)
     assert actual.shape == (3, 1000) and np.abs(actual - expected).max() < 1e-4
 
@@ -60,7 +60,7 @@ def test_text_savedmodel_runs_at_its_declared_fixed_shape(all_formats, tmp_path:
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=shape[1])
     encoding = tokenizer.encode("TF Serving takes padded, fixed-length inputs.")
     feeds = {"input_ids": np.array([encoding.ids]), "attention_mask": np.array([encoding.attention_mask])}
-    expected = ort.InferenceSession(str(bundle / "model.onnx")).run(None, feeds)[0]
+    expected = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     actual = _run_savedmodel(bundle / "savedmodel", feeds, "sentence_embedding", tmp_path)
     assert np.abs(actual - expected).max() < 1e-5
 
