@@ -105,7 +105,9 @@ def stand_in_registry(tmp_path_factory: pytest.TempPathFactory):
 def run_and_bundle(coco: Path, stand_in_registry, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("det-run")
     code = main(["finetune", MODEL, "--data", str(coco), "--out", str(out / "run"), "--epochs", "1",
-                 "--batch-size", "2", "--lr", "0.0001", "--val-fraction", "0.34", "--quiet"])
+                 "--batch-size", "2", "--lr", "0.0001", "--val-fraction", "0.34", "--seed", "1", "--quiet"])
+    # (seed 1: the kept model finds some boxes right, mAP@0.5 0.046; at seed 0 it finds none, and an mAP of 0
+    # cannot show the matching computed right)
     assert code == 0
     result = export_bundle(str(out / "run"), out / "bundle", formats=("onnx", "onnx-fp16", "triton"))
     return out / "run", out / "bundle", result
@@ -210,10 +212,10 @@ def _coco_average_precision(detections: list[np.ndarray], truths: list[np.ndarra
 
 def test_reported_map_is_cocos_ap_computed_by_hand(run_and_bundle, coco: Path) -> None:
     """The run's val_map50 and val_map equal COCO's AP worked out here on the kept model's detections of
-    the validation images (the run's split: --val-fraction 0.34, seed 0)."""
+    the validation images (the run's split: --val-fraction 0.34, seed 1)."""
     run, _, _ = run_and_bundle
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    val = load_detection(coco, val_fraction=0.34, seed=0).val
+    val = load_detection(coco, val_fraction=0.34, seed=1).val
     model = zoo.build(str(run))
     with torch.inference_mode():
         found = [detection_rows(*model(image_pixels(example.item))) for example in val]

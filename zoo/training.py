@@ -394,8 +394,9 @@ class _Trainer:
             return self._train_loader
         if examples is None:
             examples = self.dataset.train if train else self.dataset.val
-        # Segmentation is evaluated one image at a time, at its own size: exactly what serve runs.
-        batch_size = 1 if self.segmentation and not train else self.config.batch_size
+        # Segmentation and detection are evaluated one image at a time, at its own size: exactly what serve
+        # runs (a detector's batch pads its images to one size, which moves boxes near the borders).
+        batch_size = 1 if (self.segmentation or self.detection) and not train else self.config.batch_size
         loader = make_loader(examples, train=train, spec=self.entry.input, tokenizer=self.windows if self.qa else self.tokenizer,
                              batch_size=batch_size, workers=self.config.workers, seed=self.config.seed,
                              epoch=epoch, pin_memory=self.runtime.device.type == "cuda",
