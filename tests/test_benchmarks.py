@@ -164,3 +164,17 @@ def test_serve_footprint(bundles, tmp_path: Path) -> None:
     run("benchmarks/serve_footprint.py", bundles["efficientnet_lite0"], ROOT / "zoo" / "assets" / "flower.jpg",
         "--repeats", 1, "--out", tmp_path)
     assert list(tmp_path.glob("serve_footprint_*.json"))
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py --device cpu --steps 2 (issue 16): every section runs; the device run at
+    fp32 on the CPU is the CPU reference run itself, so its loss curve is identical."""
+    report = load("benchmarks/gpu_check.py").main(["--device", "cpu", "--steps", "2", "--out", str(tmp_path)])
+    assert report["ok"] and json.loads((tmp_path / "gpu_check.json").read_text())["ok"]
+    assert set(report["models"]) == {"efficientnet_lite0", "all-minilm-l6-v2"}
+    for section in report["models"].values():
+        assert section["numerics"]["off"]["loss_relative_distance"] == 0.0
+        assert section["throughput"]["off"]["zoo"]["samples_per_second"] > 0
+    export = report["models"]["efficientnet_lite0"]["export"]
+    assert export["export_parity_on_cpu"] and export["onnx_vs_device_model"]["max_abs_diff"] < 1e-4
+    assert not (tmp_path / "work").exists()  # the generated data and runs are removed

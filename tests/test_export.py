@@ -98,6 +98,11 @@ def test_fp16_variant_agrees_with_fp32(all_formats, name: str) -> None:
     manifest = read_manifest(directory)
     fp16 = manifest.variants["fp16"]
     assert fp16["file"] == "model.fp16.onnx" and fp16["max_abs_diff"] <= 0.1 and fp16["file"] in manifest.files
+    # checked on CUDA too where onnxruntime's CUDA provider works (serve runs fp16 there only)
+    from serve.providers import cuda_listed
+
+    assert fp16["checked_on"][0] == "CPUExecutionProvider"
+    assert fp16["checked_on"] == ["CPUExecutionProvider"] or cuda_listed()
     assert (directory / "model.fp16.onnx").stat().st_size < 0.6 * (directory / "model.onnx").stat().st_size
     full, half = serve.load(directory), serve.load(directory, variant="fp16")
     inputs = [str(p) for p in (Path(__file__).parents[1] / "zoo" / "assets").glob("*.jpg")] \
