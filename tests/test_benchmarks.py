@@ -167,9 +167,10 @@ def test_serve_footprint(bundles, tmp_path: Path) -> None:
 
 
 def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
-    """benchmarks/gpu_check.py --device cpu --steps 2 (issue 16): every section runs; the device run at
-    fp32 on the CPU is the CPU reference run itself, so its loss curve is identical."""
-    report = load("benchmarks/gpu_check.py").main(["--device", "cpu", "--steps", "2", "--out", str(tmp_path)])
+    """benchmarks/gpu_check.py --device cpu --steps 2 (issue 16): every section runs (on the CPU the
+    device's fp32 run is the reference run itself)."""
+    report = load("benchmarks/gpu_check.py").main(["--device", "cpu", "--steps", "2", "--epochs", "2",
+                                                    "--out", str(tmp_path)])
     assert report["ok"] and json.loads((tmp_path / "gpu_check.json").read_text())["ok"]
     assert set(report["models"]) == {"efficientnet_lite0", "all-minilm-l6-v2"}
     for section in report["models"].values():

@@ -226,15 +226,17 @@ def test_a_failing_format_is_left_out_and_reported(tmp_path: Path, monkeypatch, 
     from zoo.cli import main
 
     monkeypatch.setitem(tolerances.EXPORT_ATOL, "float16", 1e-9)  # no fp16 model can pass this
-    code = main(["export", "efficientnet_lite0", "--format", "all", "--out", str(tmp_path / "b")])
+    # (not --format all: the SavedModel adds 10 s of CI and nothing here; formats after the failing one run)
+    code = main(["export", "efficientnet_lite0", "--format", "onnx-fp16", "--format", "onnx-int8", "--format", "triton",
+                 "--out", str(tmp_path / "b")])
     captured = capsys.readouterr()
     assert code == 1 and "1 format(s) failed" in captured.err and "onnx-fp16" in captured.err
     manifest = read_manifest(tmp_path / "b")  # the other formats are written, verified and usable
     assert list(manifest.variants) == ["int8"] and not (tmp_path / "b" / "model.fp16.onnx").exists()
-    assert (tmp_path / "b" / "savedmodel" / "saved_model.pb").is_file()
     assert (tmp_path / "b" / "triton" / "efficientnet_lite0" / "config.pbtxt").is_file()
     rows = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed", "ok", "ok", "ok", "ok"]
+    assert [(r["format"], r["status"].split(":")[0]) for r in rows] == [
+        ("onnx", "ok"), ("onnx-fp16", "failed"), ("onnx-int8", "ok"), ("triton", "ok")]
 
 
 def test_weights_over_the_protobuf_limit_go_to_external_data(tmp_path: Path, monkeypatch) -> None:
