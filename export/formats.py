@@ -135,17 +135,14 @@ def _checked(context: DerivedContext, path: Path, atol: float | None, cosine_flo
 
 
 def _cuda_session(path: Path):
-    """An onnxruntime session on the CUDA provider as serve makes it, or None where there is none."""
-    from serve.providers import CUDA, SessionConfig, cuda_listed, cuda_providers, disabled_optimizers
+    """An onnxruntime session on the CUDA provider as serve makes it, or None where there is none (the
+    variant then records that it was checked on the CPU only)."""
+    from serve.providers import CUDA, SessionConfig, cuda_listed, cuda_providers, disabled_optimizers, preload_cuda_libraries
     import onnxruntime as ort
 
     if not cuda_listed():
         return None
-    if hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception:  # no usable CUDA libraries: the session below falls back to CPU
-            pass
+    preload_cuda_libraries()  # a failure shows as the session below falling back to CPU
     session = ort.InferenceSession(str(path), providers=cuda_providers(SessionConfig()),
                                    disabled_optimizers=disabled_optimizers(path.name == FP16_FILE))
     return session if session.get_providers()[0] == CUDA else None

@@ -176,6 +176,20 @@ def cuda_failure_reason(cuda_version: str | None, missing: list[str] | None = No
     return f"CUDA: provider listed but did not initialise (CUDA {cuda_version} libraries load; no usable GPU?)"
 
 
+def preload_cuda_libraries() -> str | None:
+    """Load the CUDA/cuDNN libraries of the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]) before a CUDA
+    session is made; onnxruntime's own message when that fails (the session then names what is missing)."""
+    import onnxruntime as ort
+
+    if not hasattr(ort, "preload_dlls"):  # before onnxruntime 1.21: the system's libraries only
+        return None
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # onnxruntime raises its own types; what failed is reported, not hidden
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
 def _build_cuda_version() -> str | None:
     try:
         from onnxruntime.capi import build_and_package_info
@@ -203,11 +217,7 @@ def create_session(model_path: Path, config: SessionConfig | None = None, model_
     ort.set_default_logger_severity(3)
     reason = f"CUDA: onnxruntime has no CUDAExecutionProvider; on a CUDA machine {GPU_INSTALL_FIX}"
     if config.device in ("auto", "cuda") and CUDA in ort.get_available_providers():
-        if hasattr(ort, "preload_dlls"):  # the nvidia-* wheels' libraries (onnxruntime-gpu[cuda,cudnn])
-            try:
-                ort.preload_dlls()
-            except Exception:  # what is missing is named below, from the loader itself
-                pass
+        preload_error = preload_cuda_libraries()
         cuda_config = cuda_session_config(config)
         session = _session(ort, model_path, _options(ort, cuda_config, config.optimization), cuda_providers(config),
                            float16)
@@ -215,7 +225,7 @@ def create_session(model_path: Path, config: SessionConfig | None = None, model_
             return SessionChoice(session, CUDA, f"serve: {model_path.parent.name} on {CUDA} (GPU "
                                                 f"{config.cuda_device_id}, cuDNN search {config.cudnn_conv_algo_search}), "
                                                 f"optimisation {config.optimization}")
-        reason = cuda_failure_reason(_build_cuda_version())
+        reason = cuda_failure_reason(_build_cuda_version()) + (f" (preload_dlls: {preload_error})" if preload_error else "")
     if config.device == "cuda":
         raise ProviderError(f"device 'cuda' requested but {reason}; use device='auto' or 'cpu'")
     session, cache_note = _cpu_session(ort, model_path, config, model_sha256, float16)
