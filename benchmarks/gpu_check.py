@@ -13,7 +13,8 @@ initialisation, which the report says. CPU dry run (the test suite runs it so th
 
     python benchmarks/gpu_check.py --device cpu --steps 2 --out /tmp/gpu_check
 
-Writes OUT/gpu_check.json:
+Writes OUT/gpu_check.json (parts left when --budget seconds have passed are skipped and named there, so a
+run inside a time-limited lease always reports):
 - device: what torch reports (GPU, capability, memory, CUDA, cuDNN, versions);
 - numerics: each model fine-tuned on the same small data on CPU (fp32) and on the device with --amp off,
   bf16 and fp16; the per-epoch training loss of each device run against the CPU run's (largest relative
@@ -398,6 +399,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
                         help="--amp values of the throughput runs (numerics always runs all three)")
+    parser.add_argument("--budget", type=float, default=420,
+                        help="seconds after which the remaining parts are skipped (named in the report), so a run "
+                             "inside a time-limited lease always writes its report [420]")
     parser.add_argument("--work", type=Path, help="folder for the generated data and runs [OUT/work], removed at the end")
     parser.add_argument("--pack", type=Path, help="fill this zoo cache with the files the check carries, and stop")
     args = parser.parse_args(argv)
@@ -413,6 +417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"device": device_facts(device), "loss_tolerance": LOSS_TOLERANCE, "models": {}}
     started = time.perf_counter()
+    args.deadline = started + args.budget
     for name in args.models:
         try:
             report["models"][name] = check_model(name, args, device, work)
@@ -422,6 +427,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["models"][name] = {"error": traceback.format_exc()}
         (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")  # kept if a later step dies
     report["seconds"] = time.perf_counter() - started
+    report["complete"] = not any(section.get("skipped_for_budget") for section in report["models"].values())
     report["ok"] = all("error" not in section for section in report["models"].values()) and all(
         run.get("within_tolerance", True) for section in report["models"].values()
         for run in section.get("numerics", {}).values()) and all(
@@ -445,7 +451,15 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
     section: dict[str, Any] = {"pretrained": pretrained}
     small_batch, small_steps = (4, 2) if dry else (16, 6)
     data, fraction = make_data(work / f"{name}-small", name, small_batch * small_steps, 8, seed=1)
-    if "numerics" in sections:  # a short run on CPU and on the device per precision, no stochastic layers
+    skipped = section.setdefault("skipped_for_budget", [])
+
+    def in_budget(part: str) -> bool:
+        if time.perf_counter() < args.deadline:
+            return True
+        skipped.append(part)
+        return False
+
+    if "numerics" in sections and in_budget("numerics"):  # short runs, CPU and device, no stochastic layers
         print(f"{name}: numerics", file=sys.stderr, flush=True)
         with deterministic_layers():
             reference = finetune_run(entry, data, fraction, work / "run-cpu", "cpu", "off", 3, small_batch, pretrained,
@@ -461,14 +475,14 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
                 run["within_tolerance"] = run["loss_relative_distance"] <= LOSS_TOLERANCE[amp]
                 numerics[amp] = run
         section["numerics"] = numerics
-    if "export" in sections and name == "efficientnet_lite0":
+    if "export" in sections and name == "efficientnet_lite0" and in_budget("export"):
         print(f"{name}: export", file=sys.stderr, flush=True)
         amp = precisions[-1] if dry else "bf16"
         run = work / ("run-cpu" if dry else f"run-{amp}")
         if not (run / "card.json").is_file():
             finetune_run(entry, data, fraction, run, device.type, amp, 1, small_batch, pretrained)
         section["export"] = export_check(run, work / "bundle", device)
-    if "throughput" not in sections:
+    if "throughput" not in sections or not in_budget("throughput"):
         return section
     # Throughput: more data, the package's loop against a hand-written one.
     print(f"{name}: throughput", file=sys.stderr, flush=True)
@@ -477,6 +491,8 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
     batches, labels = loop_batches(entry, data, fraction, batch, device)
     throughput = {}
     for amp in [a for a in precisions if a in args.precisions]:
+        if not in_budget(f"throughput {amp}"):
+            continue
         zoo_run = finetune_run(entry, data, fraction, work / f"large-{amp}", device.type, amp, args.epochs, batch,
                                pretrained)
         hand = hand_loop(entry, batches, labels, device, amp, args.epochs, False, pretrained)
@@ -490,7 +506,7 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
                                 amp, args.epochs, False, pretrained)
             row["hand_loop_reading_files"] = {**reading, "workers": workers}
             row["zoo_over_hand_loop_reading_files"] = zoo_run["samples_per_second"] / reading["samples_per_second"]
-        if not args.no_compile and not dry and amp == "bf16":
+        if not args.no_compile and not dry and amp == "bf16" and in_budget("torch.compile"):
             compiled = hand_loop(entry, batches, labels, device, amp, args.epochs, True, pretrained)
             row["compiled_loop"] = compiled
             row["zoo_over_compiled_loop"] = zoo_run["samples_per_second"] / compiled["samples_per_second"]

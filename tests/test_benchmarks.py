@@ -171,7 +171,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     device's fp32 run is the reference run itself)."""
     report = load("benchmarks/gpu_check.py").main(["--device", "cpu", "--steps", "2", "--epochs", "2",
                                                     "--out", str(tmp_path)])
-    assert report["ok"] and json.loads((tmp_path / "gpu_check.json").read_text())["ok"]
+    assert report["ok"] and report["complete"] and json.loads((tmp_path / "gpu_check.json").read_text())["ok"]
     assert set(report["models"]) == {"efficientnet_lite0", "all-minilm-l6-v2"}
     for section in report["models"].values():
         assert section["numerics"]["off"]["loss_relative_distance"] == 0.0
