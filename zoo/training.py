@@ -233,7 +233,7 @@ def _cuda_math(runtime: Runtime):
     """TF32 matmuls and convolutions while training on CUDA (Ampere and later; a 10-bit mantissa on the
     inputs, fp32 accumulation: PyTorch's recommended setting for training), restored afterwards so the
     caller's own numerics (an export parity check, say) stay exact. cuDNN's algorithm search
-    (`cudnn.benchmark`) stays off: on an H200 it cost 10-18 s of warm-up per run and precision for
+    (`cudnn.benchmark`) stays off: on an H200 its first epoch took 11-18 s longer per run and precision for
     EfficientNet-Lite0, while a loop without it trained at 2,800-3,600 images/s (benchmarks/gpu_check.py)."""
     if runtime.device.type != "cuda":
         yield
