@@ -33,7 +33,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
+import os
 import platform
 import shutil
 import statistics
@@ -353,7 +353,7 @@ def export_check(run: Path, out: Path, device: torch.device) -> dict[str, Any]:
 def device_facts(device: torch.device) -> dict[str, Any]:
     from zoo.training import auto_amp
 
-    facts: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": __import__("os").cpu_count()}
+    facts: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         facts |= {"gpu": props.name, "capability": list(torch.cuda.get_device_capability(device)),
@@ -369,8 +369,6 @@ def device_facts(device: torch.device) -> dict[str, Any]:
 def pack(cache: Path) -> None:
     """Fill a zoo cache with what the check carries: EfficientNet-Lite0's weights and MiniLM's tokenizer
     and config files (not its weights: 90 MB)."""
-    import os
-
     from zoo.cache import fetch
     from zoo.registry import get_model
 
@@ -384,7 +382,6 @@ def pack(cache: Path) -> None:
                 shutil.copyfile(path, target / name)
     print(f"packed {cache} ({sum(f.stat().st_size for f in cache.rglob('*') if f.is_file()) / 2**20:.1f} MiB); "
           f"run with ZOO_CACHE={cache}", file=sys.stderr)
-    del os
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -9,10 +9,8 @@ the staging folder; a format that fails leaves no file behind and a failed row i
 
 from __future__ import annotations
 
-import dataclasses
-
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -135,17 +133,15 @@ def _checked(context: DerivedContext, path: Path, atol: float | None, cosine_flo
 
 
 def _cuda_session(path: Path):
-    """An onnxruntime session on the CUDA provider as serve makes it, or None where there is none (the
-    variant then records that it was checked on the CPU only)."""
-    from serve.providers import CUDA, SessionConfig, cuda_listed, cuda_providers, disabled_optimizers, preload_cuda_libraries
-    import onnxruntime as ort
+    """An onnxruntime session on the CUDA provider, made by serve's create_session, or None where there is
+    none (the variant then records that it was checked on the CPU only)."""
+    from serve.errors import ProviderError
+    from serve.providers import SessionConfig, create_session
 
-    if not cuda_listed():
+    try:
+        return create_session(path, SessionConfig(device="cuda"), float16=path.name == FP16_FILE).session
+    except ProviderError:  # no CUDA provider, or one that does not initialise here
         return None
-    preload_cuda_libraries()  # a failure shows as the session below falling back to CPU
-    session = ort.InferenceSession(str(path), providers=cuda_providers(SessionConfig()),
-                                   disabled_optimizers=disabled_optimizers(path.name == FP16_FILE))
-    return session if session.get_providers()[0] == CUDA else None
 
 
 def _fp16(context: DerivedContext):
@@ -162,7 +158,7 @@ def _fp16(context: DerivedContext):
                                context.output_name)
         if failing := [c.line() for c in on_cuda if not c.ok]:
             raise ExportError("on the CUDA provider: " + "; ".join(failing))
-        results += [dataclasses.replace(c, label=f"{c.label} (CUDA)") for c in on_cuda]
+        results += [replace(c, label=f"{c.label} (CUDA)") for c in on_cuda]
         checked_on.append("CUDAExecutionProvider")
     data = external_data_file(path)
     row = report_row("onnx-fp16", FP16_FILE, context.staging, results)

@@ -3,10 +3,9 @@ onnxruntime calls, top-k labels or embeddings out."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import ctypes
 import ctypes.util
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence

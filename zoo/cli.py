@@ -280,7 +280,7 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
               help="Held out per class when the data has no validation split (seeded, stratified).")
 @click.option("--scratch", is_flag=True, help="Random initialisation instead of the pretrained weights (baselines).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader worker processes [default: 0 on CPU; on CUDA the cores per rank less one, at most 8].")
+              help="DataLoader worker processes [default: 0 on CPU; on CUDA the cores per rank less one, at most 16].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
               help="Mixed precision on CUDA. auto: bf16 on GPUs that compute it natively (compute capability 8.0+), "

@@ -221,6 +221,11 @@ def image_collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[dict[str, torc
     return {"pixel_values": torch.stack(images)}, torch.tensor(labels)
 
 
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's order: (seed, epoch) alone decide it."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 class EpochKeyed(TorchDataset):
     """A training dataset read by (epoch, index) keys: each example's random augmentation is drawn from a
     generator seeded by (seed, epoch, index) alone, so the batches do not depend on which worker process
@@ -260,7 +265,7 @@ class EpochOrder(Sampler):
         if self.ranks is not None:
             order = list(self.ranks)
         else:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
+            order = torch.randperm(self.size, generator=_epoch_generator(self.seed, self.epoch)).tolist()
         return iter([(self.epoch, index) for index in order])
 
 
@@ -327,12 +332,12 @@ class LengthGroupedBatches:
         return -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        generator = _epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
         window = self.WINDOW * self.batch_size
         batches = []
         for start in range(0, len(order), window):
             chunk = sorted(order[start:start + window], key=lambda i: self.lengths[i], reverse=True)
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         return iter([[(self.epoch, i) for i in batches[b]]
-                     for b in torch.randperm(len(batches), generator=self.generator).tolist()])
+                     for b in torch.randperm(len(batches), generator=generator).tolist()])

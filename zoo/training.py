@@ -252,15 +252,15 @@ def _on_main(runtime: Runtime, action: Callable[[], None]) -> None:
     if not runtime.distributed:
         action()
         return
-    failure: list[Any] = [None]
+    failure: list[str | None] = [None]
     if runtime.is_main:
         try:
             action()
         except ZooError as exc:
-            failure = [(type(exc).__name__, str(exc))]
+            failure = [str(exc)]
     dist.broadcast_object_list(failure, src=0)
     if failure[0] is not None:
-        raise InputError(failure[0][1])
+        raise InputError(failure[0])
 
 
 def _agree(runtime: Runtime, decision: bool) -> bool:
@@ -383,8 +383,11 @@ class _Trainer:
         self._train_loader = None
         self.set_epoch_freeze(0)
 
-    def set_epoch_freeze(self, epoch: int) -> None:
-        apply_freeze(self.model, self.blocks, frozen_count(*self.policy, len(self.blocks), epoch))
+    def set_epoch_freeze(self, epoch: int) -> int:
+        """Freeze what the policy freezes during `epoch`; returns how many blocks that is."""
+        frozen = frozen_count(*self.policy, len(self.blocks), epoch)
+        apply_freeze(self.model, self.blocks, frozen)
+        return frozen
 
     def loader(self, train: bool, epoch: int, examples: list | None = None):
         """Training batches (shuffled, augmented) or evaluation batches (in order, the eval transform) of
@@ -444,7 +447,6 @@ class _Trainer:
         # step (one synchronisation), not after every micro-batch.
         total_loss, finite = torch.zeros((), device=device), torch.ones((), device=device)
         seen, start = 0, time.perf_counter()
-        self.step_losses: list[float] = []  # the mean training loss of each optimizer step
         step_loss, step_seen = torch.zeros((), device=device), 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, file=sys.stderr,
                    disable=self.quiet or not self.runtime.is_main, dynamic_ncols=True)
@@ -467,7 +469,8 @@ class _Trainer:
                 # A NaN loss makes NaN gradients, which are checked below, before they reach the weights.
                 scaler.scale(loss / accumulate).backward()
             if last:
-                self._check_finite(finite, step_loss, step_seen, epoch, step)  # the step's one host sync
+                mean = self._check_finite(finite, step_loss, step_seen, epoch, step)  # the step's one host sync
+                bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
                 total_loss = total_loss + step_loss
                 finite, step_loss, step_seen = torch.ones((), device=device), torch.zeros((), device=device), 0
                 if self.config.clip_grad:
@@ -478,13 +481,11 @@ class _Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
             seen += len(labels)
-            if last and self.step_losses:
-                bar.set_postfix(loss=f"{self.step_losses[-1]:.4f}", refresh=False)
         return float(total_loss) / max(1, seen), seen, time.perf_counter() - start
 
-    def _check_finite(self, finite: torch.Tensor, loss_sum: torch.Tensor, examples: int, epoch: int, step: int) -> None:
+    def _check_finite(self, finite: torch.Tensor, loss_sum: torch.Tensor, examples: int, epoch: int, step: int) -> float:
         """DivergedError when a micro-batch of this optimizer step had a NaN/inf loss, before the step
-        reaches the weights; else the step's mean loss joins `step_losses`. One read of the device (two
+        reaches the weights; else the step's mean loss. One read of the device (two
         numbers at once). Under DDP every rank takes the same decision (the flag all-reduced), so none
         is left waiting in a collective."""
         flag = finite.reshape(1)
@@ -496,7 +497,7 @@ class _Trainer:
                 f"epoch {epoch + 1}, step {step + 1}: the training loss is {total / max(1, examples):g}; the run "
                 f"diverged (lr {self.config.lr:g}). Lower --lr, or add --warmup-epochs / --clip-grad, and start again "
                 "(checkpoints of finished epochs are kept in the run's checkpoints/)")
-        self.step_losses.append(total / max(1, examples))
+        return total / max(1, examples)
 
     def _detection_batch(self, inputs, targets):
         device = self.runtime.device
@@ -883,10 +884,9 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
             "training examples right while each was held out (cross-validation); nothing is left to show")
     for epoch in range(start_epoch, 0 if config.probe_only or skip else config.epochs):
         _seed_everything(config.seed * 1_000 + epoch)  # each epoch's randomness depends on (seed, epoch) only
-        trainer.set_epoch_freeze(epoch)
-        frozen = frozen_count(*trainer.policy, len(trainer.blocks), epoch)
+        frozen = trainer.set_epoch_freeze(epoch)
         if runtime.distributed and frozen != wrapped_frozen:
-            wrapped = wrapped_frozen = None  # the previous wrapper (and its gradient hooks) goes first
+            wrapped = None  # the previous wrapper (and its gradient hooks) goes first
             wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda"
                                               else None)
             wrapped_frozen = frozen
@@ -897,7 +897,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["loss"],
                **{f"val_{name}": value for name, value in metrics.items() if name != "loss"},
                "lr": optimizer.param_groups[0]["lr"], "samples_per_second": seen * runtime.world_size / max(seconds, 1e-9),
-               "frozen_blocks": frozen_count(*trainer.policy, len(trainer.blocks), epoch)}
+               "frozen_blocks": frozen}
         record(epoch, row)
         if _agree(runtime, bool(config.patience) and bad_epochs >= config.patience):
             stopped_early = epoch + 1 < config.epochs
