@@ -56,8 +56,12 @@ PRECISIONS = ("off", "bf16", "fp16")
 # through the optimizer steps, so these bounds are per short run (3 epochs of SGD), not per operation.
 # SGD: Adam divides each gradient by its own running magnitude, so a rounding difference in a gradient
 # near zero becomes a full-size difference in the update (the first GPU run measured exactly that).
+# lr 0.001: at 0.01 (momentum 0.9) EfficientNet-Lite0 is at the edge of stability on these 6 steps per epoch,
+# and which run diverges is chance: on the H200 bf16 diverged in two runs, fp32 (TF32) in one, fp16 in none,
+# while each precision's gradients were as close to float64 on CUDA as on CPU (gradient_check). At 0.001
+# every precision stayed within 0.5 % of the CPU curve (results/gpu_check_numerics.json).
 LOSS_TOLERANCE = {"off": 0.02, "bf16": 0.10, "fp16": 0.05}
-NUMERICS_OPTIMIZER = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9}
+NUMERICS_OPTIMIZER = {"optimizer": "sgd", "lr": 0.001, "momentum": 0.9}
 SECTIONS = ("numerics", "export", "throughput")
 WORDS_POSITIVE = "good great fine lovely bright calm warm happy clear strong".split()
 WORDS_NEGATIVE = "bad poor awful dull grim cold sad broken weak noisy".split()
@@ -69,19 +73,32 @@ WORDS_NEUTRAL = ("the a this that review film day plot actor story scene music c
 # Data, generated
 
 
-def make_images(root: Path, per_class: int, seed: int) -> Path:
-    """Two classes of 288x288 JPEG photos-to-be: warm or cool noise with a bright rectangle somewhere."""
+CLASSES = (("warm", (180, 90, 60)), ("cool", (60, 110, 180)))
+
+
+def _write_image(path: Path, base: tuple[int, int, int], seed: tuple[int, ...]) -> None:
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
-    for name, base in (("warm", (180, 90, 60)), ("cool", (60, 110, 180))):
+    pixels = np.clip(np.array(base) + rng.normal(0, 50, (288, 288, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    x, y = rng.integers(0, 200, 2)
+    ImageDraw.Draw(image).rectangle([x, y, x + 80, y + 60], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    image.save(path, quality=90)
+
+
+def make_images(root: Path, per_class: int, seed: int) -> Path:
+    """Two classes of 288x288 JPEG photos-to-be: warm or cool noise with a bright rectangle somewhere. Each
+    image is drawn from its own seed (seed, class, index), written by a process per core (3,968 images
+    took 50 s on one core of the GPU machine)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = []
+    for number, (name, base) in enumerate(CLASSES):
         (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.clip(np.array(base) + rng.normal(0, 50, (288, 288, 3)), 0, 255).astype(np.uint8)
-            image = Image.fromarray(pixels)
-            x, y = rng.integers(0, 200, 2)
-            ImageDraw.Draw(image).rectangle([x, y, x + 80, y + 60], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-            image.save(root / name / f"{i}.jpg", quality=90)
+        jobs += [(root / name / f"{i}.jpg", base, (seed, number, i)) for i in range(per_class)]
+    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        list(pool.map(_write_image, *zip(*jobs), chunksize=32))
     return root
 
 
@@ -138,6 +155,19 @@ def weights_available(entry) -> bool:
         return False
 
 
+def without_stochastic_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with dropout and stochastic depth set to zero, in place."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "drop_rate"):
+            module.drop_rate = 0.0
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "hidden_dropout_prob"):
+            config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    return model
+
+
 @contextlib.contextmanager
 def deterministic_layers():
     """Models built inside have no dropout and no stochastic depth: CPU and CUDA draw different random
@@ -147,16 +177,7 @@ def deterministic_layers():
     original = zoo.training.build
 
     def build(*args, **kwargs):
-        model = original(*args, **kwargs)
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-            if hasattr(module, "drop_rate"):
-                module.drop_rate = 0.0
-            config = getattr(module, "config", None)
-            if config is not None and hasattr(config, "hidden_dropout_prob"):
-                config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-        return model
+        return without_stochastic_layers(original(*args, **kwargs))
 
     zoo.training.build = build
     try:
@@ -243,38 +264,51 @@ class _Files(torch.utils.data.Dataset):
             return self.transform(image.convert("RGB")), label
 
 
-def dataloader_batches(entry, data: Path, val_fraction: float, batch: int, device: torch.device, workers: int):
+class FileBatches:
     """What a hand-written loop reads from disk: a plain DataLoader (shuffled, `workers` persistent
-    processes, pinned memory) over the training files with the eval transform, moved to the device per batch."""
-    from zoo.data import load_dataset
-    from zoo.preprocess import image_transform
+    processes, pinned memory) over the training files with the eval transform, moved to the device per
+    batch. `close` ends the worker processes (left to interpreter exit, their shutdown held the GPU
+    machine's process for half a minute after the report)."""
 
-    dataset = load_dataset(data, entry.modality, val_fraction, 0)
-    loader = torch.utils.data.DataLoader(
-        _Files([(e.item, e.label) for e in dataset.train], image_transform(entry.input)), batch_size=batch,
-        shuffle=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    def __init__(self, entry, data: Path, val_fraction: float, batch: int, device: torch.device, workers: int):
+        from zoo.data import load_dataset
+        from zoo.preprocess import image_transform
 
-    class Batches:
-        def __len__(self):
-            return len(loader)
+        dataset = load_dataset(data, entry.modality, val_fraction, 0)
+        self.device = device
+        self.loader = torch.utils.data.DataLoader(
+            _Files([(e.item, e.label) for e in dataset.train], image_transform(entry.input)), batch_size=batch,
+            shuffle=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
-        def __iter__(self):
-            for images, labels in loader:
-                yield ([images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)],
-                       labels.to(device, non_blocking=True))
+    def __len__(self) -> int:
+        return len(self.loader)
 
-    return Batches()
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield ([images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)],
+                   labels.to(self.device, non_blocking=True))
+
+    def close(self) -> None:
+        import gc
+
+        self.loader = None
+        gc.collect()  # the DataLoader's iterator shuts its workers down when collected
 
 
 def hand_loop(entry, batches, labels: int, device: torch.device, amp: str, epochs: int, compiled: bool,
-              pretrained: bool) -> dict[str, Any]:
+              pretrained: bool, frozen_batchnorm: bool = False, sync_each_step: bool = False) -> dict[str, Any]:
     """forward, cross-entropy, backward, fused AdamW step: nothing else, on `batches` (already on the
-    device, or read by dataloader_batches)."""
+    device, or read by FileBatches). Two of zoo's choices can be added, to see what each costs:
+    `frozen_batchnorm` (BatchNorm in eval mode, as zoo fine-tunes a pretrained CNN on small batches) and
+    `sync_each_step` (the host reads the loss after every step, as zoo's finite check does)."""
     from zoo.factory import build
+    from zoo.freeze import freeze_batchnorm_statistics
     from zoo.heads import attach_head
 
     torch.manual_seed(0)
     model = attach_head(build(entry, pretrained=pretrained), entry, "multiclass", labels).to(device).train()
+    if frozen_batchnorm:
+        freeze_batchnorm_statistics(model, all_layers=True)
     if entry.modality == "image":
         model = model.to(memory_format=torch.channels_last)
     cuda = device.type == "cuda"
@@ -291,6 +325,8 @@ def hand_loop(entry, batches, labels: int, device: torch.device, amp: str, epoch
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if sync_each_step:
+            loss.detach().item()
         return loss
 
     start = time.perf_counter()
@@ -308,7 +344,95 @@ def hand_loop(entry, batches, labels: int, device: torch.device, amp: str, epoch
         if cuda:
             torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - start))
-    return {"samples_per_second": statistics.median(rates), "warmup_seconds": warmup, "final_loss": float(loss)}
+    return {"samples_per_second": statistics.median(rates), "warmup_seconds": warmup, "final_loss": float(loss.detach())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients, layer by layer
+
+
+def _layer_kind(module: torch.nn.Module) -> str:
+    if isinstance(module, torch.nn.Conv2d):
+        return "depthwise conv" if module.groups > 1 and module.groups == module.in_channels else "conv"
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return "batch norm"
+    if isinstance(module, torch.nn.LayerNorm):
+        return "layer norm"
+    if isinstance(module, torch.nn.Embedding):
+        return "embedding"
+    return "linear" if isinstance(module, torch.nn.Linear) else type(module).__name__
+
+
+def gradient_check(entry, data: Path, val_fraction: float, batch: int, device: torch.device,
+                   pretrained: bool) -> dict[str, Any]:
+    """One training batch's gradients, layer by layer, under each precision on CPU and `device`, against the
+    same model in float64 on CPU: the relative error ||g - g64|| / ||g64|| per parameter, its largest value
+    per layer kind, and the three worst parameters. Says which kernels' rounding a diverging run meets.
+    BatchNorm layers normalise with their running statistics, as zoo fine-tunes a pretrained CNN."""
+    import copy
+
+    from zoo.factory import build
+    from zoo.freeze import freeze_batchnorm_statistics
+    from zoo.heads import attach_head
+
+    batches, labels = loop_batches(entry, data, val_fraction, batch, torch.device("cpu"))
+    inputs, target = batches[0]
+    torch.manual_seed(0)
+    model = without_stochastic_layers(attach_head(build(entry, pretrained=pretrained), entry, "multiclass", labels))
+    kinds = {}
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            kinds[f"{module_name}.{param_name}" if module_name else param_name] = _layer_kind(module)
+
+    def gradients(on: torch.device, dtype: torch.dtype | None, float64: bool = False, channels_last: bool = True,
+                  tf32: bool = False) -> tuple[dict[str, torch.Tensor], float]:
+        copied = copy.deepcopy(model).to(on, torch.float64 if float64 else torch.float32).train()
+        freeze_batchnorm_statistics(copied, all_layers=True)  # as zoo trains a pretrained CNN (recipe: frozen)
+        moved = [t.to(on) for t in inputs]
+        if float64:
+            moved = [t.double() if t.is_floating_point() else t for t in moved]
+        if entry.modality == "image" and channels_last:
+            copied = copied.to(memory_format=torch.channels_last)
+            moved = [t.contiguous(memory_format=torch.channels_last) for t in moved]
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            with torch.autocast(on.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                loss = torch.nn.functional.cross_entropy(copied(*moved).float(), target.to(on))
+            scale = 2.0 ** 16 if dtype == torch.float16 else 1.0  # as GradScaler starts: fp16 gradients underflow unscaled
+            (loss * scale).backward()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        return {name: p.grad.detach().double().cpu() / scale for name, p in copied.named_parameters()
+                if p.grad is not None}, float(loss.detach())
+
+    reference, reference_loss = gradients(torch.device("cpu"), None, float64=True)
+    # Gradients that are zero in exact arithmetic (a key projection's bias under softmax, a BatchNorm bias
+    # before another train-mode BatchNorm) hold rounding alone: no relative error means anything there.
+    floor = 1e-6 * max(float(g.norm()) for g in reference.values())
+    cpu = torch.device("cpu")
+    variants = {"cpu fp32": (cpu, None, {}), "cpu bf16": (cpu, torch.bfloat16, {})}
+    if device.type != "cpu":
+        variants |= {"device fp32": (device, None, {}), "device fp32 tf32": (device, None, {"tf32": True}),
+                     "device bf16": (device, torch.bfloat16, {}),
+                     "device bf16 contiguous": (device, torch.bfloat16, {"channels_last": False}),
+                     "device fp16": (device, torch.float16, {})}
+    report: dict[str, Any] = {"batch": len(target), "float64_loss": reference_loss, "variants": {},
+                              "parameters_compared": sum(float(g.norm()) > floor for g in reference.values()),
+                              "parameters_with_zero_gradient": sum(float(g.norm()) <= floor for g in reference.values())}
+    for label, (on, dtype, options) in variants.items():
+        grads, loss = gradients(on, dtype, **options)
+        errors = {name: float((grads[name] - g).norm() / g.norm()) for name, g in reference.items()
+                  if name in grads and g.norm() > floor}
+        by_kind: dict[str, float] = {}
+        for name, error in errors.items():
+            by_kind[kinds.get(name, "other")] = max(by_kind.get(kinds.get(name, "other"), 0.0), error)
+        whole = torch.cat([grads[n].flatten() - reference[n].flatten() for n in errors]).norm() / torch.cat(
+            [reference[n].flatten() for n in errors]).norm()
+        report["variants"][label] = {
+            "loss": loss, "relative_error_all": float(whole), "largest_by_kind": by_kind,
+            "worst": sorted(((round(e, 6), n) for n, e in errors.items()), reverse=True)[:3]}
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +520,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
                         help="--amp values of the throughput runs (numerics always runs all three)")
+    parser.add_argument("--numerics-lr", type=float, help=f"SGD learning rate of the numerics runs [{NUMERICS_OPTIMIZER['lr']}]")
     parser.add_argument("--budget", type=float, default=420,
                         help="seconds after which the remaining parts are skipped (named in the report), so a run "
                              "inside a time-limited lease always writes its report [420]")
@@ -414,7 +539,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"device": device_facts(device), "loss_tolerance": LOSS_TOLERANCE, "models": {}}
     started = time.perf_counter()
-    args.deadline = started + args.budget
+    args.started, args.deadline = started, started + args.budget
     for name in args.models:
         try:
             report["models"][name] = check_model(name, args, device, work)
@@ -452,28 +577,29 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
 
     def in_budget(part: str) -> bool:
         if time.perf_counter() < args.deadline:
+            print(f"{name}: {part} (at {time.perf_counter() - args.started:.0f} s)", file=sys.stderr, flush=True)
             return True
         skipped.append(part)
         return False
 
+    settings = {**NUMERICS_OPTIMIZER, "lr": args.numerics_lr or NUMERICS_OPTIMIZER["lr"]}
     if "numerics" in sections and in_budget("numerics"):  # short runs, CPU and device, no stochastic layers
-        print(f"{name}: numerics", file=sys.stderr, flush=True)
         with deterministic_layers():
             reference = finetune_run(entry, data, fraction, work / "run-cpu", "cpu", "off", 3, small_batch, pretrained,
-                                     **NUMERICS_OPTIMIZER)
-            numerics = {"cpu": reference, "settings": NUMERICS_OPTIMIZER}
+                                     **settings)
+            numerics = {"cpu": reference, "settings": settings}
             for amp in precisions:
                 if dry:  # the device is the CPU: its fp32 run is the reference run itself
                     numerics[amp] = {**reference, "loss_relative_distance": 0.0, "within_tolerance": True}
                     continue
                 run = finetune_run(entry, data, fraction, work / f"run-{amp}", device.type, amp, 3, small_batch,
-                                   pretrained, **NUMERICS_OPTIMIZER)
+                                   pretrained, **settings)
                 run["loss_relative_distance"] = relative_distance(run["train_loss"], reference["train_loss"])
                 run["within_tolerance"] = run["loss_relative_distance"] <= LOSS_TOLERANCE[amp]
                 numerics[amp] = run
         section["numerics"] = numerics
+        section["gradients"] = gradient_check(entry, data, fraction, small_batch, device, pretrained)
     if "export" in sections and name == "efficientnet_lite0" and in_budget("export"):
-        print(f"{name}: export", file=sys.stderr, flush=True)
         amp = precisions[-1] if dry else "bf16"
         run = work / ("run-cpu" if dry else f"run-{amp}")
         if not (run / "card.json").is_file():
@@ -482,7 +608,6 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
     if "throughput" not in sections or not in_budget("throughput"):
         return section
     # Throughput: more data, the package's loop against a hand-written one.
-    print(f"{name}: throughput", file=sys.stderr, flush=True)
     steps, batch = args.steps, (4 if dry else args.batch)
     data, fraction = make_data(work / f"{name}-large", name, batch * steps, 2 * batch, seed=2)
     batches, labels = loop_batches(entry, data, fraction, batch, device)
@@ -499,10 +624,19 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
             from zoo.training import Runtime, _default_workers
 
             workers = 0 if dry else _default_workers(Runtime(device, None, 0, 1))
-            reading = hand_loop(entry, dataloader_batches(entry, data, fraction, batch, device, workers), labels, device,
-                                amp, args.epochs, False, pretrained)
+            files = FileBatches(entry, data, fraction, batch, device, workers)
+            try:
+                reading = hand_loop(entry, files, labels, device, amp, args.epochs, False, pretrained)
+            finally:
+                files.close()
             row["hand_loop_reading_files"] = {**reading, "workers": workers}
             row["zoo_over_hand_loop_reading_files"] = zoo_run["samples_per_second"] / reading["samples_per_second"]
+        if entry.modality == "image" and amp == args.precisions[0] and in_budget(f"hand loop with zoo's choices {amp}"):
+            # What zoo's choices cost, one at a time, in the loop over batches already on the device.
+            for option in ("frozen_batchnorm", "sync_each_step"):
+                variant = hand_loop(entry, batches, labels, device, amp, args.epochs, False, pretrained, **{option: True})
+                row[f"hand_loop_{option}"] = variant
+                row[f"hand_loop_{option}_over_hand_loop"] = variant["samples_per_second"] / hand["samples_per_second"]
         if not args.no_compile and not dry and amp == "bf16" and in_budget("torch.compile"):
             compiled = hand_loop(entry, batches, labels, device, amp, args.epochs, True, pretrained)
             row["compiled_loop"] = compiled

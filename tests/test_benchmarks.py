@@ -178,4 +178,13 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
         assert section["throughput"]["off"]["zoo"]["samples_per_second"] > 0
     export = report["models"]["efficientnet_lite0"]["export"]
     assert export["export_parity_on_cpu"] and export["onnx_vs_device_model"]["max_abs_diff"] < 1e-4
+    # Gradients against float64: fp32 close (measured 2e-5 / 1e-7 overall), bf16 far coarser, every
+    # parameter with a non-zero gradient compared.
+    for name, section in report["models"].items():
+        gradients = section["gradients"]
+        assert gradients["parameters_compared"] > 50
+        assert gradients["variants"]["cpu fp32"]["relative_error_all"] < 1e-3
+        assert gradients["variants"]["cpu bf16"]["relative_error_all"] > 10 * gradients["variants"]["cpu fp32"]["relative_error_all"]
+    row = report["models"]["efficientnet_lite0"]["throughput"]["off"]
+    assert row["hand_loop_frozen_batchnorm"]["samples_per_second"] > 0 and row["hand_loop_sync_each_step"]["samples_per_second"] > 0
     assert not (tmp_path / "work").exists()  # the generated data and runs are removed
