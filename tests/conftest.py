@@ -1,14 +1,45 @@
-"""Shared fixtures: a private cache per test session, and the two real bundles exported once."""
+"""Shared fixtures: a private cache per test session, and the two real bundles exported once.
+
+The suite runs in pytest-xdist worker processes (pyproject: `-n auto --dist loadfile`, each file on one
+worker, so module fixtures are made once). Each worker gets its share of the cores for torch and
+onnxruntime's OpenMP (set before torch is imported), and the session-wide exports are made once for all
+workers (`shared_once`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
-import pytest
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:  # 2 workers x 2 threads on 2 cores: each waits on the other's spinning threads
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MODELS = ("efficientnet_lite0", "all-minilm-l6-v2")
+
+
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """A folder that `make` fills once per test run: under pytest-xdist the first worker to ask makes it
+    (the others wait on a file lock) in the run's common temporary folder, and every worker reads it;
+    without workers, a plain temporary folder. A failed `make` leaves no folder marked done."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".complete").touch()
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,8 +65,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, private_cache: Path) -> di
     """ONNX bundles of both real backbones, exported once for the whole session."""
     from export import export_bundle
 
-    out = tmp_path_factory.mktemp("bundles")
-    return {name: export_bundle(name, out / name).directory for name in REAL_MODELS}
+    def make(out: Path) -> None:
+        for name in REAL_MODELS:
+            export_bundle(name, out / name)
+
+    out = shared_once(tmp_path_factory, "bundles", make)
+    return {name: out / name for name in REAL_MODELS}
 
 
 @pytest.fixture(scope="session")
@@ -51,5 +86,9 @@ def all_formats(tmp_path_factory: pytest.TempPathFactory, private_cache: Path) -
     from export import export_bundle
     from export.bundle import FORMATS
 
-    out = tmp_path_factory.mktemp("all")
-    return {name: export_bundle(name, out / name, formats=FORMATS).directory for name in REAL_MODELS}
+    def make(out: Path) -> None:
+        for name in REAL_MODELS:
+            export_bundle(name, out / name, formats=FORMATS)
+
+    out = shared_once(tmp_path_factory, "all", make)
+    return {name: out / name for name in REAL_MODELS}
