@@ -114,7 +114,8 @@ def _check_semantics(document: dict[str, Any], origin: str) -> None:
         labels = model["output"].get("labels")
         if labels is not None and labels not in document["label_sets"]:
             raise RegistryError(
-                f"{where}.output.labels: unknown label set {labels!r}; known: {sorted(document['label_sets'])}"
+                f"{where}.output.labels: unknown label set {labels!r}; the document's label_sets define "
+                f"{sorted(document['label_sets']) or 'none'}: add it there or name one of them"
             )
 
 
