@@ -1,0 +1,303 @@
+"""serve/predictor.py on small ONNX graphs written by hand (onnx.helper), against numpy: chunking and
+padding of fixed batches, runs grouped by image shape and by text length, input checks, the graph
+check, scores and top-k, variants. Seconds, no export: mutation testing runs these (issue 19)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import serve
+from serve.errors import BundleError, InputError
+from serve.manifest import parse_manifest, sha256_file
+from serve.predictor import Predictor, _batches, check_graph, question_and_context, softmax
+from serve.providers import SessionChoice
+
+WEIGHT = np.array([[1.0, -1.0, 0.5], [0.0, 2.0, -0.5], [3.0, 0.0, 1.0]], dtype=np.float32)  # 3 channels -> 3 classes
+BIAS = np.array([0.1, 0.0, -0.1], dtype=np.float32)
+IMAGE_MANIFEST = {
+    "bundle_format": "zoo-bundle", "format_version": 1, "model_id": "m", "task": "image-classification",
+    "modality": "image", "model_file": "model.onnx", "opset": 18,
+    "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
+    "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 3]}],
+    "preprocessing": {"kind": "image", "resize": 8, "crop": 8, "interpolation": "bilinear",
+                      "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "postprocessing": {"kind": "classification", "labels": ["cat", "dog", "fox"]},
+    "files": {"model.onnx": "0" * 64}, "source": {}, "producer": {},
+}
+
+
+def image_graph(batch: int | str = "batch", height: int | str = "height", width: int | str = "width",
+                classes: int = 3) -> bytes:
+    """logits = mean over height and width, times WEIGHT, plus BIAS."""
+    nodes = [helper.make_node("ReduceMean", ["pixel_values", "axes"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "weight"], ["product"]),
+             helper.make_node("Add", ["product", "bias"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "image", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [batch, 3, height, width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        [numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+         numpy_helper.from_array(WEIGHT[:, :classes], "weight"), numpy_helper.from_array(BIAS[:classes], "bias")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
+
+
+def oracle(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float64).mean(axis=(2, 3)) @ WEIGHT.astype(np.float64) + BIAS
+
+
+class Recording:
+    """An InferenceSession that records the batch shapes it is given."""
+
+    def __init__(self, model: bytes):
+        self.session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, names, feeds, options=None):
+        self.shapes.append(next(iter(feeds.values())).shape)
+        return self.session.run(names, feeds, options)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def predictor(manifest: dict | None = None, model: bytes | None = None, **kwargs) -> Predictor:
+    document = manifest or IMAGE_MANIFEST
+    session = Recording(model or image_graph())
+    return Predictor(Path("."), parse_manifest(document), SessionChoice(session, "CPUExecutionProvider", "cpu"), **kwargs)
+
+
+def with_(document: dict, **changes) -> dict:
+    changed = copy.deepcopy(document)
+    for dotted, value in changes.items():
+        node = changed
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return changed
+
+
+def pixels(batch: int, height: int = 4, width: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(batch, 3, height, width)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# run: batches, fixed batches, chunks
+
+
+def test_run_matches_numpy() -> None:
+    x = pixels(5)
+    np.testing.assert_allclose(predictor().run({"pixel_values": x}), oracle(x), atol=1e-5)
+
+
+def test_a_fixed_batch_runs_in_chunks_the_last_padded_with_its_last_row() -> None:
+    fixed = with_(IMAGE_MANIFEST, inputs=[{"name": "pixel_values", "dtype": "float32", "shape": [2, 3, 4, 4]}],
+                  outputs=[{"name": "logits", "dtype": "float32", "shape": [2, 3]}])
+    p = predictor(fixed, image_graph(2, 4, 4))
+    assert p.fixed_batch == 2
+    x = pixels(5)
+    np.testing.assert_allclose(p.run({"pixel_values": x}), oracle(x), atol=1e-5)
+    assert p.session.shapes == [(2, 3, 4, 4)] * 3  # 2 + 2 + (1 padded to 2)
+    one = pixels(1, seed=3)
+    np.testing.assert_allclose(p.run({"pixel_values": one}), oracle(one), atol=1e-5)  # padded up, cut back
+
+
+def test_chunk_bounds_each_run_and_is_skipped_when_the_batch_fits() -> None:
+    p = predictor()
+    x = pixels(7)
+    np.testing.assert_allclose(p.run({"pixel_values": x}, chunk=3), oracle(x), atol=1e-5)
+    assert [s[0] for s in p.session.shapes] == [3, 3, 1]
+    p.run({"pixel_values": x[:3]}, chunk=3)
+    assert p.session.shapes[-1][0] == 3 and len(p.session.shapes) == 4
+
+
+def test_images_of_one_shape_share_a_run_in_input_order() -> None:
+    p = predictor()
+    images = [pixels(1, 4, 4, 0)[0], pixels(1, 6, 2, 1)[0], pixels(1, 4, 4, 2)[0]]
+    rows = p.run_images(images)
+    for image, row in zip(images, rows):
+        np.testing.assert_allclose(row, oracle(image[None])[0], atol=1e-5)
+    assert sorted(s[0] for s in p.session.shapes) == [1, 2] and len(p.session.shapes) == 2
+
+
+def test_io_binding_gives_the_same_outputs() -> None:
+    x = pixels(3)
+    bound = predictor(io_binding="on")
+    assert bound.io_binding
+    np.testing.assert_allclose(bound.run({"pixel_values": x}), oracle(x), atol=1e-5)
+    assert not predictor().io_binding  # "auto" binds on CUDA only
+
+
+def test_warm_up_runs_the_largest_batch() -> None:
+    p = predictor()
+    p.warm_up(6)
+    assert p.session.shapes == [(6, 3, 8, 8)]  # a named height/width: the square the bundle resizes to
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({}, "missing input(s) ['pixel_values']; this model takes ['pixel_values']"),
+    ({"pixel_values": [[1.0]]}, "input pixel_values: expected a numpy array, found list"),
+    ({"pixel_values": np.zeros((1, 3, 4, 4), np.float64)}, "input pixel_values: dtype float64, expected float32 array"),
+    ({"pixel_values": np.zeros((3, 4, 4), np.float32)}, "input pixel_values: 3 dimensions (3, 4, 4), expected"),
+    ({"pixel_values": np.zeros((1, 4, 4, 4), np.float32)}, "input pixel_values: size 4 on axis 1, expected"),
+    ({"pixel_values": np.zeros((0, 3, 4, 4), np.float32)}, "input pixel_values: empty batch"),
+])
+def test_inputs_the_model_cannot_take_are_refused_by_name(feeds, message) -> None:
+    with pytest.raises(InputError) as error:
+        predictor().run(feeds)
+    assert str(error.value).startswith(message)
+
+
+def test_a_fixed_batch_takes_any_batch_but_no_other_fixed_size() -> None:
+    fixed = with_(IMAGE_MANIFEST, inputs=[{"name": "pixel_values", "dtype": "float32", "shape": [2, 3, 4, 4]}],
+                  outputs=[{"name": "logits", "dtype": "float32", "shape": [2, 3]}])
+    p = predictor(fixed, image_graph(2, 4, 4))
+    assert p.run({"pixel_values": pixels(3)}).shape == (3, 3)
+    with pytest.raises(InputError, match="size 5 on axis 2"):
+        p.run({"pixel_values": pixels(3, 5, 4)})
+
+
+def test_predict_arguments() -> None:
+    p = predictor()
+    for kwargs, message in (({"top_k": 0}, "top_k must be at least 1, got 0"),
+                            ({"batch_size": 0}, "batch_size must be at least 1, got 0")):
+        with pytest.raises(InputError, match=message):
+            p.predict([np.zeros((8, 8, 3), np.uint8)], **kwargs)
+    with pytest.raises(InputError, match="no inputs given"):
+        p.predict([])
+    with pytest.raises(InputError, match="no inputs given"):
+        p.preprocess([])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+def test_softmax_by_hand() -> None:
+    row = np.array([1.0, 2.0, 3.0])
+    total = math.exp(1) + math.exp(2) + math.exp(3)
+    np.testing.assert_allclose(softmax(row), [math.exp(1) / total, math.exp(2) / total, math.exp(3) / total])
+    np.testing.assert_allclose(softmax(np.array([[1000.0, 1000.0]])), [[0.5, 0.5]])  # shifted: no overflow
+
+
+def test_top_k_scores_and_labels() -> None:
+    p = predictor()
+    result = p.postprocess(np.array([0.0, 2.0, 1.0], np.float32), top_k=2)
+    total = 1 + math.exp(2) + math.exp(1)
+    assert [(r["index"], r["label"]) for r in result["top_k"]] == [(1, "dog"), (2, "fox")]
+    assert result["top_k"][0]["score"] == pytest.approx(math.exp(2) / total)
+    assert result["top_k"][1]["score"] == pytest.approx(math.exp(1) / total)
+    ties = p.postprocess(np.array([1.0, 1.0, 1.0], np.float32), top_k=5)["top_k"]  # stable: index order
+    assert [r["index"] for r in ties] == [0, 1, 2] and all(r["score"] == pytest.approx(1 / 3) for r in ties)
+    short = predictor(with_(IMAGE_MANIFEST, postprocessing__labels=["cat"]))
+    assert [r["label"] for r in short.postprocess(np.array([0.0, 2.0, 1.0]), top_k=3)["top_k"]] == ["1", "2", "cat"]
+
+
+def test_sigmoid_head_scores_the_positive_label() -> None:
+    binary = with_(IMAGE_MANIFEST, outputs=[{"name": "logits", "dtype": "float32", "shape": ["batch", 1]}],
+                   postprocessing={"kind": "classification", "labels": ["negative", "positive"], "activation": "sigmoid"})
+    p = predictor(binary, image_graph(classes=1))
+    positive = 1 / (1 + math.exp(-0.8))
+    result = p.postprocess(np.array([0.8], np.float32), top_k=2)["top_k"]
+    assert [(r["label"], r["score"]) for r in result] == [("positive", pytest.approx(positive)),
+                                                         ("negative", pytest.approx(1 - positive))]
+    assert p.postprocess(np.array([-0.8], np.float32), top_k=1)["top_k"][0]["label"] == "negative"
+
+
+def test_embeddings_come_back_as_floats() -> None:
+    embedding = with_(IMAGE_MANIFEST, task="feature-extraction", postprocessing={"kind": "embedding", "dim": 3})
+    result = predictor(embedding).postprocess(np.array([0.5, -1.0, 2.0], np.float32), top_k=1)
+    assert result == {"embedding": [0.5, -1.0, 2.0]} and all(type(v) is float for v in result["embedding"])
+
+
+def test_predict_end_to_end_on_arrays() -> None:
+    p = predictor()
+    image = np.full((8, 8, 3), 255, np.uint8)  # white: (1 - 0.5) / 0.5 = 1 in every channel
+    (result,) = p.predict(image, top_k=1)
+    expected = oracle(np.ones((1, 3, 8, 8), np.float32))[0]
+    assert result["top_k"][0]["index"] == int(np.argmax(expected))
+    assert result["top_k"][0]["score"] == pytest.approx(float(softmax(expected).max()), rel=1e-5)
+    results = p.predict([image] * 5, batch_size=2)
+    assert len(results) == 5 and [s[0] for s in p.session.shapes[1:]] == [2, 2, 1]
+
+
+def test_batches() -> None:
+    assert [list(b) for b in _batches([1, 2, 3, 4, 5], 2)] == [[1, 2], [3, 4], [5]]
+    assert list(_batches([], 3)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph check and variants
+
+
+def session(model: bytes):
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def test_the_graph_must_be_the_manifests() -> None:
+    manifest = parse_manifest(IMAGE_MANIFEST)
+    check_graph(manifest, session(image_graph()), "model.onnx")  # agrees
+    renamed = with_(IMAGE_MANIFEST, outputs=[{"name": "scores", "dtype": "float32", "shape": ["batch", 3]}])
+    with pytest.raises(BundleError, match=r"outputs: 'scores' is not one of the outputs of model.onnx \(logits\)"):
+        check_graph(parse_manifest(renamed), session(image_graph()), "model.onnx")
+    wrong_type = with_(IMAGE_MANIFEST, inputs=[{"name": "pixel_values", "dtype": "float16", "shape": ["batch", 3, "h", "w"]}])
+    with pytest.raises(BundleError, match="pixel_values is float16 .* but float32"):
+        check_graph(parse_manifest(wrong_type), session(image_graph()), "model.onnx")
+    wrong_size = with_(IMAGE_MANIFEST, outputs=[{"name": "logits", "dtype": "float32", "shape": ["batch", 4]}])
+    with pytest.raises(BundleError, match="logits is float32"):
+        check_graph(parse_manifest(wrong_size), session(image_graph()), "model.onnx")
+    wrong_rank = with_(IMAGE_MANIFEST, outputs=[{"name": "logits", "dtype": "float32", "shape": ["batch", 3, 1]}])
+    with pytest.raises(BundleError, match="re-export the bundle"):
+        check_graph(parse_manifest(wrong_rank), session(image_graph()), "model.onnx")
+    two_inputs = onnx.load_from_string(image_graph())
+    two_inputs.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
+    with pytest.raises(BundleError, match="model.onnx also takes extra, which the manifest does not describe"):
+        check_graph(manifest, session(two_inputs.SerializeToString()), "model.onnx")
+
+
+def bundle(directory: Path, variants: dict | None = None) -> Path:
+    directory.mkdir()
+    (directory / "model.onnx").write_bytes(image_graph())
+    document = with_(IMAGE_MANIFEST, files={"model.onnx": sha256_file(directory / "model.onnx")})
+    for name, spec in (variants or {}).items():
+        (directory / spec["file"]).write_bytes(image_graph())
+        document["files"][spec["file"]] = sha256_file(directory / spec["file"])
+    if variants:
+        document["variants"] = variants
+    (directory / "manifest.json").write_text(json.dumps(document))
+    return directory
+
+
+def test_load_picks_the_variant_asked_for_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    plain = bundle(tmp_path / "plain")
+    loaded = serve.load(plain)
+    assert loaded.variant == "fp32" and "variant fp32" in loaded.provider_line
+    with pytest.raises(BundleError, match="has no 'int8' variant; it has: fp32$"):
+        serve.load(plain, variant="int8")
+    quantized = bundle(tmp_path / "quantized", {"int8": {"file": "model.int8.onnx"}})
+    assert serve.load(quantized, variant="int8").variant == "int8"
+    assert serve.load(quantized).variant == "fp32"  # auto: fp32 on CPU
+    (quantized / "model.int8.onnx").write_bytes(image_graph(classes=2))  # changed after export
+    with pytest.raises(BundleError, match="model.int8.onnx"):
+        serve.load(quantized, variant="int8")
+
+
+def test_question_answering_inputs() -> None:
+    assert question_and_context({"question": "Who?", "context": "Ada."}) == ("Who?", "Ada.")
+    for item in ("Who?", {"question": "Who?"}, {"question": 1, "context": "x"}):
+        with pytest.raises(InputError, match='expected {"question": "...", "context": "..."}'):
+            question_and_context(item)
+    with pytest.raises(InputError, match="must not be empty"):
+        question_and_context({"question": " ", "context": "x"})
