@@ -190,6 +190,10 @@ def test_softmax_by_hand() -> None:
     total = math.exp(1) + math.exp(2) + math.exp(3)
     np.testing.assert_allclose(softmax(row), [math.exp(1) / total, math.exp(2) / total, math.exp(3) / total])
     np.testing.assert_allclose(softmax(np.array([[1000.0, 1000.0]])), [[0.5, 0.5]])  # shifted: no overflow
+    # each row shifted by its own maximum: rows of very different scales both come out right
+    e = math.exp(-1000.0 + 999.0)
+    np.testing.assert_allclose(softmax(np.array([[1000.0, 999.0], [-1000.0, -999.0]])),
+                               [[1 / (1 + e), e / (1 + e)], [e / (1 + e), 1 / (1 + e)]])
 
 
 def test_top_k_scores_and_labels() -> None:
