@@ -295,18 +295,24 @@ class FileBatches:
         gc.collect()  # the DataLoader's iterator shuts its workers down when collected
 
 
+def fresh_model(entry, labels: int, pretrained: bool) -> torch.nn.Module:
+    """The backbone with a new `labels`-way head, its random parts drawn from seed 0."""
+    from zoo.factory import build
+    from zoo.heads import attach_head
+
+    torch.manual_seed(0)
+    return attach_head(build(entry, pretrained=pretrained), entry, "multiclass", labels)
+
+
 def hand_loop(entry, batches, labels: int, device: torch.device, amp: str, epochs: int, compiled: bool,
               pretrained: bool, frozen_batchnorm: bool = False, sync_each_step: bool = False) -> dict[str, Any]:
     """forward, cross-entropy, backward, fused AdamW step: nothing else, on `batches` (already on the
     device, or read by FileBatches). Two of zoo's choices can be added, to see what each costs:
     `frozen_batchnorm` (BatchNorm in eval mode, as zoo fine-tunes a pretrained CNN on small batches) and
     `sync_each_step` (the host reads the loss after every step, as zoo's finite check does)."""
-    from zoo.factory import build
     from zoo.freeze import freeze_batchnorm_statistics
-    from zoo.heads import attach_head
 
-    torch.manual_seed(0)
-    model = attach_head(build(entry, pretrained=pretrained), entry, "multiclass", labels).to(device).train()
+    model = fresh_model(entry, labels, pretrained).to(device).train()
     if frozen_batchnorm:
         freeze_batchnorm_statistics(model, all_layers=True)
     if entry.modality == "image":
@@ -371,14 +377,11 @@ def gradient_check(entry, data: Path, val_fraction: float, batch: int, device: t
     BatchNorm layers normalise with their running statistics, as zoo fine-tunes a pretrained CNN."""
     import copy
 
-    from zoo.factory import build
     from zoo.freeze import freeze_batchnorm_statistics
-    from zoo.heads import attach_head
 
     batches, labels = loop_batches(entry, data, val_fraction, batch, torch.device("cpu"))
     inputs, target = batches[0]
-    torch.manual_seed(0)
-    model = without_stochastic_layers(attach_head(build(entry, pretrained=pretrained), entry, "multiclass", labels))
+    model = without_stochastic_layers(fresh_model(entry, labels, pretrained))
     kinds = {}
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):
@@ -409,7 +412,9 @@ def gradient_check(entry, data: Path, val_fraction: float, batch: int, device: t
     reference, reference_loss = gradients(torch.device("cpu"), None, float64=True)
     # Gradients that are zero in exact arithmetic (a key projection's bias under softmax, a BatchNorm bias
     # before another train-mode BatchNorm) hold rounding alone: no relative error means anything there.
-    floor = 1e-6 * max(float(g.norm()) for g in reference.values())
+    norms = {name: float(g.norm()) for name, g in reference.items()}
+    floor = 1e-6 * max(norms.values())
+    compared = [name for name, norm in norms.items() if norm > floor]
     cpu = torch.device("cpu")
     variants = {"cpu fp32": (cpu, None, {}), "cpu bf16": (cpu, torch.bfloat16, {})}
     if device.type != "cpu":
@@ -418,15 +423,15 @@ def gradient_check(entry, data: Path, val_fraction: float, batch: int, device: t
                      "device bf16 contiguous": (device, torch.bfloat16, {"channels_last": False}),
                      "device fp16": (device, torch.float16, {})}
     report: dict[str, Any] = {"batch": len(target), "float64_loss": reference_loss, "variants": {},
-                              "parameters_compared": sum(float(g.norm()) > floor for g in reference.values()),
-                              "parameters_with_zero_gradient": sum(float(g.norm()) <= floor for g in reference.values())}
+                              "parameters_compared": len(compared),
+                              "parameters_with_zero_gradient": len(reference) - len(compared)}
     for label, (on, dtype, options) in variants.items():
         grads, loss = gradients(on, dtype, **options)
-        errors = {name: float((grads[name] - g).norm() / g.norm()) for name, g in reference.items()
-                  if name in grads and g.norm() > floor}
+        errors = {name: float((grads[name] - reference[name]).norm()) / norms[name] for name in compared if name in grads}
         by_kind: dict[str, float] = {}
         for name, error in errors.items():
-            by_kind[kinds.get(name, "other")] = max(by_kind.get(kinds.get(name, "other"), 0.0), error)
+            kind = kinds.get(name, "other")
+            by_kind[kind] = max(by_kind.get(kind, 0.0), error)
         whole = torch.cat([grads[n].flatten() - reference[n].flatten() for n in errors]).norm() / torch.cat(
             [reference[n].flatten() for n in errors]).norm()
         report["variants"][label] = {
@@ -520,7 +525,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
                         help="--amp values of the throughput runs (numerics always runs all three)")
-    parser.add_argument("--numerics-lr", type=float, help=f"SGD learning rate of the numerics runs [{NUMERICS_OPTIMIZER['lr']}]")
+    parser.add_argument("--numerics-lr", type=float, default=NUMERICS_OPTIMIZER["lr"],
+                        help="SGD learning rate of the numerics runs [%(default)s]")
     parser.add_argument("--budget", type=float, default=420,
                         help="seconds after which the remaining parts are skipped (named in the report), so a run "
                              "inside a time-limited lease always writes its report [420]")
@@ -582,7 +588,7 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
         skipped.append(part)
         return False
 
-    settings = {**NUMERICS_OPTIMIZER, "lr": args.numerics_lr or NUMERICS_OPTIMIZER["lr"]}
+    settings = {**NUMERICS_OPTIMIZER, "lr": args.numerics_lr}
     if "numerics" in sections and in_budget("numerics"):  # short runs, CPU and device, no stochastic layers
         with deterministic_layers():
             reference = finetune_run(entry, data, fraction, work / "run-cpu", "cpu", "off", 3, small_batch, pretrained,
