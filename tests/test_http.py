@@ -39,7 +39,7 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         code = ("import sys, json; from pathlib import Path; from serve.http import ServerConfig, run; "
-                "from serve.limits import Limits; o = json.loads(sys.argv[2]); o['limits'] = Limits(**o.get('limits', {})); "
+                "from serve.limits import Limits; o = json.loads(sys.argv[2]); o['limits'] = Limits(**o.get('limits', {})); from serve.providers import SessionConfig; o['session'] = SessionConfig(**o.get('session', {})); "
                 "run(ServerConfig(bundle=Path(sys.argv[1]), **o), port=int(sys.argv[3]))")
         self.model = json.loads((Path(bundle) / "manifest.json").read_text()).get("model_id", "")
         self.process = subprocess.Popen([sys.executable, "-c", code, str(bundle), json.dumps(options), str(self.port)],
