@@ -264,6 +264,9 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--after-probe", type=click.Choice(["auto", "finetune", "gated"]), default="auto", show_default=True,
               help="gated (auto with a probe): fine-tune after the probe unless it made no error in "
                    "cross-validation on the training examples; finetune: always.")
+@click.option("--pairs", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="on (auto for sentence encoders with few examples per class): contrastive pair training of "
+                   "the encoder before the probe (SetFit's first stage); --probe --pairs on is SetFit.")
 @click.option("--augment", type=click.Choice(["auto", "none", "light", "trivial", "imagenet"]), default="auto",
               show_default=True, help="Image augmentation: none (auto); light = random crops >= half the image + flips; "
                                       "trivial adds TrivialAugmentWide; imagenet crops down to 8 percent.")

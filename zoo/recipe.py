@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import InputError
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 TARGET_STEPS = 80  # optimizer steps of fine-tuning, before the epoch bounds below
 MIN_EPOCHS, MAX_EPOCHS = 3, 40
 WARMUP_FRACTION = 0.1
+# Contrastive pairs (zoo.pairs) before the probe when the smallest class has at most this many training
+# examples: SetFit's regime (8-64 per class in its paper).
+PAIRS_MAX_PER_CLASS = 32
 REFIT_MAX_EXAMPLES = 500  # above: no second pass on train + val (see resolve)
 PATIENCE_FRACTION = 0.25  # early stopping after this share of the epochs without improvement (at least 3)
 # What fine-tunes a random head, when there is no probe (segmentation, detection, NER, QA, --head-init
@@ -79,7 +83,29 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
     else:
         choose("head_init", "random", f"{dataset.task} has no single linear head to fit on frozen features")
     head_init = values.get("head_init", config.head_init)
-    if head_init == "probe" and not config.probe_only:
+    if not (linear_head and entry.modality == "text"):
+        choose("pairs", "off", "contrastive pairs train sentence encoders for text classification")
+    elif entry.task != "sentence-embedding":
+        choose("pairs", "off", f"{entry.id} is not trained for cosine similarity ({entry.task}): the pair loss "
+                               "assumes the cosine of two embeddings already means something")
+    elif head_init != "probe":
+        choose("pairs", "off", "no probe stage for the pairs to precede")
+    elif config.probe_only:
+        choose("pairs", "off", "--probe: the backbone never trains (--probe --pairs on is SetFit's recipe)")
+    else:
+        smallest = min(Counter(e.label for e in dataset.train).values(), default=0)
+        if smallest <= PAIRS_MAX_PER_CLASS:
+            choose("pairs", "on", f"{smallest} training examples in the smallest class (<= {PAIRS_MAX_PER_CLASS}): "
+                                  "contrastive pairs of a sentence encoder first (SetFit), N^2/2 signals where "
+                                  "cross-entropy sees N")
+        else:
+            choose("pairs", "off", f"{smallest} training examples in the smallest class (> {PAIRS_MAX_PER_CLASS}): "
+                                   "cross-entropy fine-tuning sees enough; pairs would add minutes")
+    pairs = values.get("pairs", config.pairs)
+    if head_init == "probe" and not config.probe_only and pairs == "on":
+        choose("after_probe", "finetune", "fine-tune after the probe: the pairs trained on every training example, so "
+                                          "the probe's out-of-fold accuracy is no evidence to skip it on")
+    elif head_init == "probe" and not config.probe_only:
         choose("after_probe", "gated", "fine-tune after the probe unless the probe classified every training example "
                                        "right while it was held out (cross-validation): then nothing is left to show")
     else:

@@ -60,6 +60,7 @@ AFTER_PROBE = ("auto", "finetune", "gated")
 AUGMENTS = ("auto", *AUGMENTATIONS)
 BATCHNORM = ("auto", "frozen", "train")
 SELECT = ("auto", "last", "best")
+PAIRS = ("auto", "on", "off")
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
 SEGMENTATION_METRICS = ("miou", "pixel_accuracy", "loss")
 DETECTION_METRICS = ("map50", "map")  # torchvision detectors compute losses in training mode only
@@ -103,6 +104,7 @@ class FinetuneConfig:
     head_init: str = "auto"  # probe (fitted on frozen features first: LP-FT) | random
     probe_only: bool = False  # `--probe`: the fitted head is the result; the backbone never trains
     after_probe: str = "auto"  # finetune: always | gated: not when the probe made no out-of-fold error
+    pairs: str = "auto"  # on: contrastive pair training of a sentence encoder before the probe (zoo.pairs) | off
     augment: str = "auto"  # images: none | light | imagenet | trivial (zoo.loaders.train_image_transform)
     select: str = "auto"  # the weights kept: last (the final epoch's, or the probe's if it validated better) | best
     refit: str = "auto"  # on: once selection is done, train the selected procedure again on train + val | off
@@ -136,6 +138,7 @@ class FinetuneConfig:
             (self.batchnorm in BATCHNORM, f"--batchnorm {self.batchnorm!r}: expected one of {', '.join(BATCHNORM)}"),
             (self.select in SELECT, f"--select {self.select!r}: expected one of {', '.join(SELECT)}"),
             (self.refit in ("auto", "on", "off"), f"--refit {self.refit!r}: expected auto, on or off"),
+            (self.pairs in PAIRS, f"--pairs {self.pairs!r}: expected one of {', '.join(PAIRS)}"),
             (self.after_probe in AFTER_PROBE, f"--after-probe {self.after_probe!r}: expected one of {', '.join(AFTER_PROBE)}"),
             (not (self.probe_only and self.head_init == "random"), "--probe fits the head; it excludes --head-init random"),
             (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
@@ -380,6 +383,7 @@ class _Trainer:
         self.head_layer = head_layer(self.model, self.head_prefix)  # None: no single linear head (segmentation, ...)
         self.probe = None
         self.probe_info: dict[str, float] | None = None  # the probe's C and training loss (run.json state, card)
+        self.pairs_info: dict[str, float] | None = None  # the contrastive stage's pairs, steps, losses (card)
         self._train_loader = None
         self.set_epoch_freeze(0)
 
@@ -503,6 +507,31 @@ class _Trainer:
         device = self.runtime.device
         return ([image.to(device, non_blocking=True) for image in inputs["images"]],
                 [{k: v.to(device, non_blocking=True) for k, v in target.items()} for target in targets])
+
+    def train_pairs(self, model: nn.Module) -> None:
+        """The contrastive stage (zoo.pairs) on the training split: the text encoder under the head learns
+        from pairs of same-class and different-class texts before the head is fitted."""
+        from zoo.pairs import train_pairs
+        from zoo.preprocess import tokenize
+
+        encoder = model.encoder
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            with self._autocast():
+                return encoder(*self._to_device(tokenize(self.tokenizer, texts)))
+
+        examples = self.dataset.train
+        frozen = [p for p in encoder.parameters() if not p.requires_grad]
+        for parameter in frozen:  # the stage trains the whole encoder, whatever --freeze does after it
+            parameter.requires_grad_(True)
+        try:
+            stage = train_pairs(encoder, [e.item for e in examples], [e.label for e in examples], self.config.seed,
+                                encode)
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+        self.pairs_info = dataclasses.asdict(stage)
+        self.log(stage.describe())
 
     def fit_probe(self, model: nn.Module, cache: Path | None) -> None:
         """Fit the head on the frozen backbone's features of the training split (zoo.probe) and load it
@@ -787,7 +816,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, best, best_index, bad_epochs = state["history"], state["best"], state["best_index"], state["bad_epochs"]
-        trainer.probe_info = state["probe"]
+        trainer.probe_info, trainer.pairs_info = state["probe"], state.get("pairs")
         start_epoch = state["epoch"] + 1
         log(f"resuming {out} at epoch {start_epoch + 1}/{config.epochs}")
     elif runtime.is_main:
@@ -852,7 +881,7 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
             tmp = out / f".{STATE_FILE}.tmp"
             torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "history": history, "best": best, "best_index": best_index,
-                        "bad_epochs": bad_epochs, "probe": trainer.probe_info}, tmp)
+                        "bad_epochs": bad_epochs, "probe": trainer.probe_info, "pairs": trainer.pairs_info}, tmp)
             os.replace(tmp, out / STATE_FILE)
         parts = [f"train loss {row['train_loss']:.4f}"] + ([] if row["val_loss"] is None else [f"val loss {row['val_loss']:.4f}"])
         parts += [f"{METRIC_NAMES[name[4:]]} {value:.4f}" for name, value in row.items()
@@ -867,7 +896,9 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
 
     if config.head_init == "probe" and not resume:  # a resumed run has its probe in `history`
         start = time.perf_counter()
-        trainer.fit_probe(model, out / PROBE_FEATURES)
+        if config.pairs == "on":  # the encoder changes: the probe's features are not those of the backbone
+            trainer.train_pairs(model)
+        trainer.fit_probe(model, None if config.pairs == "on" else out / PROBE_FEATURES)
         metrics = trainer.evaluate(model) if validate else {"loss": None}
         record(-1, {"epoch": 0, "train_loss": trainer.probe.train_loss, "val_loss": metrics["loss"],
                     **{f"val_{name}": value for name, value in metrics.items() if name != "loss"}, "lr": 0.0,
@@ -965,7 +996,7 @@ def _finish(trainer: _Trainer, model: nn.Module, entry: ModelEntry, dataset: Dat
         "preprocessing": dataclasses.asdict(spec),
         "data": {**dataset.summary(), "fingerprint": fingerprint},
         "hyperparameters": dataclasses.asdict(config), "choices": choices,
-        "probe": trainer.probe_info,
+        "probe": trainer.probe_info, "pairs": trainer.pairs_info,
         "best_epoch": best_epoch, "best_metrics": best_metrics, "epochs_run": sum(row["epoch"] > 0 for row in history),
         "refit": refit,
         "params": sum(p.numel() for p in model.parameters()),

@@ -1,0 +1,100 @@
+"""Contrastive pair training of a sentence encoder before its head is fitted: SetFit's first stage
+(Tunstall et al. 2022, "Efficient Few-Shot Learning Without Prompts"). N labelled texts give about N^2/2
+pairs, "same class" or not; the encoder learns to put the cosine of each pair's embeddings at 1 or 0, so a
+few dozen labels shape the embedding space with hundreds of signals where cross-entropy sees N.
+
+For backbones trained for cosine similarity (sentence-transformers) only: the loss assumes the cosine of
+two embeddings already means something. Sampling and loss follow setfit 1.x (`ContrastiveDataset` with
+`num_iterations`, `CosineSimilarityLoss`): every pair of the training texts (each text with itself
+included), split into positives and negatives, each list cycled to ITERATIONS x N pairs and interleaved,
+at most MAX_PAIRS in all; AdamW at LR with a linear warm-up over the first tenth and a linear decay."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+ITERATIONS = 20  # setfit's default num_iterations: 2 x 20 pairs per training text
+MAX_PAIRS = 2_000  # a bound on the stage's time: 125 steps of BATCH pairs
+BATCH = 16  # pairs per optimizer step (32 texts through the encoder)
+LR = 2e-5  # setfit's body_learning_rate
+WARMUP_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Pair:
+    first: int  # indices into the training texts
+    second: int
+    same: bool
+
+
+def sample_pairs(labels: Sequence[int], seed: int, iterations: int = ITERATIONS, max_pairs: int = MAX_PAIRS) -> list[Pair]:
+    """Positive and negative pairs of training examples, alternating, in a shuffled order that depends on
+    `seed` only: min(iterations x N, max_pairs / 2) of each, cycling through all N (N + 1) / 2 pairs (self
+    pairs included) of each kind. Empty when there is no negative pair (a single class)."""
+    rng = random.Random(seed)
+    everything = [(i, j) for i in range(len(labels)) for j in range(i, len(labels))]
+    rng.shuffle(everything)
+    positives = [Pair(i, j, True) for i, j in everything if labels[i] == labels[j]]
+    negatives = [Pair(i, j, False) for i, j in everything if labels[i] != labels[j]]
+    if not negatives:
+        return []
+    each = min(iterations * len(labels), max_pairs // 2)
+    pairs = []
+    for k in range(each):
+        pairs += [positives[k % len(positives)], negatives[k % len(negatives)]]
+    rng.shuffle(pairs)  # what setfit's trainer does with its random sampler
+    return pairs
+
+
+@dataclass(frozen=True)
+class PairStage:
+    """What the stage did, for the run's log, run.json and card."""
+
+    pairs: int
+    steps: int
+    first_loss: float  # mean loss of the first and the last tenth of the steps
+    last_loss: float
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"contrastive pairs (SetFit): {self.pairs} pairs, {self.steps} steps of {BATCH} at lr {LR:g}, "
+                f"cosine loss {self.first_loss:.4f} -> {self.last_loss:.4f}, {self.seconds:.1f}s")
+
+
+def train_pairs(encoder: nn.Module, texts: Sequence[str], labels: Sequence[int], seed: int,
+                encode: Callable[[list[str]], torch.Tensor], weight_decay: float = 0.0) -> PairStage:
+    """Train `encoder` in place on pairs of `texts` (sample_pairs); `encode(texts)` runs it and returns the
+    embeddings. One pass over the pairs, dropout on; the generator of the shuffles is seeded by `seed`."""
+    start = time.perf_counter()
+    pairs = sample_pairs(labels, seed)
+    steps = math.ceil(len(pairs) / BATCH)
+    if not steps:
+        return PairStage(0, 0, math.nan, math.nan, 0.0)
+    parameters = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=LR, weight_decay=weight_decay)
+    warmup = max(1, round(WARMUP_FRACTION * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / warmup if step < warmup else max(0.0, (steps - step) / max(1, steps - warmup)))
+    encoder.train()
+    losses = []
+    for step in range(steps):
+        batch = pairs[step * BATCH:(step + 1) * BATCH]
+        embeddings = encode([texts[p.first] for p in batch] + [texts[p.second] for p in batch]).float()
+        first, second = embeddings[:len(batch)], embeddings[len(batch):]
+        target = torch.tensor([float(p.same) for p in batch], device=embeddings.device)
+        loss = nn.functional.mse_loss(nn.functional.cosine_similarity(first, second), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    tenth = max(1, steps // 10)
+    return PairStage(len(pairs), steps, sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth,
+                     time.perf_counter() - start)
