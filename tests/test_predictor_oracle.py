@@ -305,3 +305,121 @@ def test_question_answering_inputs() -> None:
             question_and_context(item)
     with pytest.raises(InputError, match="must not be empty"):
         question_and_context({"question": " ", "context": "x"})
+
+
+# ---------------------------------------------------------------------------------------------
+# text: token classification and question answering, on a WordPiece tokenizer and logit tables by hand
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "ada", "lov", "##elace", "lives", "in", "london", ".", "who", "?"]
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+SENTENCE = "Ada Lovelace lives in London."  # Ada 0-3, Lovelace 4-12 (lov + ##elace), London 22-28
+
+
+def wordpiece_tokenizer(path: Path) -> Path:
+    """A BERT-style tokenizer over VOCAB: lower-casing, punctuation split, [CLS] A [SEP] (B [SEP])."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer.save(str(path))
+    return path
+
+
+def table_graph(table: np.ndarray, output: str) -> bytes:
+    """output[b, t] = table[input_ids[b, t]]: one row of logits per token id (attention_mask unused)."""
+    width = table.shape[1]
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], [output], axis=0)], "table",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "sequence", width])],
+        [numpy_helper.from_array(table.astype(np.float32), "table")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
+
+
+def text_bundle(directory: Path, table: np.ndarray, output: str, postprocessing: dict, max_length: int = 32) -> Path:
+    directory.mkdir()
+    wordpiece_tokenizer(directory / "tokenizer.json")
+    (directory / "model.onnx").write_bytes(table_graph(table, output))
+    text_input = {"dtype": "int64", "shape": ["batch", "sequence"]}
+    document = {
+        "bundle_format": "zoo-bundle", "format_version": 1, "model_id": "t", "task": postprocessing["kind"],
+        "modality": "text", "model_file": "model.onnx", "opset": 18,
+        "inputs": [{"name": "input_ids", **text_input}, {"name": "attention_mask", **text_input}],
+        "outputs": [{"name": output, "dtype": "float32", "shape": ["batch", "sequence", table.shape[1]]}],
+        "preprocessing": {"kind": "text", "tokenizer": "tokenizer.json", "max_length": max_length,
+                          "pad_token": "[PAD]", "pad_id": 0},
+        "postprocessing": postprocessing, "source": {}, "producer": {},
+        "files": {name: sha256_file(directory / name) for name in ("model.onnx", "tokenizer.json")}}
+    (directory / "manifest.json").write_text(json.dumps(document))
+    return directory
+
+
+def _p(top: float, rest: list[float]) -> float:
+    """The softmax probability of the logit `top` among `top` and `rest`, by hand."""
+    return math.exp(top) / (math.exp(top) + sum(math.exp(v) for v in rest))
+
+
+def test_entities_by_first_and_simple_aggregation_against_hand_worked_values(tmp_path: Path) -> None:
+    table = np.zeros((len(VOCAB), len(TAGS)))
+    table[VOCAB.index("ada")] = [0, 3, 0, 0, 0]  # B-PER
+    table[VOCAB.index("lov")] = [0, 0, 2, 0, 0]  # I-PER
+    table[VOCAB.index("##elace")] = [1, 0, 0, 0, 0]  # O: the word's continuation disagrees
+    table[VOCAB.index("london")] = [0, 0, 0, 4, 0]  # B-LOC
+    for token in ("lives", "in", "."):
+        table[VOCAB.index(token)] = [2, 0, 0, 0, 0]
+    tagger = serve.load(text_bundle(tmp_path / "ner", table, "logits",
+                                    {"kind": "token-classification", "labels": TAGS, "aggregation": "first"}))
+    ada, lov, london = _p(3, [0] * 4), _p(2, [0] * 4), _p(4, [0] * 4)
+    # "first" (the bundle's): a word takes its first sub-word's tag, so "Lovelace" is I-PER as a whole
+    first = tagger.predict([SENTENCE])[0]["entities"]
+    assert [(e["entity"], e["start"], e["end"], e["text"]) for e in first] == [
+        ("PER", 0, 12, "Ada Lovelace"), ("LOC", 22, 28, "London")]
+    assert [e["score"] for e in first] == pytest.approx([(ada + lov) / 2, london], abs=1e-6)
+    # "simple": every token its own tag, so ##elace (O) ends the person after "Lov"
+    simple = tagger.predict([SENTENCE], aggregation="simple")[0]["entities"]
+    assert [(e["entity"], e["start"], e["end"], e["text"]) for e in simple] == [
+        ("PER", 0, 7, "Ada Lov"), ("LOC", 22, 28, "London")]
+    assert [e["score"] for e in simple] == pytest.approx([(ada + lov) / 2, london], abs=1e-6)
+    with pytest.raises(InputError, match="aggregation 'max': expected one of first, simple"):
+        tagger.predict([SENTENCE], aggregation="max")
+    # two texts of different lengths in one call: each keeps its own tokens and offsets
+    both = tagger.predict(["London.", SENTENCE])
+    assert [e["text"] for e in both[0]["entities"]] == ["London"] and both[1]["entities"] == first
+
+
+def test_answers_are_the_best_context_span_over_every_window(tmp_path: Path) -> None:
+    """Windows of 10 tokens (question, 5 context tokens, 3 specials; stride 2): "Ada" scores in the first
+    window, "London" in the second; the question's own token "who" has the largest logits of all and is
+    never an answer."""
+    table = np.zeros((len(VOCAB), 2))  # (start, end) logits per token id
+    table[VOCAB.index("ada")] = [4, 2.5]
+    table[VOCAB.index("london")] = [3, 4]
+    table[VOCAB.index("who")] = [9, 9]
+    reader = serve.load(text_bundle(tmp_path / "qa", table, "span_logits",
+                                    {"kind": "question-answering", "stride": 2, "max_answer_tokens": 30},
+                                    max_length=10))
+    question = {"question": "Who?", "context": SENTENCE}
+    # window 1: ada lov ##elace lives in -> "Ada", P = softmax(4; 0 x4) * softmax(2.5; 0 x4)
+    # window 2: lives in london .        -> "London", P = softmax(3; 0 x3) * softmax(4; 0 x3), the larger
+    in_first, in_second = _p(4, [0] * 4) * _p(2.5, [0] * 4), _p(3, [0] * 3) * _p(4, [0] * 3)
+    assert in_second > in_first
+    result = reader.predict([question])[0]
+    assert (result["answer"], result["start"], result["end"]) == ("London", 22, 28)
+    assert result["score"] == pytest.approx(in_second, abs=1e-6)
+    # one window holding the whole context (max_length 32): the span from "Ada" to "London" is the best
+    # pair of all when it may be 6 tokens long, and over the limit of a 3-token answer
+    whole = np.array([4, 0, 0, 0, 0, 3, 0]), np.array([2.5, 0, 0, 0, 0, 4, 0])  # ada lov ##elace lives in london .
+    p_start, p_end = (np.exp(v) / np.exp(v).sum() for v in whole)
+    for limit, expected, score in ((30, ("Ada Lovelace lives in London", 0, 28), p_start[0] * p_end[5]),
+                                   (3, ("London", 22, 28), p_start[5] * p_end[5])):
+        wide = serve.load(text_bundle(tmp_path / f"qa{limit}", table, "span_logits",
+                                      {"kind": "question-answering", "stride": 8, "max_answer_tokens": limit}))
+        result = wide.predict([question, {"question": "Who?", "context": "London."}])
+        assert (result[0]["answer"], result[0]["start"], result[0]["end"]) == expected, limit
+        assert result[0]["score"] == pytest.approx(score, abs=1e-6)
+        assert result[1]["answer"] == "London" and result[1]["score"] == pytest.approx(
+            _p(3, [0]) * _p(4, [0]), abs=1e-6)  # its own windows: london .
