@@ -59,26 +59,27 @@ class PairStage:
 
     pairs: int
     steps: int
+    lr: float
     first_loss: float  # mean loss of the first and the last tenth of the steps
     last_loss: float
     seconds: float
 
     def describe(self) -> str:
-        return (f"contrastive pairs (SetFit): {self.pairs} pairs, {self.steps} steps of {BATCH} at lr {LR:g}, "
+        return (f"contrastive pairs (SetFit): {self.pairs} pairs, {self.steps} steps of {BATCH} at lr {self.lr:g}, "
                 f"cosine loss {self.first_loss:.4f} -> {self.last_loss:.4f}, {self.seconds:.1f}s")
 
 
 def train_pairs(encoder: nn.Module, texts: Sequence[str], labels: Sequence[int], seed: int,
-                encode: Callable[[list[str]], torch.Tensor], weight_decay: float = 0.0) -> PairStage:
+                encode: Callable[[list[str]], torch.Tensor], lr: float = LR, weight_decay: float = 0.0) -> PairStage:
     """Train `encoder` in place on pairs of `texts` (sample_pairs); `encode(texts)` runs it and returns the
-    embeddings. One pass over the pairs, dropout on; the generator of the shuffles is seeded by `seed`."""
+    embeddings. One pass over the pairs at peak rate `lr`, dropout on; the pairs' order depends on `seed`."""
     start = time.perf_counter()
     pairs = sample_pairs(labels, seed)
     steps = math.ceil(len(pairs) / BATCH)
     if not steps:
-        return PairStage(0, 0, math.nan, math.nan, 0.0)
+        return PairStage(0, 0, lr, math.nan, math.nan, 0.0)
     parameters = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=LR, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     warmup = max(1, round(WARMUP_FRACTION * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: (step + 1) / warmup if step < warmup else max(0.0, (steps - step) / max(1, steps - warmup)))
@@ -96,5 +97,5 @@ def train_pairs(encoder: nn.Module, texts: Sequence[str], labels: Sequence[int],
         scheduler.step()
         losses.append(float(loss.detach()))
     tenth = max(1, steps // 10)
-    return PairStage(len(pairs), steps, sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth,
+    return PairStage(len(pairs), steps, lr, sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth,
                      time.perf_counter() - start)

@@ -6,6 +6,9 @@ gave is kept and reported as given.
 For classifiers (measured in benchmarks/transfer.py):
 - linear probe, then fine-tuning (LP-FT): the head is first fitted on the frozen backbone's features
   (zoo.probe), then everything trains at the card's learning rate (CNNs and transformers differ);
+- for sentence encoders with at most PAIRS_MAX_PER_CLASS training examples in the smallest class,
+  SetFit's contrastive pair stage before the probe (zoo.pairs), and then fine-tuning without the gate
+  below (the pair-trained features saw every training label);
 - a budget in optimizer steps rather than epochs: small data sets get more epochs, large ones fewer;
   warm-up over the first tenth, cosine decay to zero, no early stopping;
 - fine-tuning runs unless the probe made no error in cross-validation on the training split (faces:

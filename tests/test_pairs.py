@@ -1,0 +1,134 @@
+"""Contrastive pairs before the probe (zoo.pairs, SetFit's first stage): the pairs setfit 1.x samples,
+counted by hand; a stage that pulls same-class embeddings together; the recipe turning it on only for
+sentence encoders with few examples per class; and a real run with the real MiniLM weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from itertools import combinations_with_replacement
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.data import Dataset, Example
+from zoo.pairs import BATCH, ITERATIONS, MAX_PAIRS, sample_pairs, train_pairs
+from zoo.recipe import PAIRS_MAX_PER_CLASS, resolve
+from zoo.registry import get_model
+from zoo.training import FinetuneConfig, finetune
+
+
+def test_pairs_are_setfits_every_pair_cycled_to_twenty_per_text_and_alternating() -> None:
+    labels = [0, 0, 0, 1, 1, 2]
+    pairs = sample_pairs(labels, seed=3)
+    # every unordered pair with self pairs: 3*4/2 + 2*3/2 + 1 = 10 positives, 21 - 10 = 11 negatives
+    unique = set(combinations_with_replacement(range(6), 2))
+    assert len(unique) == 21
+    assert {(p.first, p.second) for p in pairs} == unique  # 120 of each kind: every pair is reached
+    assert sum(p.same for p in pairs) == sum(not p.same for p in pairs) == ITERATIONS * 6 == 120
+    assert all(p.same == (labels[p.first] == labels[p.second]) for p in pairs)
+    positives = Counter((p.first, p.second) for p in pairs if p.same)
+    assert len(positives) == 10 and max(positives.values()) - min(positives.values()) <= 1  # cycled evenly
+    assert sample_pairs(labels, seed=3) == pairs and sample_pairs(labels, seed=4) != pairs
+
+
+def test_pairs_are_bounded_and_need_two_classes() -> None:
+    many = [i % 4 for i in range(400)]
+    assert len(sample_pairs(many, seed=0)) == MAX_PAIRS == 2_000  # 2 x 20 x 400 capped
+    assert sample_pairs([1, 1, 1], seed=0) == []  # no negative pair: nothing to contrast
+
+
+class _Bag(nn.Module):
+    """A toy sentence encoder: mean of learned word vectors, L2-normalised (like MiniLM's output)."""
+
+    def __init__(self, words: list[str]):
+        super().__init__()
+        self.index = {w: i for i, w in enumerate(words)}
+        self.vectors = nn.Embedding(len(words), 8)
+        self.dropout = nn.Dropout(0.0)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        rows = [self.vectors(torch.tensor([self.index[w] for w in t.split()])).mean(0) for t in texts]
+        return nn.functional.normalize(self.dropout(torch.stack(rows)), dim=-1)
+
+
+def _mean_cosines(encoder: _Bag, texts: list[str], labels: list[int]) -> tuple[float, float]:
+    with torch.no_grad():
+        e = encoder(texts)
+    same, different = [], []
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            (same if labels[i] == labels[j] else different).append(float(e[i] @ e[j]))
+    return sum(same) / len(same), sum(different) / len(different)
+
+
+def test_the_stage_pulls_classes_apart_and_is_deterministic_for_a_seed() -> None:
+    words = ["good", "great", "fine", "bad", "awful", "poor", "film", "plot"]
+    texts = ["good film", "great plot", "fine film", "good plot", "bad film", "awful plot", "poor film", "bad plot"]
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        encoder = _Bag(words)
+        before = _mean_cosines(encoder, texts, labels)
+        stage = train_pairs(encoder, texts, labels, seed=5, encode=encoder, lr=0.05)  # toy vectors: a toy's rate
+        after = _mean_cosines(encoder, texts, labels)
+        weights.append(encoder.vectors.weight.detach().clone())
+    assert stage.pairs == 2 * ITERATIONS * 8 and stage.steps == math.ceil(stage.pairs / BATCH) == 20
+    assert stage.last_loss < 0.5 * stage.first_loss, stage
+    # what the loss asks: same-class cosines towards 1, different-class ones towards 0
+    assert after[0] - after[1] > before[0] - before[1] + 0.2, (before, after)  # 0.003 -> 0.256
+    assert torch.equal(weights[0], weights[1])
+
+
+def _text_dataset(per_class: int) -> Dataset:
+    train = [Example(f"text {i}", i % 2) for i in range(2 * per_class)]
+    return Dataset("text", ["neg", "pos"], train, train[:2], "data", "given")
+
+
+def test_the_recipe_pairs_only_sentence_encoders_with_few_examples_per_class() -> None:
+    minilm = get_model("all-minilm-l6-v2")
+    small, lines = resolve(FinetuneConfig(), minilm, _text_dataset(PAIRS_MAX_PER_CLASS))
+    assert small.pairs == "on" and small.after_probe == "finetune"  # the pair features saw every label
+    assert any(line.startswith(f"pairs = on: {PAIRS_MAX_PER_CLASS} training examples in the smallest class")
+               for line in lines)
+    large, _ = resolve(FinetuneConfig(), minilm, _text_dataset(PAIRS_MAX_PER_CLASS + 1))
+    assert large.pairs == "off" and large.after_probe == "gated"
+    bert, lines = resolve(FinetuneConfig(), get_model("bert-base-uncased"), _text_dataset(8))
+    assert bert.pairs == "off" and any("not trained for cosine similarity" in line for line in lines)
+    probe, _ = resolve(FinetuneConfig(probe_only=True), minilm, _text_dataset(8))
+    assert probe.pairs == "off"
+    setfit, lines = resolve(FinetuneConfig(probe_only=True, pairs="on"), minilm, _text_dataset(8))
+    assert setfit.pairs == "on" and "pairs = on: given" in lines
+    off, _ = resolve(FinetuneConfig(pairs="off"), minilm, _text_dataset(8))
+    assert off.pairs == "off" and off.after_probe == "gated"
+    image = Dataset("image", ["a", "b"], [Example("x.png", i % 2) for i in range(8)], [], "data", "given")
+    assert resolve(FinetuneConfig(), get_model("efficientnet_lite0"), image)[0].pairs == "off"
+
+
+def test_bad_pairs_value_is_refused() -> None:
+    from zoo.errors import InputError
+
+    with pytest.raises(InputError, match="--pairs 'yes': expected one of auto, on, off"):
+        FinetuneConfig(pairs="yes").check()
+
+
+def test_setfit_recipe_runs_on_real_weights_and_records_the_stage(tmp_path: Path) -> None:
+    """`--probe --pairs on` (SetFit): the encoder trains on pairs, the probe is fitted on its new features,
+    and the run says so in its card; the encoder's weights moved, the head separates the training texts."""
+    texts = {"pos": ["a wonderful, moving film", "brilliant acting and a clever plot", "I loved every minute",
+                     "a delight from start to finish", "funny, warm and beautifully shot", "an excellent story"],
+             "neg": ["a dull, boring mess", "terrible acting and a stupid plot", "I hated every minute",
+                     "a waste of two hours", "tedious, ugly and badly shot", "an awful story"]}
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for label, rows in texts.items() for t in rows))
+    result = finetune("all-minilm-l6-v2", data, tmp_path / "run", probe_only=True, pairs="on", quiet=True, refit="off",
+                      val_fraction=0.34)
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["pairs"]["pairs"] == 2 * ITERATIONS * 8 and card["pairs"]["steps"] == 20
+    assert card["pairs"]["last_loss"] < card["pairs"]["first_loss"]
+    assert "pairs = on: given" in card["choices"]
+    assert result.best_metrics["accuracy"] == 1.0  # 4 held-out reviews, plainly worded
