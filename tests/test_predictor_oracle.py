@@ -423,3 +423,110 @@ def test_answers_are_the_best_context_span_over_every_window(tmp_path: Path) -> 
         assert result[0]["score"] == pytest.approx(score, abs=1e-6)
         assert result[1]["answer"] == "London" and result[1]["score"] == pytest.approx(
             _p(3, [0]) * _p(4, [0]), abs=1e-6)  # its own windows: london .
+
+
+def test_auto_variant_takes_fp16_only_on_a_working_cuda_session(tmp_path: Path, monkeypatch) -> None:
+    """serve.load's variant choice, with onnxruntime-gpu "installed" (cuda_listed) and every session on
+    CPU: auto tries fp16, sees CUDA unusable and falls back to fp32; device cpu never tries; an explicit
+    fp16 is kept. Each session gets the config, the file's digest and the float16 flag of its variant."""
+    import serve.predictor as predictor_module
+
+    fp16 = bundle(tmp_path / "b", {"fp16": {"file": "model.fp16.onnx"}})
+    digests = json.loads((fp16 / "manifest.json").read_text())["files"]
+    calls = []
+    real = predictor_module.create_session
+
+    def recording(path, config, sha256, float16=False):
+        calls.append((Path(path).name, config.device, config.intra_op_threads, sha256, float16))
+        return real(path, config, sha256, float16=float16)
+
+    monkeypatch.setattr(predictor_module, "create_session", recording)
+    monkeypatch.setattr(predictor_module, "cuda_listed", lambda: True)
+    loaded = serve.load(fp16, threads=2)
+    assert loaded.variant == "fp32" and "threads 2/default" in loaded.provider_line
+    assert calls == [("model.fp16.onnx", "auto", 2, digests["model.fp16.onnx"], True),
+                     ("model.onnx", "auto", 2, digests["model.onnx"], False)]
+    calls.clear()
+    assert serve.load(fp16, device="cpu").variant == "fp32"
+    assert calls == [("model.onnx", "cpu", None, digests["model.onnx"], False)]
+    calls.clear()
+    assert serve.load(fp16, variant="fp16").variant == "fp16"  # asked for: no fallback
+    assert calls == [("model.fp16.onnx", "auto", None, digests["model.fp16.onnx"], True)]
+    calls.clear()
+    monkeypatch.setattr(predictor_module, "cuda_listed", lambda: False)
+    assert serve.load(fp16).variant == "fp32" and [c[0] for c in calls] == ["model.onnx"]
+
+
+def test_verify_false_skips_the_digest_check_only(tmp_path: Path) -> None:
+    plain = bundle(tmp_path / "b")
+    document = json.loads((plain / "manifest.json").read_text())
+    document["files"]["model.onnx"] = "0" * 64  # the manifest no longer matches the file
+    (plain / "manifest.json").write_text(json.dumps(document))
+    with pytest.raises(BundleError, match="model.onnx"):
+        serve.load(plain)
+    x = pixels(2)
+    np.testing.assert_allclose(serve.load(plain, verify=False).run({"pixel_values": x}), oracle(x), atol=1e-5)
+
+
+def test_detections_postprocess_against_hand_worked_lists() -> None:
+    document = with_(IMAGE_MANIFEST, postprocessing={"kind": "detection", "labels": ["__background__", "cat", "dog"],
+                                                     "score_threshold": 0.5})
+    detector = predictor(document)
+    row = (np.array([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]], dtype=np.float32),
+           np.array([0.9, 0.3, 0.6], dtype=np.float32), np.array([1, 2, 1]))
+    cat_a = {"box": [0.0, 0.0, 10.0, 10.0], "score": pytest.approx(0.9), "index": 1, "label": "cat"}
+    cat_b = {"box": [1.0, 1.0, 2.0, 2.0], "score": pytest.approx(0.6), "index": 1, "label": "cat"}
+    dog = {"box": [5.0, 5.0, 20.0, 20.0], "score": pytest.approx(0.3), "index": 2, "label": "dog"}
+    # the bundle's threshold by default; top_k does not apply to detections
+    assert detector.postprocess(row, top_k=1, size=(640, 480)) == {"size": [640, 480], "detections": [cat_a, cat_b]}
+    assert detector.postprocess(row, top_k=1) == {"size": None, "detections": [cat_a, cat_b]}
+    assert detector.postprocess(row, 5, min_score=0.0)["detections"] == [cat_a, cat_b, dog]
+    assert detector.postprocess(row, 5, min_score=0.3)["detections"] == [cat_a, cat_b, dog]  # at least: inclusive
+    assert detector.postprocess(row, 5, min_score=1.0)["detections"] == []  # the bounds themselves are valid
+    for bad in (-0.01, 1.01):
+        with pytest.raises(InputError, match=f"min_score {bad}: expected a score between 0 and 1"):
+            detector.postprocess(row, 5, min_score=bad)
+    unthresholded = predictor(with_(document, postprocessing__score_threshold=None))
+    assert unthresholded.postprocess(row, 5)["detections"] == [cat_a, cat_b, dog]  # none in the bundle: all
+
+
+def test_segmentation_postprocess_against_a_hand_worked_mask() -> None:
+    document = with_(IMAGE_MANIFEST, postprocessing={"kind": "segmentation", "labels": ["background", "road", "sky"]})
+    segmenter = predictor(document)
+    logits = np.zeros((3, 2, 4), dtype=np.float32)  # 3 classes, 2 rows, 4 columns
+    logits[2, :, :3] = 1.0  # sky on the left three columns
+    logits[1, :, 3] = 1.0  # road on the last one
+    expected = np.array([[2, 2, 2, 1], [2, 2, 2, 1]], dtype=np.uint8)
+    result = segmenter.postprocess(logits, top_k=5)
+    assert result["size"] == [4, 2] and result["mask"].dtype == np.uint8
+    np.testing.assert_array_equal(result["mask"], expected)
+    assert result["classes"] == [{"index": 2, "label": "sky", "pixels": 6, "fraction": 0.75},
+                                 {"index": 1, "label": "road", "pixels": 2, "fraction": 0.25}]
+    assert segmenter.postprocess(logits, top_k=1)["classes"] == result["classes"][:1]
+    wide = segmenter.postprocess(logits, top_k=5, size=(8, 1))  # the image's own size: nearest neighbour
+    assert wide["size"] == [8, 1]
+    np.testing.assert_array_equal(wide["mask"], [[2, 2, 2, 2, 2, 2, 1, 1]])
+    assert [(c["label"], c["pixels"]) for c in wide["classes"]] == [("sky", 6), ("road", 2)]
+
+
+def test_token_inputs_the_model_cannot_take_are_refused_by_name(tmp_path: Path) -> None:
+    """KServe-style raw feeds to a text bundle: at most max_length tokens, ids inside the vocabulary
+    (13 ids here), every input the shape of input_ids, a mask of 0 and 1. The bounds themselves pass."""
+    table = np.zeros((len(VOCAB), len(TAGS)))
+    tagger = serve.load(text_bundle(tmp_path / "ner", table, "logits",
+                                    {"kind": "token-classification", "labels": TAGS}, max_length=8))
+
+    def feeds(ids, mask=None):
+        ids = np.array(ids, dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids) if mask is None else np.array(mask, dtype=np.int64)}
+
+    assert tagger.run(feeds([[0, 12] + [1] * 6])).shape == (1, 8, len(TAGS))  # 8 tokens, ids 0 and 12: fine
+    assert tagger.run(feeds([[2, 3]], [[1, 0]])).shape == (1, 2, len(TAGS))
+    cases = [(feeds([[1] * 9]), "input input_ids: sequences of 9 tokens; this model takes at most 8"),
+             (feeds([[2, 13]]), r"input input_ids: ids from 2 to 13; the vocabulary has ids 0..12"),
+             (feeds([[-1, 2]]), r"input input_ids: ids from -1 to 2; the vocabulary has ids 0..12"),
+             (feeds([[2, 3, 4]], [[1, 1]]), r"input attention_mask: shape \[1, 2\] differs from input_ids' \[1, 3\]"),
+             (feeds([[2, 3]], [[1, 2]]), r"input attention_mask: expected 0 \(padding\) and 1 \(token\) only")]
+    for bad, message in cases:
+        with pytest.raises(InputError, match=f"^{message}$"):
+            tagger.run(bad)
