@@ -386,9 +386,10 @@ def test_entities_by_first_and_simple_aggregation_against_hand_worked_values(tmp
     assert [e["score"] for e in simple] == pytest.approx([(ada + lov) / 2, london], abs=1e-6)
     with pytest.raises(InputError, match="aggregation 'max': expected one of first, simple"):
         tagger.predict([SENTENCE], aggregation="max")
-    # two texts of different lengths in one call: each keeps its own tokens and offsets
+    # two texts of different lengths in one call: each keeps its own tokens and offsets, and is named
     both = tagger.predict(["London.", SENTENCE])
     assert [e["text"] for e in both[0]["entities"]] == ["London"] and both[1]["entities"] == first
+    assert [r["input"] for r in both] == ["London.", SENTENCE]
 
 
 def test_answers_are_the_best_context_span_over_every_window(tmp_path: Path) -> None:
@@ -408,7 +409,7 @@ def test_answers_are_the_best_context_span_over_every_window(tmp_path: Path) -> 
     in_first, in_second = _p(4, [0] * 4) * _p(2.5, [0] * 4), _p(3, [0] * 3) * _p(4, [0] * 3)
     assert in_second > in_first
     result = reader.predict([question])[0]
-    assert (result["answer"], result["start"], result["end"]) == ("London", 22, 28)
+    assert (result["input"], result["answer"], result["start"], result["end"]) == ("Who?", "London", 22, 28)
     assert result["score"] == pytest.approx(in_second, abs=1e-6)
     # one window holding the whole context (max_length 32): the span from "Ada" to "London" is the best
     # pair of all when it may be 6 tokens long, and over the limit of a 3-token answer
@@ -530,3 +531,36 @@ def test_token_inputs_the_model_cannot_take_are_refused_by_name(tmp_path: Path) 
     for bad, message in cases:
         with pytest.raises(InputError, match=f"^{message}$"):
             tagger.run(bad)
+
+
+def test_a_fixed_length_text_bundle_pads_every_text_to_its_length(tmp_path: Path) -> None:
+    table = np.zeros((len(VOCAB), len(TAGS)))
+    table[VOCAB.index("london")] = [0, 0, 0, 4, 0]
+    directory = text_bundle(tmp_path / "fixed", table, "logits", {"kind": "token-classification", "labels": TAGS})
+    document = json.loads((directory / "manifest.json").read_text())
+    for spec in document["inputs"] + document["outputs"]:
+        spec["shape"][1] = 12  # exported with a static sequence length
+    (directory / "manifest.json").write_text(json.dumps(document))
+    tagger = serve.load(directory)
+    tagger.session = Recording(table_graph(table, "logits"))
+    (result,) = tagger.predict(["London."])  # 4 tokens with [CLS] and [SEP], padded to 12
+    assert tagger.session.shapes == [(1, 12)]
+    assert [(e["entity"], e["text"]) for e in result["entities"]] == [("LOC", "London")]
+
+
+def test_a_segmentation_mask_comes_back_at_the_images_own_size() -> None:
+    """predict passes each image's size to postprocess: an identity graph makes the three channels the
+    class logits, so a green image is class 1 everywhere, at 12 x 6 rather than the model's 8 x 8."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["pixel_values"], ["logits"])], "identity",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, "height", "width"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
+    document = with_(IMAGE_MANIFEST, outputs=[{"name": "logits", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
+                     postprocessing={"kind": "segmentation", "labels": ["red", "green", "blue"]})
+    green = np.zeros((6, 12, 3), np.uint8)
+    green[..., 1] = 255
+    (result,) = predictor(document, model).predict([green])
+    assert result["input"] == "<array (6, 12, 3)>" and result["size"] == [12, 6]
+    np.testing.assert_array_equal(result["mask"], np.ones((6, 12), np.uint8))
+    assert result["classes"] == [{"index": 1, "label": "green", "pixels": 72, "fraction": 1.0}]
