@@ -1,6 +1,6 @@
-"""Contrastive pairs before the probe (zoo.pairs, SetFit's first stage): the pairs setfit 1.x samples,
-counted by hand; a stage that pulls same-class embeddings together; the recipe turning it on only for
-sentence encoders with few examples per class; and a real run with the real MiniLM weights."""
+"""Contrastive pairs before the probe (zoo.pairs, SetFit's first stage, `--pairs on`): the pairs setfit
+1.x samples, counted by hand; a stage that pulls same-class embeddings together; the recipe's choice and
+its reason; and a real run with the real MiniLM weights."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from torch import nn
 
 from zoo.data import Dataset, Example
 from zoo.pairs import BATCH, ITERATIONS, MAX_PAIRS, sample_pairs, train_pairs
-from zoo.recipe import PAIRS_MAX_PER_CLASS, resolve
+from zoo.errors import InputError
+from zoo.recipe import resolve
 from zoo.registry import get_model
 from zoo.training import FinetuneConfig, finetune
 
@@ -89,31 +90,29 @@ def _text_dataset(per_class: int) -> Dataset:
     return Dataset("text", ["neg", "pos"], train, train[:2], "data", "given")
 
 
-def test_the_recipe_pairs_only_sentence_encoders_with_few_examples_per_class() -> None:
+def test_the_recipe_leaves_pairs_off_says_why_and_keeps_them_when_asked() -> None:
     minilm = get_model("all-minilm-l6-v2")
-    small, lines = resolve(FinetuneConfig(), minilm, _text_dataset(PAIRS_MAX_PER_CLASS))
-    assert small.pairs == "on" and small.after_probe == "finetune"  # the pair features saw every label
-    assert any(line.startswith(f"pairs = on: {PAIRS_MAX_PER_CLASS} training examples in the smallest class")
-               for line in lines)
-    large, _ = resolve(FinetuneConfig(), minilm, _text_dataset(PAIRS_MAX_PER_CLASS + 1))
-    assert large.pairs == "off" and large.after_probe == "gated"
+    auto, lines = resolve(FinetuneConfig(), minilm, _text_dataset(8))
+    assert auto.pairs == "off" and auto.after_probe == "gated"
+    assert any(line.startswith("pairs = off: measured (benchmarks/transfer.py") for line in lines)
     bert, lines = resolve(FinetuneConfig(), get_model("bert-base-uncased"), _text_dataset(8))
     assert bert.pairs == "off" and any("not trained for cosine similarity" in line for line in lines)
-    probe, _ = resolve(FinetuneConfig(probe_only=True), minilm, _text_dataset(8))
-    assert probe.pairs == "off"
-    setfit, lines = resolve(FinetuneConfig(probe_only=True, pairs="on"), minilm, _text_dataset(8))
-    assert setfit.pairs == "on" and "pairs = on: given" in lines
-    off, _ = resolve(FinetuneConfig(pairs="off"), minilm, _text_dataset(8))
-    assert off.pairs == "off" and off.after_probe == "gated"
+    asked, lines = resolve(FinetuneConfig(pairs="on"), minilm, _text_dataset(8))
+    assert asked.pairs == "on" and "pairs = on: given" in lines
+    assert asked.after_probe == "finetune"  # the pair features saw every label: no out-of-fold gate
+    setfit, _ = resolve(FinetuneConfig(probe_only=True, pairs="on"), minilm, _text_dataset(8))
+    assert setfit.pairs == "on" and setfit.freeze == "head"
     image = Dataset("image", ["a", "b"], [Example("x.png", i % 2) for i in range(8)], [], "data", "given")
     assert resolve(FinetuneConfig(), get_model("efficientnet_lite0"), image)[0].pairs == "off"
+    with pytest.raises(InputError, match="--pairs on trains a text encoder for classification; efficientnet_lite0"):
+        resolve(FinetuneConfig(pairs="on"), get_model("efficientnet_lite0"), image)
 
 
-def test_bad_pairs_value_is_refused() -> None:
-    from zoo.errors import InputError
-
+def test_bad_pairs_values_are_refused() -> None:
     with pytest.raises(InputError, match="--pairs 'yes': expected one of auto, on, off"):
         FinetuneConfig(pairs="yes").check()
+    with pytest.raises(InputError, match="--pairs on trains the encoder before the probe; it excludes --head-init random"):
+        FinetuneConfig(pairs="on", head_init="random").check()
 
 
 def test_setfit_recipe_runs_on_real_weights_and_records_the_stage(tmp_path: Path) -> None:

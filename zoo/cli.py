@@ -265,8 +265,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
               help="gated (auto with a probe): fine-tune after the probe unless it made no error in "
                    "cross-validation on the training examples; finetune: always.")
 @click.option("--pairs", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="on (auto for sentence encoders with few examples per class): contrastive pair training of "
-                   "the encoder before the probe (SetFit's first stage); --probe --pairs on is SetFit.")
+              help="on: contrastive pair training of the text encoder before the probe (SetFit's first stage; "
+                   "off by default: measured no better than LP-FT); --probe --pairs on is SetFit.")
 @click.option("--augment", type=click.Choice(["auto", "none", "light", "trivial", "imagenet"]), default="auto",
               show_default=True, help="Image augmentation: none (auto); light = random crops >= half the image + flips; "
                                       "trivial adds TrivialAugmentWide; imagenet crops down to 8 percent.")

@@ -139,6 +139,8 @@ class FinetuneConfig:
             (self.select in SELECT, f"--select {self.select!r}: expected one of {', '.join(SELECT)}"),
             (self.refit in ("auto", "on", "off"), f"--refit {self.refit!r}: expected auto, on or off"),
             (self.pairs in PAIRS, f"--pairs {self.pairs!r}: expected one of {', '.join(PAIRS)}"),
+            (not (self.pairs == "on" and self.head_init == "random"),
+             "--pairs on trains the encoder before the probe; it excludes --head-init random"),
             (self.after_probe in AFTER_PROBE, f"--after-probe {self.after_probe!r}: expected one of {', '.join(AFTER_PROBE)}"),
             (not (self.probe_only and self.head_init == "random"), "--probe fits the head; it excludes --head-init random"),
             (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
