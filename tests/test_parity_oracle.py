@@ -207,6 +207,47 @@ def test_parity_cases_cover_every_dynamic_axis() -> None:
     assert len(detection) == 4 and all(c.real for c in detection[2:])
 
 
+def test_parity_case_labels_and_inputs_are_pinned() -> None:
+    """The labels are what a bundle's parity report shows; the real flag decides which cases judge
+    top-1 agreement on real inputs; each case feeds the input the graph takes."""
+    image = parity_cases(get_model("efficientnet_lite0"))
+    assert [c.label for c in image] == ["synthetic batch 1", "synthetic batch 5", "photos batch 2"]
+    assert all(list(c.inputs) == ["pixel_values"] and c.inputs["pixel_values"].shape[1:] == (3, 224, 224) for c in image)
+    segmentation = parity_cases(get_model("lraspp_mobilenet_v3_large"))
+    assert [c.label for c in segmentation] == ["synthetic batch 1", "synthetic batch 2 at 390x520", "photo batch 1"]
+    assert [c.real for c in segmentation] == [False, False, True]
+    assert list(segmentation[2].inputs) == ["pixel_values"] and segmentation[2].inputs["pixel_values"].shape[0] == 1
+    detection = parity_cases(get_model("ssdlite320_mobilenet_v3_large"))
+    assert [c.label for c in detection] == ["synthetic 240x320", "synthetic 300x200", "photo flower.jpg", "photo china.jpg"]
+    assert [tuple(c.inputs["image"].shape) for c in detection[:2]] == [(1, 3, 240, 320), (1, 3, 300, 200)]
+    assert [c.real for c in detection] == [False, False, True, True]
+
+
+def test_answer_cases_are_the_windows_serve_feeds() -> None:
+    """Question answering: a short context in one window, a long one in several overlapping windows of at
+    most max_length tokens, each starting with [CLS] and the question, padded together."""
+    import dataclasses
+
+    from zoo.cache import fetch
+    from zoo.preprocess import load_tokenizer
+    from zoo.schema import OutputSpec
+
+    minilm = get_model("all-minilm-l6-v2")
+    entry = dataclasses.replace(minilm, output=OutputSpec(kind="span-logits", labels=("start", "end")))
+    tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
+    short, long = parity_cases(entry, tokenizer)
+    assert all(c.real and list(c.inputs) == ["input_ids", "attention_mask"] for c in (short, long))
+    question = tokenizer.encode("Who jumps?").ids[:-1]  # [CLS] who jumps ? (without [SEP])
+    ids, mask = long.inputs["input_ids"], long.inputs["attention_mask"]
+    windows, width = ids.shape
+    assert windows >= 2 and width == entry.input.max_length
+    assert long.label == f"question + long context (windows): {windows}x{width}"
+    assert all(row[:len(question)].tolist() == question for row in ids)
+    assert mask[:-1].sum(1).tolist() == [width] * (windows - 1) and 0 < mask[-1].sum() <= width  # the last is padded
+    assert short.inputs["input_ids"].shape[0] == 1 and short.label.startswith("question + short context: 1x")
+    assert int(short.inputs["attention_mask"].sum()) == short.inputs["input_ids"].shape[1]
+
+
 def test_text_parity_cases_reach_max_length() -> None:
     from zoo.cache import fetch
     from zoo.preprocess import load_tokenizer
@@ -218,6 +259,9 @@ def test_text_parity_cases_reach_max_length() -> None:
     # "ok" is [CLS] ok [SEP]; the four texts pad to the longest of them (the fox, 20 tokens); the long
     # text is truncated at max_length
     assert shapes == [(1, 3), (1, 20), (4, 20), (2, entry.input.max_length)]
+    assert [c.label for c in cases] == ["1 text, 3 tokens: seq 3", "1 text: seq 20", "4 texts, mixed lengths (padded): seq 20",
+                                        f"2 texts, truncated at max_length: seq {entry.input.max_length}"]
+    assert all(c.real for c in cases)
     assert cases[2].inputs["attention_mask"].sum(1).tolist()[3] == 3  # "ok" among them: padding masked
 
 
