@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import serve
-from serve.errors import BundleError, InputError
+from serve.errors import BundleError, InputError, LimitError
+from serve.limits import Limits
 from serve.manifest import parse_manifest, sha256_file
 from serve.predictor import Predictor, _batches, check_graph, question_and_context, softmax
 from serve.providers import SessionChoice
@@ -191,9 +192,9 @@ def test_softmax_by_hand() -> None:
     np.testing.assert_allclose(softmax(row), [math.exp(1) / total, math.exp(2) / total, math.exp(3) / total])
     np.testing.assert_allclose(softmax(np.array([[1000.0, 1000.0]])), [[0.5, 0.5]])  # shifted: no overflow
     # each row shifted by its own maximum: rows of very different scales both come out right
-    e = math.exp(-1000.0 + 999.0)
-    np.testing.assert_allclose(softmax(np.array([[1000.0, 999.0], [-1000.0, -999.0]])),
-                               [[1 / (1 + e), e / (1 + e)], [e / (1 + e), 1 / (1 + e)]])
+    e, f = math.exp(-1.0), math.exp(-2.0)
+    np.testing.assert_allclose(softmax(np.array([[1000.0, 999.0], [-1000.0, -998.0]])),
+                               [[1 / (1 + e), e / (1 + e)], [f / (1 + f), 1 / (1 + f)]])  # sums differ per row
 
 
 def test_top_k_scores_and_labels() -> None:
@@ -564,3 +565,61 @@ def test_a_segmentation_mask_comes_back_at_the_images_own_size() -> None:
     assert result["input"] == "<array (6, 12, 3)>" and result["size"] == [12, 6]
     np.testing.assert_array_equal(result["mask"], np.ones((6, 12), np.uint8))
     assert result["classes"] == [{"index": 1, "label": "green", "pixels": 72, "fraction": 1.0}]
+
+
+
+def test_more_than_one_unknown_name_is_listed_and_an_unmapped_type_is_named() -> None:
+    three = onnx.load_from_string(image_graph())
+    three.graph.input.extend([helper.make_tensor_value_info("extra_b", TensorProto.FLOAT, [1]),
+                              helper.make_tensor_value_info("extra_a", TensorProto.FLOAT, [1])])
+    with pytest.raises(BundleError, match="model.onnx also takes extra_a, extra_b, which the manifest"):
+        check_graph(parse_manifest(IMAGE_MANIFEST), session(three.SerializeToString()), "model.onnx")
+    double = onnx.load_from_string(image_graph())
+    double.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    double.graph.node.insert(0, helper.make_node("Cast", ["pixel_values"], ["as_float"], to=TensorProto.FLOAT))
+    double.graph.node[1].input[0] = "as_float"
+    with pytest.raises(BundleError, match=r"pixel_values is float32 .* but tensor\(double\)"):
+        check_graph(parse_manifest(IMAGE_MANIFEST), session(double.SerializeToString()), "model.onnx")
+
+
+def test_an_fp16_variant_on_cpu_carries_no_cuda_note(tmp_path: Path) -> None:
+    loaded = serve.load(bundle(tmp_path / "b", {"fp16": {"file": "model.fp16.onnx"}}), variant="fp16")
+    assert loaded.provider_line.endswith("; variant fp16") and "checked against torch" not in loaded.provider_line
+
+
+def test_predict_passes_its_arguments_and_takes_batches_of_one() -> None:
+    p = predictor()
+    image = np.full((8, 8, 3), 255, np.uint8)
+    results = p.predict([image, image, image], top_k=2, batch_size=1)
+    assert [len(r["top_k"]) for r in results] == [2, 2, 2] and [s[0] for s in p.session.shapes] == [1, 1, 1]
+    inputs = p.preprocess([image])["pixel_values"]
+    np.testing.assert_array_equal(inputs, np.ones((1, 3, 8, 8), np.float32))  # (1 - 0.5) / 0.5
+    tight = predictor(limits=Limits(max_image_pixels=63))
+    with pytest.raises(LimitError):
+        tight.preprocess([image])  # 8 x 8 = 64 pixels: the predictor's own limits apply
+
+
+def test_question_and_context_are_held_to_the_limits() -> None:
+    short = Limits(max_text_chars=5)
+    with pytest.raises(LimitError):
+        question_and_context({"question": "Who is she?", "context": "Ada."}, short)
+    with pytest.raises(LimitError):
+        question_and_context({"question": "Who?", "context": "Ada Lovelace."}, short)
+
+
+def test_each_question_gets_its_own_windows(tmp_path: Path) -> None:
+    table = np.zeros((len(VOCAB), 2))
+    table[VOCAB.index("ada")] = [4, 2.5]
+    table[VOCAB.index("london")] = [3, 4]
+    reader = serve.load(text_bundle(tmp_path / "qa", table, "span_logits",
+                                    {"kind": "question-answering", "stride": 2, "max_answer_tokens": 30}, max_length=10))
+    first, second, third = reader.predict([{"question": "Who?", "context": SENTENCE},
+                                           {"question": "Who?", "context": "Ada lives in London. Ada lives."},
+                                           {"question": "Who?", "context": "London."}])
+    # the second context: window 1 "ada lives in london ." holds the pair (ada, london), window 2
+    # "london . ada lives" only (london, london) at a lower probability
+    assert (first["answer"], second["answer"], third["answer"]) == ("London", "Ada lives in London", "London")
+    assert (second["start"], second["end"]) == (0, 19)
+    assert second["score"] == pytest.approx(_p(4, [0, 0, 3, 0]) * _p(4, [2.5, 0, 0, 0]), abs=1e-6)
+    assert first["score"] == pytest.approx(_p(3, [0] * 3) * _p(4, [0] * 3), abs=1e-6)  # unchanged by its neighbours
+    assert third["score"] == pytest.approx(_p(3, [0]) * _p(4, [0]), abs=1e-6)  # its own window's logits
