@@ -96,6 +96,13 @@ def test_comparison_lines() -> None:
     assert not Comparison("e", 0.0, 0.0, 0.999).ok and Comparison("f", 0.0, 0.0, 0.999, top1_required=False).ok
 
 
+def test_comparison_record_is_the_reports_schema() -> None:
+    """The record each bundle's parity report stores per case (manifest readers and scripts key on it)."""
+    record = comparison_record(Comparison("c", 0.1, None, 0.5, min_cosine=0.995, cosine_floor=0.99))
+    assert record == {"case": "c", "max_abs_diff": 0.1, "atol": None, "min_cosine": 0.995, "cosine_floor": 0.99,
+                      "top1_agreement": 0.5, "agreement": "top-1 agreement", "ok": True}
+
+
 # ---------------------------------------------------------------------------------------------
 # compare_outputs: each output kind's decision
 
@@ -221,6 +228,7 @@ def test_parity_case_labels_and_inputs_are_pinned() -> None:
     assert [c.label for c in detection] == ["synthetic 240x320", "synthetic 300x200", "photo flower.jpg", "photo china.jpg"]
     assert [tuple(c.inputs["image"].shape) for c in detection[:2]] == [(1, 3, 240, 320), (1, 3, 300, 200)]
     assert [c.real for c in detection] == [False, False, True, True]
+    assert all(list(c.inputs) == ["image"] and c.inputs["image"].shape[:2] == (1, 3) for c in detection)
 
 
 def test_answer_cases_are_the_windows_serve_feeds() -> None:
