@@ -111,6 +111,20 @@ def test_a_fixed_batch_runs_in_chunks_the_last_padded_with_its_last_row() -> Non
     np.testing.assert_allclose(p.run({"pixel_values": one}), oracle(one), atol=1e-5)  # padded up, cut back
 
 
+@pytest.mark.parametrize("rows", [4, 5])  # a last chunk of 1 row padded by 2, of 2 rows padded by 1
+def test_a_short_last_chunk_is_filled_with_copies_of_its_last_row(rows: int) -> None:
+    fixed = with_(IMAGE_MANIFEST, inputs=[{"name": "pixel_values", "dtype": "float32", "shape": [3, 3, 4, 4]}],
+                  outputs=[{"name": "logits", "dtype": "float32", "shape": [3, 3]}])
+    p = predictor(fixed, image_graph(3, 4, 4))
+    fed = []
+    run = p.session.run
+    p.session.run = lambda names, feeds, options=None: fed.append(feeds["pixel_values"]) or run(names, feeds, options)
+    x = pixels(rows)
+    np.testing.assert_allclose(p.run({"pixel_values": x}), oracle(x), atol=1e-5)
+    assert [f.shape for f in fed] == [(3, 3, 4, 4), (3, 3, 4, 4)]
+    np.testing.assert_array_equal(fed[1], np.concatenate([x[3:], np.repeat(x[-1:], 6 - rows, axis=0)]))
+
+
 def test_chunk_bounds_each_run_and_is_skipped_when_the_batch_fits() -> None:
     p = predictor()
     x = pixels(7)
@@ -391,6 +405,9 @@ def test_entities_by_first_and_simple_aggregation_against_hand_worked_values(tmp
     both = tagger.predict(["London.", SENTENCE])
     assert [e["text"] for e in both[0]["entities"]] == ["London"] and both[1]["entities"] == first
     assert [r["input"] for r in both] == ["London.", SENTENCE]
+    tagger.session = Recording(table_graph(table, "logits"))
+    tagger.warm_up(2)
+    assert tagger.session.shapes == [(2, 32)]  # a dynamic length warms up at the tokenizer's max_length
 
 
 def test_answers_are_the_best_context_span_over_every_window(tmp_path: Path) -> None:
@@ -546,6 +563,8 @@ def test_a_fixed_length_text_bundle_pads_every_text_to_its_length(tmp_path: Path
     tagger.session = Recording(table_graph(table, "logits"))
     (result,) = tagger.predict(["London."])  # 4 tokens with [CLS] and [SEP], padded to 12
     assert tagger.session.shapes == [(1, 12)]
+    tagger.warm_up(3)
+    assert tagger.session.shapes[-1] == (3, 12)  # the bundle's length, not the tokenizer's max_length (32)
     assert [(e["entity"], e["text"]) for e in result["entities"]] == [("LOC", "London")]
 
 
