@@ -267,3 +267,26 @@ def test_prefix_digest_is_checked(tmp_path: Path) -> None:
                               files=(FileSpec(name="resnet-abc.pth", role="weights", sha256_prefix="00000000"),))
     with pytest.raises(FetchError, match="sha256 prefix mismatch"):
         fetch(bad)
+
+
+def test_cache_root_follows_zoo_cache_then_xdg_then_home(tmp_path: Path, monkeypatch) -> None:
+    from zoo.cache import cache_root
+
+    monkeypatch.delenv("ZOO_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_root() == tmp_path / "home" / ".cache" / "zoo"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "zoo"
+    assert model_cache_dir(get_model("resnet18")) == tmp_path / "xdg" / "zoo" / "models" / "resnet18"
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("value, offline", [("1", True), ("true", True), ("TRUE", True), ("Yes", True), ("on", True),
+                                            ("ON", True), ("0", False), ("false", False), ("", False), ("offline", False)])
+def test_offline_switch_values(value: str, offline: bool, monkeypatch) -> None:
+    from zoo.cache import is_offline
+
+    monkeypatch.setenv("ZOO_OFFLINE", value)
+    assert is_offline() is offline
