@@ -523,15 +523,12 @@ class _Trainer:
                 return encoder(*self._to_device(tokenize(self.tokenizer, texts)))
 
         examples = self.dataset.train
-        frozen = [p for p in encoder.parameters() if not p.requires_grad]
-        for parameter in frozen:  # the stage trains the whole encoder, whatever --freeze does after it
-            parameter.requires_grad_(True)
+        apply_freeze(self.model, self.blocks, 0)  # the stage trains the whole encoder, whatever --freeze does after it
         try:
             stage = train_pairs(encoder, [e.item for e in examples], [e.label for e in examples], self.config.seed,
                                 encode)
         finally:
-            for parameter in frozen:
-                parameter.requires_grad_(False)
+            self.set_epoch_freeze(0)
         self.pairs_info = dataclasses.asdict(stage)
         self.log(stage.describe())
 
