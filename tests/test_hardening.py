@@ -411,7 +411,10 @@ def test_compute_threads_run_below_the_event_loop(bundles) -> None:
         server.stop()
     assert nice.pop(pid) == 0, nice  # uvicorn's event loop runs in the main thread
     assert set(nice.values()) == {5}, nice  # every other: loader, batcher, preprocessing, onnxruntime's pool
-    assert len(nice) >= 4, nice  # with OMP_NUM_THREADS=1 (xdist workers): 4 (OpenBLAS adds one per extra core)
+    # Not vacuous: onnxruntime's pool thread (intra_op_threads=2 makes one) and the server's own threads are
+    # among them. Their exact number depends on the machine (4 here under xdist's OMP_NUM_THREADS=1, 3 on CI,
+    # OpenBLAS adds one per extra core), so only the floor is pinned.
+    assert len(nice) >= 3, nice
 
 
 def test_inference_over_the_timeout_is_a_json_504_and_the_server_lives_on(bundles) -> None:
