@@ -42,6 +42,38 @@ def test_pairs_are_bounded_and_need_two_classes() -> None:
     assert sample_pairs([1, 1, 1], seed=0) == []  # no negative pair: nothing to contrast
 
 
+def test_large_sets_draw_their_pairs_without_listing_them() -> None:
+    """20,000 texts hold 200 M pairs: listing them would take gigabytes; drawn, the pairs are the same
+    count, distinct, of the right kind, and fixed by the seed."""
+    labels = [i % 3 for i in range(20_000)]
+    pairs = sample_pairs(labels, seed=1)
+    assert len(pairs) == MAX_PAIRS and sum(p.same for p in pairs) == MAX_PAIRS // 2
+    assert len({(p.first, p.second) for p in pairs}) == MAX_PAIRS
+    assert all(p.first <= p.second and p.same == (labels[p.first] == labels[p.second]) for p in pairs)
+    assert sample_pairs(labels, seed=1) == pairs
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 2]])
+def test_drawn_pairs_are_uniform_like_the_listed_ones(monkeypatch, labels) -> None:
+    """The drawn path (forced here by a limit of 0) picks each pair of a kind, self pairs included, as
+    often as cycling the shuffled list does: 5 of the kind's pairs per call, each in 5/count of the calls."""
+    import zoo.pairs
+
+    seeds = 3000
+    for limit in (10**9, 0):
+        monkeypatch.setattr(zoo.pairs, "ENUMERATE_LIMIT", limit)
+        counts: Counter = Counter()
+        for seed in range(seeds):
+            counts.update({(p.first, p.second, p.same) for p in sample_pairs(labels, seed, iterations=1, max_pairs=10)})
+        for same in (True, False):
+            kind = [(i, j) for i, j in combinations_with_replacement(range(len(labels)), 2)
+                    if (labels[i] == labels[j]) == same]
+            expected = seeds * 5 / len(kind)
+            spread = 5 * math.sqrt(expected * (1 - 5 / len(kind)))  # five binomial standard deviations
+            for i, j in kind:
+                assert abs(counts[(i, j, same)] - expected) < spread, (limit, i, j, same, counts[(i, j, same)], expected)
+
+
 class _Bag(nn.Module):
     """A toy sentence encoder: mean of learned word vectors, L2-normalised (like MiniLM's output)."""
 
