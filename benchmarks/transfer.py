@@ -309,15 +309,16 @@ def table(rows: list[dict]) -> list[str]:
              "|---|---|---|" + "---|" * len(methods) + "---|"]
     for name in [d for d in DATASETS if any(r["data"] == d for r in rows)]:
         for n in sorted({r["per_class"] for r in rows if r["data"] == name}):
-            cells, seeds = [], 0
+            cells = []
+            runs = {m: [r for r in rows if (r["data"], r["per_class"], r["method"]) == (name, n, m)] for m in methods}
+            seeds = max(len(found) for found in runs.values())
             for method in methods:
-                found = [r for r in rows if (r["data"], r["per_class"], r["method"]) == (name, n, method)]
-                seeds = max(seeds, len(found))
+                found = runs[method]
                 values = [metric_of(r) for r in found]
                 seconds = statistics.mean(r["seconds"] for r in found) if found else 0
                 spread = f" ± {statistics.pstdev(values):.3f}" if len(values) > 1 else ""  # one seed: no spread
                 cells.append(f"{statistics.mean(values):.3f}{spread} ({seconds:.0f} s)"
-                             + (f" [{len(values)} seed{'s' if len(values) > 1 else ''}]" if 0 < len(values) < 3 else "")
+                             + (f" [{len(values)} seed{'s' if len(values) > 1 else ''}]" if 0 < len(values) < max(3, seeds) else "")
                              if values else "—")
             lines.append(f"| {name} | {n} | {metric_name(rows, name)} | " + " | ".join(cells) + f" | {seeds} |")
     return lines
