@@ -188,3 +188,15 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     row = report["models"]["efficientnet_lite0"]["throughput"]["off"]
     assert row["hand_loop_frozen_batchnorm"]["samples_per_second"] > 0 and row["hand_loop_sync_each_step"]["samples_per_second"] > 0
     assert not (tmp_path / "work").exists()  # the generated data and runs are removed
+
+
+def test_transfer_table_marks_cells_with_fewer_seeds_than_their_row() -> None:
+    transfer = load("benchmarks/transfer.py")
+    row = {"data": "faces", "modality": "image", "per_class": 5, "seconds": 1.0}
+    rows = ([{**row, "method": "zoo", "seed": s, "accuracy": 0.5 + s / 10} for s in range(5)]
+            + [{**row, "method": "zoo-probe", "seed": s, "accuracy": 0.5} for s in range(3)]
+            + [{**row, "method": "classical", "seed": 0, "accuracy": 0.25}])
+    header, _, line = transfer.table(rows)
+    assert header == "| data | per class | metric | zoo | zoo-probe | classical | seeds |"
+    assert line == ("| faces | 5 | accuracy | 0.700 ± 0.141 (1 s) | 0.500 ± 0.000 (1 s) [3 seeds] "
+                    "| 0.250 (1 s) [1 seed] | 5 |")
