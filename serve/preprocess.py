@@ -69,8 +69,11 @@ def to_rgb_image(item: Any, limits: Limits = DEFAULT_LIMITS, resized: bool = Tru
         image = item
     elif isinstance(item, (str, Path, bytes, bytearray)):
         try:
-            with warnings.catch_warnings():  # pillow warns over 89 MP and refuses over 179 MP
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns over its MAX_IMAGE_PIXELS (89 MP) and refuses over twice that. The warning is
+            # redundant here (the header's size meets `limits` next, before decoding), and turned into an
+            # error it refused images under a configured max_image_pixels above 89 MP.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
             limits.image_size(*image.size, resized)  # the header's size, before any pixel is decoded
             image.load()
@@ -78,12 +81,17 @@ def to_rgb_image(item: Any, limits: Limits = DEFAULT_LIMITS, resized: bool = Tru
             raise InputError(f"image file {item} does not exist") from None
         except IsADirectoryError:
             raise InputError(f"{item} is a folder; expected an image file") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # over pillow's own limit
+        except Image.DecompressionBombError as exc:  # over twice pillow's MAX_IMAGE_PIXELS: it will not open it
             found = re.search(r"\((\d+) pixels\)", str(exc))
-            pixels = f"{int(found.group(1)):,}" if found else "more"
-            raise LimitError(f"{describe(item)}: image of {pixels} pixels exceeds the limit of "
-                             f"{limits.max_image_pixels:,} (max_image_pixels; `zoo serve --max-image-pixels`); "
-                             "downscale it first") from None
+            pixels = int(found.group(1)) if found else None
+            if pixels is not None and pixels <= limits.max_image_pixels:  # pillow's limit, not ours, refused it
+                raise LimitError(f"{describe(item)}: image of {pixels:,} pixels exceeds pillow's decompression-bomb "
+                                 f"limit of {2 * Image.MAX_IMAGE_PIXELS:,} (twice PIL.Image.MAX_IMAGE_PIXELS), "
+                                 f"below max_image_pixels {limits.max_image_pixels:,}; downscale it first, or raise "
+                                 "PIL.Image.MAX_IMAGE_PIXELS in the serving process") from None
+            raise LimitError(f"{describe(item)}: image of {f'{pixels:,}' if pixels else 'more'} pixels exceeds the "
+                             f"limit of {limits.max_image_pixels:,} (max_image_pixels; `zoo serve "
+                             "--max-image-pixels`); downscale it first") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"{describe(item)} is not a readable image (expected JPEG, PNG, ...): {exc}") from None
     else:

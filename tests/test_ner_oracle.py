@@ -52,6 +52,7 @@ def test_whole_words_and_clean_tags(strategy: str) -> None:
     oslo = 0.6 if strategy == "simple" else 0.7  # simple: mean(0.7, 0.5); first: the first piece's 0.7
     assert _summary(found) == [("PER", "Ann Lee", 0.85), ("PER", "Bo", 0.6), ("LOC", "Oslo", oslo)]
     assert [(e["start"], e["end"]) for e in found] == [(0, 7), (12, 14), (18, 22)]
+    assert all(list(e) == ["entity", "score", "start", "end", "text"] for e in found)  # the documented record, no more
 
 
 def test_a_word_whose_pieces_disagree() -> None:

@@ -243,12 +243,37 @@ def test_window_tokenizer_from_a_tokenizer_object_leaves_it_unchanged() -> None:
     assert padded["input_ids"].dtype == np.int64 and padded["attention_mask"].dtype == np.int64
 
 
-def test_pillows_own_bomb_limit_is_a_limit_error_too() -> None:
-    """Limits raised past pillow's own ceiling (~179 MP): pillow refuses on the header, and that is a
-    LimitError naming the declared size, not a crash."""
+def test_pillows_warning_band_is_left_to_max_image_pixels() -> None:
+    """100 MP lies between pillow's warning (89 MP) and its refusal (179 MP): max_image_pixels decides.
+    Under a limit of 150 MP the header passes every size check and the missing pixel data is what fails."""
     from test_hardening import png_header_only
 
-    bomb = png_header_only(20000, 10000)
-    with pytest.raises(LimitError, match=r"^<\d+ bytes>: image of 200,000,000 pixels exceeds the limit of 1,000,000,000 "
+    bomb = png_header_only(10_000, 10_000)
+    with pytest.raises(LimitError, match=r"^image of 10000x10000 = 100,000,000 pixels exceeds the limit of "
+                                         r"40,000,000 \(max_image_pixels; `zoo serve --max-image-pixels`\)"):
+        to_rgb_image(bomb)
+    with pytest.raises(InputError, match=r"is not a readable image") as caught:
+        to_rgb_image(bomb, Limits(max_image_pixels=150_000_000))
+    assert not isinstance(caught.value, LimitError)
+
+
+def test_over_pillows_own_limit_the_error_names_the_limit_that_refused() -> None:
+    """Limits raised past pillow's own ceiling (~179 MP): pillow refuses on the header, and the LimitError
+    names pillow's limit then (a message saying 200 MP exceeds a limit of 300 MP was what it said before)."""
+    from test_hardening import png_header_only
+
+    bomb = png_header_only(20_000, 10_000)  # 200 MP: pillow refuses to open it at all
+    with pytest.raises(LimitError, match=r"^<\d+ bytes>: image of 200,000,000 pixels exceeds the limit of 40,000,000 "
                                          r"\(max_image_pixels; `zoo serve --max-image-pixels`\); downscale it first$"):
-        to_rgb_image(bomb, Limits(max_image_pixels=10**9, max_aspect_ratio=100))
+        to_rgb_image(bomb)
+    with pytest.raises(LimitError, match=r"^<\d+ bytes>: image of 200,000,000 pixels exceeds pillow's decompression-bomb limit of "
+                                         r"178,956,970 \(twice PIL.Image.MAX_IMAGE_PIXELS\), below max_image_pixels "
+                                         r"300,000,000; downscale it first, or raise PIL.Image.MAX_IMAGE_PIXELS"):
+        to_rgb_image(bomb, Limits(max_image_pixels=300_000_000))
+
+
+def test_an_image_bundle_without_pillow_says_what_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `from PIL import Image` raises ImportError
+    with pytest.raises(BundleError, match=r"^this bundle takes images and pillow is missing; install it with "
+                                          r"`pip install zoo\[image\]`$"):
+        to_rgb_image(np.zeros((4, 4, 3), np.uint8))
