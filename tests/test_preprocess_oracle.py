@@ -270,6 +270,8 @@ def test_over_pillows_own_limit_the_error_names_the_limit_that_refused() -> None
                                          r"178,956,970 \(twice PIL.Image.MAX_IMAGE_PIXELS\), below max_image_pixels "
                                          r"300,000,000; downscale it first, or raise PIL.Image.MAX_IMAGE_PIXELS"):
         to_rgb_image(bomb, Limits(max_image_pixels=300_000_000))
+    with pytest.raises(LimitError, match=r"exceeds pillow's decompression-bomb limit"):  # at exactly the limit: ours allows it
+        to_rgb_image(bomb, Limits(max_image_pixels=200_000_000))
 
 
 def test_an_image_bundle_without_pillow_says_what_to_install(monkeypatch) -> None:
