@@ -279,3 +279,10 @@ def test_an_image_bundle_without_pillow_says_what_to_install(monkeypatch) -> Non
     with pytest.raises(BundleError, match=r"^this bundle takes images and pillow is missing; install it with "
                                           r"`pip install zoo\[image\]`$"):
         to_rgb_image(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_array_inputs_meet_the_aspect_ratio_limit_when_resized() -> None:
+    strip = np.zeros((1, 100, 3), np.uint8)  # 100:1, over the default 20:1
+    with pytest.raises(LimitError, match=r"^image of 100x1 has an aspect ratio over the limit of 20:1"):
+        to_rgb_image(strip)
+    assert to_rgb_image(strip, resized=False).size == (100, 1)  # not resized: only the pixel count is bounded
