@@ -32,9 +32,9 @@ from serve.manifest import (
     Postprocessing,
     TensorSpec,
     TextPreprocessing,
-    sha256_file,
     write_manifest,
 )
+from serve.files import sha256_file
 from zoo.cache import FetchedModel, fetch
 from zoo.errors import ExportError, InputError
 from zoo.factory import build, resolve

@@ -14,13 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from serve.activations import softmax
+
 AGGREGATIONS = ("first", "simple")
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def entities(text: str, logits: np.ndarray, encoding: Any, labels: Sequence[str], aggregation: str = "first") -> list[dict[str, Any]]:
@@ -28,7 +24,7 @@ def entities(text: str, logits: np.ndarray, encoding: Any, labels: Sequence[str]
     special-token mask) -> `[{"entity", "score", "start", "end", "text"}]` in text order."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation {aggregation!r}: expected one of {', '.join(AGGREGATIONS)}")
-    probabilities = _softmax(logits.astype(np.float64))
+    probabilities = softmax(logits.astype(np.float64))
     units: list[tuple[int, float, int, int]] = []  # (label index, score, start, end) per word or token
     previous_word = None
     for position, (word, special) in enumerate(zip(encoding.word_ids, encoding.special_tokens_mask)):

@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from serve.entities import AGGREGATIONS
 from serve.errors import BundleError
+from serve.files import sha256_file, write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "zoo-bundle"
@@ -90,22 +88,10 @@ class Manifest:
         return json.dumps(document, indent=1) + "\n"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     """Write manifest.json atomically."""
     path = directory / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(manifest.to_json())
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a bundle is meant to be read by the serving user
-    os.replace(tmp, path)
+    write_text_atomic(path, manifest.to_json())
     return path
 
 

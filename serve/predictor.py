@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from serve.activations import softmax
 from serve.errors import BundleError, InputError
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
 from serve.limits import DEFAULT_LIMITS, Limits
@@ -35,12 +36,6 @@ def _malloc_trim():
 
 
 _MALLOC_TRIM = _malloc_trim()
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

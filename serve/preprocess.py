@@ -5,6 +5,7 @@ at the image's own size (the graph resizes and normalises). Text: the bundle's `
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import re
@@ -188,11 +189,9 @@ class TextEncoder:
 
     def __init__(self, path: Path, spec: TextPreprocessing, length: int | None = None,
                  limits: Limits = DEFAULT_LIMITS):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:
+        if importlib.util.find_spec("tokenizers") is None:
             raise BundleError("this is a text bundle and the tokenizers package is missing; "
-                              "install it with `pip install zoo[text]`") from None
+                              "install it with `pip install zoo[text]`")
 
         self.tokenizer = load_tokenizer_file(path)
         if spec.pad_id >= self.tokenizer.get_vocab_size():

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from serve.errors import BundleError, ProviderError
-from serve.manifest import sha256_file
+from serve.files import atomic_path, sha256_file, write_text_atomic
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -253,17 +252,13 @@ def _cpu_session(ort, model_path: Path, config: SessionConfig, model_sha256: str
     except (OSError, ValueError):
         pass
     options = _options(ort, config, config.optimization)
-    tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
-    options.optimized_model_filepath = str(tmp)
     try:
-        session = _session(ort, model_path, options, [CPU], float16)
-        os.replace(tmp, optimized)
-        stamp_tmp = stamp_path.with_name(f".{stamp_path.name}.{os.getpid()}.tmp")
-        stamp_tmp.write_text(json.dumps({**stamp, "optimized_sha256": sha256_file(optimized)}))
-        os.replace(stamp_tmp, stamp_path)
+        with atomic_path(optimized) as tmp:  # onnxruntime writes the optimised graph while it builds the session
+            options.optimized_model_filepath = str(tmp)
+            session = _session(ort, model_path, options, [CPU], float16)
+        write_text_atomic(stamp_path, json.dumps({**stamp, "optimized_sha256": sha256_file(optimized)}))
         return session, ", optimised graph saved"
     except OSError:  # read-only bundle: run without the cache
-        tmp.unlink(missing_ok=True)
         return _session(ort, model_path, _options(ort, config, config.optimization), [CPU], float16), \
             ", optimised graph not saved (bundle folder not writable)"
 

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from serve.activations import log_softmax
+
 MAX_ANSWER_TOKENS = 30
 
 
@@ -59,19 +61,14 @@ class WindowTokenizer:
         return {"input_ids": ids, "attention_mask": mask}
 
 
-def _log_softmax(values: np.ndarray) -> np.ndarray:
-    shifted = values - values.max()
-    return shifted - np.log(np.exp(shifted).sum())
-
-
 def best_span(span_logits: np.ndarray, encoding: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS):
     """(score, start char, end char) of one window's best span, or None when it has no context token.
     `span_logits` is (tokens, 2): start and end logits."""
     context = np.array([sid == 1 for sid in encoding.sequence_ids] + [False] * (len(span_logits) - len(encoding.ids)))
     if not context.any():
         return None
-    start = np.where(context, _log_softmax(np.where(context, span_logits[:, 0], -np.inf)), -np.inf)
-    end = np.where(context, _log_softmax(np.where(context, span_logits[:, 1], -np.inf)), -np.inf)
+    start = np.where(context, log_softmax(np.where(context, span_logits[:, 0], -np.inf)), -np.inf)
+    end = np.where(context, log_softmax(np.where(context, span_logits[:, 1], -np.inf)), -np.inf)
     pairs = start[:, None] + end[None, :]  # log P(start = i) + log P(end = j)
     positions = np.arange(len(span_logits))
     valid = (positions[None, :] >= positions[:, None]) & (positions[None, :] - positions[:, None] < max_answer_tokens)

@@ -20,7 +20,7 @@ from PIL import Image
 
 import serve
 from serve.limits import Limits
-from serve.manifest import sha256_file
+from serve.files import sha256_file
 from test_http import PHOTO, Server
 from zoo.cli import main
 

@@ -18,8 +18,10 @@ from onnx import TensorProto, helper, numpy_helper
 import serve
 from serve.errors import BundleError, InputError, LimitError
 from serve.limits import Limits
-from serve.manifest import parse_manifest, sha256_file
-from serve.predictor import Predictor, _batches, check_graph, question_and_context, softmax
+from serve.files import sha256_file
+from serve.manifest import parse_manifest
+from serve.activations import softmax
+from serve.predictor import Predictor, _batches, check_graph, question_and_context
 from serve.providers import SessionChoice
 
 WEIGHT = np.array([[1.0, -1.0, 0.5], [0.0, 2.0, -0.5], [3.0, 0.0, 1.0]], dtype=np.float32)  # 3 channels -> 3 classes

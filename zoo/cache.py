@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from filelock import FileLock
 
-from serve.manifest import sha256_file  # one implementation, shared with the runtime
+from serve.files import sha256_file  # one implementation, shared with the runtime
 from zoo.download import download
 from zoo.errors import ChecksumError, FetchError
 from zoo.schema import FileSpec, ModelEntry, SourceSpec

@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serve.files import atomic_path, write_text_atomic
 from zoo.errors import InputError
 from zoo.registry import get_model
 from zoo.schema import FileSpec, Metric, ModelEntry, OutputSpec, Reference, ReferenceCase, SourceSpec
@@ -31,12 +31,7 @@ MODEL_FILE = "model.safetensors"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -103,9 +98,8 @@ def save_weights(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

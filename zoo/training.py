@@ -35,6 +35,7 @@ from zoo.freeze import (
     parse_policy,
     trainable_table,
 )
+from serve.files import atomic_path
 from zoo.heads import HEAD_KINDS, IGNORE_TOKEN, attach_head, head_prefix, head_outputs, loss_function, predictions
 from zoo.loaders import AUGMENTATIONS, make_loader
 from zoo.probe import head_layer
@@ -553,10 +554,9 @@ class _Trainer:
 
             features, labels = extract_features(model, head, self.loader(False, 0, self.dataset.train), run)
             if cache is not None and self.runtime.is_main:
-                tmp = cache.with_name(f".{cache.name}.tmp")
-                save_file({"features": features, "labels": labels,
-                           "fingerprint": torch.tensor(list(fingerprint.encode()), dtype=torch.uint8)}, str(tmp))
-                os.replace(tmp, cache)
+                with atomic_path(cache) as tmp:
+                    save_file({"features": features, "labels": labels,
+                               "fingerprint": torch.tensor(list(fingerprint.encode()), dtype=torch.uint8)}, str(tmp))
         self.probe = fit_probe(features, labels, head.out_features, seed=self.config.seed)
         self.probe_info = {"C": self.probe.C, "train_loss": self.probe.train_loss, "examples": len(features),
                            "cv_accuracy": self.probe.cv_accuracy}
@@ -877,11 +877,10 @@ def _run(trainer: _Trainer, entry: ModelEntry, dataset: Dataset, config: Finetun
             if source is not None:
                 shutil.copyfile(checkpoints / f"{source}.safetensors", checkpoints / "best.safetensors")
             write_metrics(out, history)
-            tmp = out / f".{STATE_FILE}.tmp"
-            torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "history": history, "best": best, "best_index": best_index,
-                        "bad_epochs": bad_epochs, "probe": trainer.probe_info, "pairs": trainer.pairs_info}, tmp)
-            os.replace(tmp, out / STATE_FILE)
+            with atomic_path(out / STATE_FILE) as tmp:
+                torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict(), "history": history, "best": best, "best_index": best_index,
+                            "bad_epochs": bad_epochs, "probe": trainer.probe_info, "pairs": trainer.pairs_info}, tmp)
         parts = [f"train loss {row['train_loss']:.4f}"] + ([] if row["val_loss"] is None else [f"val loss {row['val_loss']:.4f}"])
         parts += [f"{METRIC_NAMES[name[4:]]} {value:.4f}" for name, value in row.items()
                   if name.startswith("val_") and name != "val_loss"]
@@ -969,7 +968,7 @@ def _finish(trainer: _Trainer, model: nn.Module, entry: ModelEntry, dataset: Dat
     """The selected `weights`, tokenizer files, reference outputs and, last, the card that marks the run
     complete. `best_epoch` and `best_metrics` are the selection's, on the validation split; with `refit`,
     the weights come from the pass on train + val that followed it."""
-    from serve.manifest import sha256_file
+    from serve.files import sha256_file
     from zoo.cache import fetch
 
     model = model.to("cpu").to(memory_format=torch.contiguous_format)
