@@ -45,7 +45,7 @@ from zoo.schema import ModelEntry, SourceSpec
 from zoo.tolerances import DETECTION_ATOL, EXPORT_ATOL
 
 from export.calibration import calibration_files
-from export.formats import (FORMATS, MODEL_FILE, DerivedContext, FormatOptions, derived_formats, format_table,
+from export.formats import (FORMATS, ONNX_FILE, DerivedContext, FormatOptions, derived_formats, format_table,
                             report_row)
 from export.onnx_export import DEFAULT_OPSET, export_onnx, external_data_file
 from export.parity import ParityCase, at_static_shape, check_parity, parity_cases, summary
@@ -296,9 +296,9 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
-        opset = export_onnx(torch_model, example, dynamic_axes, output_names, staging / MODEL_FILE, opset=opset,
+        opset = export_onnx(torch_model, example, dynamic_axes, output_names, staging / ONNX_FILE, opset=opset,
                             tracer=traced)
-        session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(staging / ONNX_FILE), providers=["CPUExecutionProvider"])
         _check_dynamic(session, dynamic_axes)
         results = check_parity(torch_model, session, entry, cases, tolerance, output_name)
         inputs = [TensorSpec(i.name, _dtype(i.type), list(i.shape)) for i in session.get_inputs()]
@@ -310,20 +310,20 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             raise ExportError(f"{entry.id}: exported model disagrees with torch; nothing was written:\n  "
                               + "\n  ".join(c.line() for c in results) + f"\n({len(failing)} failing)")
         (staging / VALIDATION_FILE).write_text(json.dumps(report, indent=1) + "\n")
-        weights_data = external_data_file(staging / MODEL_FILE)
+        weights_data = external_data_file(staging / ONNX_FILE)
         copied = [spec.name for spec in entry.files if spec.role == "tokenizer"]
         for name in copied:
             shutil.copyfile(fetched.files[name], staging / name)
-        rows = [report_row("onnx", MODEL_FILE, staging, results)]
+        rows = [report_row("onnx", ONNX_FILE, staging, results)]
         context = DerivedContext(staging, torch_model, entry, cases, output_name, inputs, outputs, options, pad_id)
         sections, extra_files = derived_formats(formats, context, rows)
         (staging / "report.json").write_text(json.dumps(rows, indent=1) + "\n")
         (staging / "report.md").write_text("\n".join(format_table(rows)) + "\n")
         files = {name: sha256_file(staging / name)
-                 for name in [MODEL_FILE, *([weights_data.name] if weights_data else []), VALIDATION_FILE, *copied,
+                 for name in [ONNX_FILE, *([weights_data.name] if weights_data else []), VALIDATION_FILE, *copied,
                               *extra_files, *REPORT_FILES]}
         manifest = Manifest(
-            model_id=entry.id, task=entry.task, modality=entry.modality, model_file=MODEL_FILE, opset=opset,
+            model_id=entry.id, task=entry.task, modality=entry.modality, model_file=ONNX_FILE, opset=opset,
             inputs=inputs, outputs=outputs,
             preprocessing=preprocessing, postprocessing=_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,

@@ -29,7 +29,7 @@ from export.files import files_under
 from export.savedmodel import SAVEDMODEL_DIR, TF_SERVING_DIR, write_savedmodel, write_tf_serving
 from export.variants import to_fp16, write_triton
 
-MODEL_FILE = "model.onnx"
+ONNX_FILE = "model.onnx"
 FP16_FILE = "model.fp16.onnx"
 INT8_FILE = "model.int8.onnx"
 FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "savedmodel", "tf-serving", "triton")  # onnx (fp32): the base
@@ -149,7 +149,7 @@ def _fp16(context: DerivedContext):
     parity cases run on the CUDA provider too when this machine has one, and the variant records where
     it was checked."""
     path = context.staging / FP16_FILE
-    to_fp16(context.staging / MODEL_FILE, path)
+    to_fp16(context.staging / ONNX_FILE, path)
     results = _checked(context, path, EXPORT_ATOL["float16"])
     checked_on = ["CPUExecutionProvider"]
     cuda = _cuda_session(path)
@@ -175,7 +175,7 @@ def _int8(context: DerivedContext):
     held_out = None
     if entry.modality == "image":
         batch = context.options.static_shape[0] if context.options.static_shape else 1
-        quantize_static_int8(context.staging / MODEL_FILE, target,
+        quantize_static_int8(context.staging / ONNX_FILE, target,
                              calibration_images(entry.input, context.options.calibration).numpy(), batch)
         images, held_out_label = held_out_images(entry.input, context.options.calibration)
         with torch.inference_mode():
@@ -187,7 +187,7 @@ def _int8(context: DerivedContext):
         method = ("static QDQ, per-channel int8 weights, uint8 activations (MinMax), calibrated on "
                   + (str(context.options.calibration) if context.options.calibration else "the default photo set"))
     else:
-        quantize_dynamic_int8(context.staging / MODEL_FILE, target)
+        quantize_dynamic_int8(context.staging / ONNX_FILE, target)
         method = "dynamic, per-channel int8 MatMul/Gemm weights and embeddings"
     if held_out is None:
         results = _checked(context, target, None, INT8_MIN_COSINE)
@@ -202,7 +202,7 @@ def _int8(context: DerivedContext):
 
 def _savedmodel(context: DerivedContext):
     folder = context.staging / SAVEDMODEL_DIR
-    result = write_savedmodel(context.staging / MODEL_FILE, folder, context.torch_model, context.entry, context.cases,
+    result = write_savedmodel(context.staging / ONNX_FILE, folder, context.torch_model, context.entry, context.cases,
                               context.inputs, context.output_name, context.pad_id)
     files = files_under(context.staging, folder)
     row = report_row("savedmodel", f"{SAVEDMODEL_DIR}/saved_model.pb", context.staging, result.results,
@@ -225,5 +225,5 @@ def _tf_serving(context: DerivedContext):
 
 
 def _triton(context: DerivedContext):
-    written = write_triton(context.staging, context.entry.id, MODEL_FILE, context.inputs, context.outputs)
+    written = write_triton(context.staging, context.entry.id, ONNX_FILE, context.inputs, context.outputs)
     return report_row("triton", written[0], context.staging), {}, written

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 CARD = "card.json"
 RUN_CONFIG = "run.json"
-MODEL_FILE = "model.safetensors"
+RUN_WEIGHTS_FILE = "model.safetensors"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -53,7 +53,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
     task = base.task if dense else {"token": "token-classification", "span": "question-answering"}.get(
         card["head"], f"{base.modality}-classification")
     kind = base.output.kind if dense else {"token": "token-logits", "span": "span-logits"}.get(card["head"], "logits")
-    files = tuple(FileSpec(name=name, role="weights" if name == MODEL_FILE else "tokenizer", sha256=digest)
+    files = tuple(FileSpec(name=name, role="weights" if name == RUN_WEIGHTS_FILE else "tokenizer", sha256=digest)
                   for name, digest in card["files"].items())
     reference = Reference(
         producer=card["reference"]["producer"], atol=card["reference"]["atol"],
@@ -61,7 +61,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
                                   texts=tuple(c.get("texts", ()))) for c in card["reference"]["cases"]))
     return dataclasses.replace(
         base,
-        id=f"run-{card['files'][MODEL_FILE][:12]}",
+        id=f"run-{card['files'][RUN_WEIGHTS_FILE][:12]}",
         description=f"{base.id} fine-tuned on {card['data']['source']} ({card['head']} head)",
         task=task,
         builder="run",

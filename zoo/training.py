@@ -45,7 +45,7 @@ from zoo.provenance import package_versions
 from zoo.reference import SENTENCES
 from zoo.runs import (
     CARD,
-    MODEL_FILE,
+    RUN_WEIGHTS_FILE,
     RUN_CONFIG,
     load_weights,
     save_weights,
@@ -977,8 +977,8 @@ def _finish(trainer: _Trainer, model: nn.Module, entry: ModelEntry, dataset: Dat
         from zoo.builders.hf_encoder import set_attention
 
         set_attention(model, "eager")
-    shutil.copyfile(weights, out / MODEL_FILE)
-    files = {MODEL_FILE: sha256_file(out / MODEL_FILE)}
+    shutil.copyfile(weights, out / RUN_WEIGHTS_FILE)
+    files = {RUN_WEIGHTS_FILE: sha256_file(out / RUN_WEIGHTS_FILE)}
     if entry.modality == "text":
         fetched = fetch(entry)
         for spec in entry.files:
