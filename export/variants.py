@@ -3,7 +3,8 @@
 - `onnx-fp16`: float16 weights and compute, float32 inputs/outputs (onnxruntime's converter keeps the
   ops that overflow or lose too much in fp16, e.g. its default block list, in float32).
 - `triton`: a Triton Inference Server model repository (`triton/NAME/config.pbtxt`,
-  `triton/NAME/1/model.onnx`), its config parsed with the ModelConfig protobuf from Triton's own client."""
+  `triton/NAME/1/model.onnx`), its config built as the ModelConfig protobuf from Triton's own client and
+  written with protobuf's text format."""
 
 from __future__ import annotations
 
@@ -37,47 +38,56 @@ def _fixed_batch(specs: list[TensorSpec]) -> bool:
     return isinstance(specs[0].shape[0], int)
 
 
-def _dims(spec: TensorSpec, with_batch: bool) -> str:
-    shape = spec.shape if with_batch else spec.shape[1:]
-    return "[ " + ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape) + " ]"
+def _model_config_pb2():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise InputError("--format triton writes its config with Triton's own ModelConfig message; "
+                         "install zoo[triton]") from None
+    return model_config_pb2
 
 
-def triton_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> str:
-    """config.pbtxt: dynamic batching (a model exported with a fixed batch: max_batch_size 0 and the
-    full shape, as Triton requires); GPU instances (on a CPU-only server use KIND_CPU, see comment)."""
+def triton_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]):
+    """The model's config as Triton's ModelConfig message: dynamic batching (a model exported with a fixed
+    batch: max_batch_size 0 and the full shape, as Triton requires), one GPU instance."""
+    pb = _model_config_pb2()
     fixed = _fixed_batch(inputs)
+    config = pb.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=0 if fixed else TRITON_MAX_BATCH)
+    for tensors, specs in ((config.input, inputs), (config.output, outputs)):
+        for spec in specs:
+            shape = spec.shape if fixed else spec.shape[1:]
+            tensors.add(name=spec.name, data_type=pb.DataType.Value(TRITON_TYPES[spec.dtype]),
+                        dims=[d if isinstance(d, int) else -1 for d in shape])
+    if not fixed:
+        config.dynamic_batching.max_queue_delay_microseconds = 5000
+    config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_GPU)
+    return config
 
-    def tensors(kind: str, specs: list[TensorSpec]) -> str:
-        return f"{kind} [\n" + ",\n".join(
-            f'  {{\n    name: "{s.name}"\n    data_type: {TRITON_TYPES[s.dtype]}\n    dims: {_dims(s, fixed)}\n  }}'
-            for s in specs) + "\n]\n"
-    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {0 if fixed else TRITON_MAX_BATCH}\n'
-            + tensors("input", inputs) + tensors("output", outputs)
-            + ("" if fixed else "dynamic_batching {\n  max_queue_delay_microseconds: 5000\n}\n")
-            + "# KIND_GPU needs a GPU; on a CPU-only Triton server change it to KIND_CPU.\n"
-            + "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  }\n]\n")
+
+def triton_config_text(config) -> str:
+    """config.pbtxt: the message in protobuf text format, with a note on the instance kind."""
+    from google.protobuf import text_format
+
+    return ("# KIND_GPU needs a GPU; on a CPU-only Triton server change it to KIND_CPU.\n"
+            + text_format.MessageToString(config))
 
 
 def parse_triton_config(text: str):
-    """The config as Triton's ModelConfig message; a typo or an unknown field raises ExportError."""
+    """config.pbtxt read back as Triton's ModelConfig message; a typo or an unknown field raises ExportError."""
+    from google.protobuf import text_format
+
     try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
-        raise InputError("--format triton checks its config with Triton's client; install zoo[triton]") from None
-    try:
-        return text_format.Parse(text, model_config_pb2.ModelConfig())
+        return text_format.Parse(text, _model_config_pb2().ModelConfig())
     except text_format.ParseError as exc:
-        raise ExportError(f"the generated Triton config does not parse: {exc}") from None
+        raise ExportError(f"the Triton config does not parse: {exc}") from None
 
 
 def write_triton(bundle: Path, name: str, model_file: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> list[str]:
     """The repository layout inside the bundle; returns the files written (relative to the bundle)."""
-    text = triton_config(name, inputs, outputs)
-    config = parse_triton_config(text)
-    batch = 0 if _fixed_batch(inputs) else TRITON_MAX_BATCH
-    if config.max_batch_size != batch or [i.name for i in config.input] != [s.name for s in inputs]:
-        raise ExportError("the Triton config does not describe the exported model's inputs")
+    config = triton_config(name, inputs, outputs)
+    text = triton_config_text(config)
+    if parse_triton_config(text) != config:  # what Triton will read is what was built
+        raise ExportError("the Triton config does not read back as the message it was written from")
     folder = bundle / "triton" / name
     (folder / "1").mkdir(parents=True)
     (folder / "config.pbtxt").write_text(text)

@@ -281,3 +281,31 @@ def test_static_shape_bundles_run_any_batch(all_formats, tmp_path: Path) -> None
     a = np.array([r["embedding"] for r in serve.load(all_formats["all-minilm-l6-v2"]).predict(texts)])
     b = np.array([r["embedding"] for r in serve.load(text.directory).predict(texts)])
     assert np.abs(a - b).max() < 1e-5  # padding to 64 with attention_mask 0 changes nothing
+
+
+def test_triton_config_is_the_model_config_tritons_docs_write() -> None:
+    """The message against a config.pbtxt written by hand in the form Triton's model-configuration docs
+    use: dynamic batch (batch axis left out of dims, -1 for the sequence), and a fixed batch (max_batch_size
+    0, full shapes, no dynamic batching)."""
+    pytest.importorskip("tritonclient.grpc")
+    from serve.manifest import TensorSpec
+    from export.variants import parse_triton_config, triton_config, triton_config_text
+
+    text_inputs = [TensorSpec("input_ids", "int64", ["batch", "sequence"]), TensorSpec("attention_mask", "int64", ["batch", "sequence"])]
+    dynamic = triton_config("minilm", text_inputs, [TensorSpec("embedding", "float32", ["batch", 384])])
+    assert dynamic == parse_triton_config('''
+        name: "minilm"  platform: "onnxruntime_onnx"  max_batch_size: 32
+        input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },
+                { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]
+        output [ { name: "embedding" data_type: TYPE_FP32 dims: [ 384 ] } ]
+        dynamic_batching { max_queue_delay_microseconds: 5000 }
+        instance_group [ { count: 1 kind: KIND_GPU } ]''')
+    fixed = triton_config("lite0", [TensorSpec("pixel_values", "float32", [2, 3, 224, 224])],
+                          [TensorSpec("logits", "float16", [2, 1000])])
+    assert fixed == parse_triton_config('''
+        name: "lite0" platform: "onnxruntime_onnx" max_batch_size: 0
+        input [ { name: "pixel_values" data_type: TYPE_FP32 dims: [ 2, 3, 224, 224 ] } ]
+        output [ { name: "logits" data_type: TYPE_FP16 dims: [ 2, 1000 ] } ]
+        instance_group [ { count: 1 kind: KIND_GPU } ]''')
+    assert parse_triton_config(triton_config_text(fixed)) == fixed
+    assert triton_config_text(fixed).startswith("# KIND_GPU needs a GPU; on a CPU-only Triton server change it to KIND_CPU.\n")
