@@ -50,3 +50,16 @@ def test_classification_metrics_by_hand() -> None:
     assert metrics["accuracy"] == pytest.approx(4 / 6)
     # F1 per class: 0: P 1, R 2/3 -> 0.8; 1: P 1/2, R 1/2 -> 0.5; 2: P 1/2, R 1 -> 2/3
     assert metrics["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3, abs=1e-6)
+
+
+@pytest.mark.parametrize(("predicted", "target", "macro_f1"), [
+    ([0, 0, 1, 1], [0, 0, 1, 1], 1.0),  # class 2 in neither: left out (it would make 2/3)
+    ([0, 2, 1, 1], [0, 0, 1, 1], (2 / 3 + 1 + 0) / 3),  # class 2 only predicted: counts, with F1 0
+    ([0, 0, 0, 0], [0, 0, 1, 1], (2 / 3 + 0) / 2),
+])
+def test_macro_f1_leaves_out_classes_in_neither_labels_nor_predictions(predicted, target, macro_f1) -> None:
+    """scikit-learn's convention (its f1_score(average="macro") gives the same numbers): a validation split
+    that lacks a class is not scored down for it."""
+    metrics = classification_metrics(torch.tensor(predicted), torch.tensor(target), num_classes=3)
+    assert metrics["macro_f1"] == pytest.approx(macro_f1, abs=1e-6)
+    assert metrics["accuracy"] == pytest.approx(sum(p == t for p, t in zip(predicted, target)) / 4)

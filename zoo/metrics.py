@@ -1,5 +1,5 @@
 """Validation metrics of every task, from well-kept libraries where they exist: accuracy and macro-F1
-(classification), mIoU and pixel accuracy (segmentation, torchmetrics), COCO mAP (detection,
+(classification, torchmetrics), mIoU and pixel accuracy (segmentation, torchmetrics), COCO mAP (detection,
 torchmetrics + pycocotools), entity-level F1 (NER, seqeval). Question answering's SQuAD scores are
 computed where the answers are decoded (zoo.training)."""
 
@@ -11,14 +11,13 @@ from zoo.data import IGNORE_INDEX
 
 
 def classification_metrics(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (mean over every class of 2TP / (2TP + FP + FN))."""
-    confusion = torch.bincount(target * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
-    tp = confusion.diag().double()
-    fp = confusion.sum(0).double() - tp
-    fn = confusion.sum(1).double() - tp
-    denominator = 2 * tp + fp + fn
-    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp))
-    return {"accuracy": float(tp.sum() / max(1, len(target))), "macro_f1": float(f1.mean())}
+    """Accuracy and macro-F1 (torchmetrics): the mean F1 over the classes that occur in the labels or the
+    predictions; a class absent from both (a small validation split) is left out, as scikit-learn does."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    kwargs = {"num_classes": num_classes, "validate_args": False}
+    return {"accuracy": float(multiclass_accuracy(predicted, target, average="micro", **kwargs)),
+            "macro_f1": float(multiclass_f1_score(predicted, target, average="macro", **kwargs))}
 
 
 def segmentation_metrics(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
