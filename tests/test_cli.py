@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from zoo.cli import main
@@ -127,11 +128,30 @@ def test_console_script_exit_code_without_traceback() -> None:
                                      f"run `zoo list` to see the {known} known models")
 
 
-def test_finetune_metric_choices_are_the_trainers() -> None:
-    """zoo.cli lists the --metric choices itself (it imports the torch-side trainer lazily): they must
-    stay the ones zoo.training selects on."""
-    from zoo.cli import cli
-    from zoo.training import METRICS
+def test_finetune_options_are_the_configs_choices_and_defaults() -> None:
+    """Every `zoo finetune` option that sets a FinetuneConfig field offers exactly the values the config
+    accepts and defaults to the config's own default (zoo.config writes each once), and importing the
+    command line does not import torch."""
+    import dataclasses
 
-    option = next(p for p in cli.commands["finetune"].params if p.name == "metric")
-    assert sorted(option.type.choices) == sorted(set(METRICS))
+    from zoo.cli import cli
+    from zoo.config import FinetuneConfig
+
+    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+    options = {p.name: p for p in cli.commands["finetune"].params}
+    checked = 0
+    for name, param in options.items():
+        if name not in fields or name in ("probe_only",):
+            continue
+        checked += 1
+        default = None if param.default is None or type(param.default).__name__ == "Sentinel" else param.default  # unset
+        assert default == fields[name].default, name
+        if isinstance(param.type, click.Choice):
+            for value in param.type.choices:  # each choice passes the config's own check
+                FinetuneConfig(**{name: value}).check()
+    assert checked >= 25, checked
+    assert set(options["metric"].type.choices) == {"auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "map50", "map",
+                                                   "entity_f1", "entity_precision", "entity_recall", "squad_f1",
+                                                   "exact_match", "loss"}
+    code = "import sys, zoo.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

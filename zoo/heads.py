@@ -21,7 +21,6 @@ from zoo.schema import ModelEntry
 
 HeadKind = Literal["multiclass", "binary", "token", "span"]
 # What users choose; "token" (NER) and "span" (question answering) follow from the data.
-HEAD_KINDS = ("multiclass", "binary")
 IGNORE_TOKEN = -100  # label of sub-word continuations, special tokens and padding: no loss, no metric
 
 

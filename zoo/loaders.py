@@ -21,7 +21,6 @@ from zoo.schema import ImageInputSpec
 # Training augmentations of image classifiers (torchvision v2), mildest first: none (the eval transform),
 # light (a random crop of at least half the image, horizontal flip), trivial (light + TrivialAugmentWide),
 # imagenet (torchvision's ImageNet recipe: crops down to 8 % of the image, flip).
-AUGMENTATIONS = ("none", "light", "trivial", "imagenet")
 
 
 def train_image_transform(spec: ImageInputSpec, augment: str = "light"):
