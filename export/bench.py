@@ -216,7 +216,9 @@ def bench(target: str, batches: tuple[int, ...] = (1, 8, 32), threads: int | Non
 
 
 def table(report: dict[str, Any]) -> list[str]:
-    lines = [f"{report['model']} ({report['threads']} threads)",
+    weights = "" if report.get("pretrained_weights", True) else (
+        "; random weights: the pretrained ones were not reachable, and timings do not depend on their values")
+    lines = [f"{report['model']} ({report['threads']} threads{weights})",
              f"{'engine':36} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'items/s':>9} {'vs torch':>9}"]
     for r in report["results"]:
         lines.append(f"{r['engine']:36} {r['batch']:>5} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "

@@ -47,3 +47,16 @@ def test_bench_measures_every_format_in_the_bundle(all_formats) -> None:
                  seconds=0.1)
     savedmodel = [(r["engine"], r["batch"]) for r in text["results"] if r["engine"].startswith("tensorflow")]
     assert savedmodel == [("tensorflow savedmodel (padded to 1x256)", 1)]  # its signature is 1 x 256
+
+
+def test_the_table_says_when_the_weights_were_random() -> None:
+    """`zoo bench` on a model whose weights are not reachable times random weights; the table says so
+    (the JSON has pretrained_weights: false)."""
+    from export.bench import table
+
+    row = {"engine": "onnxruntime", "batch": 1, "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "items_per_s": 1000.0,
+           "ratio_to_torch": 0.5}
+    report = {"model": "resnet18", "threads": 2, "pretrained_weights": False, "results": [row]}
+    assert table(report)[0] == ("resnet18 (2 threads; random weights: the pretrained ones were not reachable, and "
+                                "timings do not depend on their values)")
+    assert table({**report, "pretrained_weights": True})[0] == "resnet18 (2 threads)"
