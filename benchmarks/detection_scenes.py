@@ -6,7 +6,7 @@ images get the same detections from both (zoo.reference.compare_detections withi
 
 The pretrained file is on download.pytorch.org, out of reach; random detectors collapse (every box scores
 alike), so training starts from stand-in weights: random, with batch norms set from real images and a
-spread class layer (export.bundle.informative_random_weights), handed to `zoo.finetune` as the entry's
+spread class layer (export.random_weights.informative_random_weights), handed to `zoo.finetune` as the entry's
 weights file (local path, sha256). From there SGD at lr 0.02 diverged (NaN loss, now a DivergedError);
 lr 0.005 with gradient clipping at 5 learns.
 
@@ -32,7 +32,8 @@ from PIL import Image
 
 import serve
 import zoo
-from export.bundle import export_bundle, informative_random_weights
+from export.bundle import export_bundle
+from export.random_weights import informative_random_weights
 from export.parity import parity_cases
 from zoo.builders.detection import detection_rows
 from zoo.metrics import detection_metrics

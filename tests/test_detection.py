@@ -5,7 +5,7 @@ detections equal to the torch model's; the HTTP routes return the same.
 The pretrained files are on download.pytorch.org, out of reach. Detectors from random initialisation
 score every box alike (to 1e-7: NMS among ties is arbitrary, so parity is undefined), so the
 "pretrained" Faster R-CNN here is a stand-in written by the test: random weights whose batch norms are
-set from real images and whose class layer spreads its scores (export.bundle.informative_random_weights),
+set from real images and whose class layer spreads its scores (export.random_weights.informative_random_weights),
 saved as a state dict and served to the registry entry from a local path with its sha256. The path,
 not the accuracy, is under test."""
 
@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw
 
 import serve
 import zoo
-from export.bundle import export_bundle, informative_random_weights
+from export.bundle import export_bundle
+from export.random_weights import informative_random_weights
 from export.parity import parity_cases
 from zoo.builders.detection import detection_rows
 from zoo.cli import main
