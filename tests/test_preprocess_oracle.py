@@ -4,6 +4,7 @@ windows for question answering."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import sys
@@ -286,3 +287,16 @@ def test_array_inputs_meet_the_aspect_ratio_limit_when_resized() -> None:
     with pytest.raises(LimitError, match=r"^image of 100x1 has an aspect ratio over the limit of 20:1"):
         to_rgb_image(strip)
     assert to_rgb_image(strip, resized=False).size == (100, 1)  # not resized: only the pixel count is bounded
+
+
+def test_an_image_kept_at_its_own_size_has_no_aspect_ratio_limit() -> None:
+    """resize None (detectors resize inside the graph): a long strip is not blown up, so only the pixel
+    count is bounded; with a resize it would be, and the aspect-ratio limit applies."""
+    from serve.manifest import ImagePreprocessing
+
+    strip = np.full((2, 100, 3), 128, np.uint8)  # 50:1
+    as_is = ImagePreprocessing(resize=None, crop=None, interpolation="bilinear", mean=[0.5] * 3, std=[0.5] * 3)
+    array, size = preprocess_image_sized(as_is, strip)
+    assert size == (100, 2) and array.shape == (3, 2, 100) and np.allclose(array, (128 / 255 - 0.5) / 0.5, atol=1e-6)
+    with pytest.raises(LimitError, match="aspect ratio over the limit of 20:1"):
+        preprocess_image_sized(dataclasses.replace(as_is, resize=16), strip)
