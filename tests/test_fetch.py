@@ -290,3 +290,28 @@ def test_offline_switch_values(value: str, offline: bool, monkeypatch) -> None:
 
     monkeypatch.setenv("ZOO_OFFLINE", value)
     assert is_offline() is offline
+
+
+def test_the_error_when_no_source_works_is_one_list_and_one_fix_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    sources = [SourceSpec(kind="package", distribution="pytest", path="nope"), SourceSpec(kind="path", path=str(missing))]
+    with pytest.raises(FetchError) as info:
+        fetch(_entry("nowhere-two", sources))
+    assert str(info.value) == (
+        "could not fetch weights.bin for 'nowhere-two'; tried 2 source(s):\n"
+        "  - package:pytest/nope: pytest is installed but has no nope/weights.bin\n"
+        f"  - path:{missing}: {missing}/weights.bin does not exist\n"
+        "fix: install the distribution named above; or put the files in that folder; or download the files "
+        "yourself and run `zoo fetch nowhere-two --source-dir DIR`")
+
+
+def test_a_fetched_model_names_its_entry_folder_files_and_digests(tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(PAYLOAD)
+    entry = _entry("described", [SourceSpec(kind="path", path=str(folder))])
+    for attempt in ("download", "cache hit"):
+        fetched = fetch(entry)
+        assert fetched.entry_id == "described" and fetched.directory == model_cache_dir(entry), attempt
+        assert fetched.files == {"weights.bin": model_cache_dir(entry) / "weights.bin"}, attempt
+        assert fetched.sha256 == {"weights.bin": DIGEST}, attempt
