@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Callable, Sequence
 
 from filelock import FileLock
 
-from serve.files import sha256_file  # one implementation, shared with the runtime
+from serve.files import atomic_path, sha256_file  # one implementation each, shared with the runtime
 from zoo.download import download
 from zoo.errors import ChecksumError, FetchError
 from zoo.schema import FileSpec, ModelEntry, SourceSpec
@@ -63,12 +62,6 @@ class FetchedModel:
     files: dict[str, Path]
     sha256: dict[str, str]
 
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename a finished temporary file into place, readable by everyone (mkstemp makes it 0600; a cache
-    shared with a service account must be readable by it)."""
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
 
 
 # Each source kind writes the file's bytes to `dest` (a temporary path) or raises with a reason.
@@ -174,18 +167,15 @@ def _fetch_file(entry: ModelEntry, spec: FileSpec, sources: Sequence[SourceSpec]
             target.unlink()
     failures: list[str] = []
     for source in sources:
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
         try:
-            _FETCHERS[source.kind](source, spec, tmp)
-            digest = check_digest(tmp, spec)
-            _publish(tmp, target)
+            # Renamed into place only once its digest matched, readable by everyone (a cache shared with a
+            # service account must be readable by it); a failed source leaves no temporary file.
+            with atomic_path(target) as tmp:
+                _FETCHERS[source.kind](source, spec, tmp)
+                digest = check_digest(tmp, spec)
             return digest
         except FetchError as exc:
             failures.append(f"  - {source.describe()}: {exc}")
-        finally:
-            tmp.unlink(missing_ok=True)
     hints = sorted({_FIX_HINTS[s.kind] for s in sources})
     raise FetchError(
         f"could not fetch {spec.name} for {entry.id!r}; tried {len(sources)} source(s):\n" + "\n".join(failures)
