@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from serve.limits import DEFAULT_LIMITS
 from zoo import config
 from zoo.errors import ExportError, ZooError
 
@@ -325,13 +326,13 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True)
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
-@click.option("--max-inputs", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-inputs", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_inputs, show_default=True,
               help="Images or texts per request (the batch of one KServe infer request).")
-@click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_image_pixels, show_default=True,
               help="Width x height of one image, as its header declares it, checked before decoding.")
-@click.option("--max-aspect-ratio", type=click.FloatRange(min=1), default=20.0, show_default=True,
+@click.option("--max-aspect-ratio", type=click.FloatRange(min=1), default=DEFAULT_LIMITS.max_aspect_ratio, show_default=True,
               help="Long side over short side of an image the model resizes.")
-@click.option("--max-text-chars", type=click.IntRange(min=1), default=100_000, show_default=True,
+@click.option("--max-text-chars", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_text_chars, show_default=True,
               help="Characters of one text.")
 @click.option("--preprocess-workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Threads that decode and tokenise, off the event loop (images decoded at once, at most).")

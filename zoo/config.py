@@ -34,6 +34,7 @@ METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", 
                 "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "entity_f1": "entity F1", "entity_precision": "entity precision",
                 "entity_recall": "entity recall", "squad_f1": "SQuAD F1", "exact_match": "exact match"}
 
+
 @dataclass
 class FinetuneConfig:
     """Every hyper-parameter of a run; stored in run.json and the card. `None` and "auto" are chosen by
@@ -111,6 +112,9 @@ class FinetuneConfig:
                 raise InputError(message)
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+
+
 def default(name: str) -> Any:
     """FinetuneConfig's default for the field `name` (what the command line shows and passes)."""
-    return {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}[name]
+    return _DEFAULTS[name]
