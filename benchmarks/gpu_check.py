@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 MODELS = ("efficientnet_lite0", "all-minilm-l6-v2")
 PRECISIONS = ("off", "bf16", "fp16")
 # Largest difference of a device run's per-epoch training loss from the CPU fp32 run's, relative to the
-# CPU run's mean loss. fp32 on CUDA uses TF32 matmuls/convolutions while training (zoo.training._cuda_math)
+# CPU run's mean loss. fp32 on CUDA uses TF32 matmuls/convolutions while training (zoo.runtime.cuda_math)
 # and other kernels; bf16 keeps 8 significant bits; fp16 11, with loss scaling. The differences compound
 # through the optimizer steps, so these bounds are per short run (3 epochs of SGD), not per operation.
 # SGD: Adam divides each gradient by its own running magnitude, so a rounding difference in a gradient
@@ -172,18 +172,18 @@ def without_stochastic_layers(model: torch.nn.Module) -> torch.nn.Module:
 def deterministic_layers():
     """Models built inside have no dropout and no stochastic depth: CPU and CUDA draw different random
     masks from the same seed, which would be all a loss-curve comparison measures."""
-    import zoo.training
+    import zoo.trainer
 
-    original = zoo.training.build
+    original = zoo.trainer.build
 
     def build(*args, **kwargs):
         return without_stochastic_layers(original(*args, **kwargs))
 
-    zoo.training.build = build
+    zoo.trainer.build = build
     try:
         yield
     finally:
-        zoo.training.build = original
+        zoo.trainer.build = original
 
 
 def finetune_run(entry, data: Path, val_fraction: float, out: Path, device: str, amp: str, epochs: int, batch: int,
@@ -480,7 +480,7 @@ def export_check(run: Path, out: Path, device: torch.device) -> dict[str, Any]:
 
 
 def device_facts(device: torch.device) -> dict[str, Any]:
-    from zoo.training import auto_amp
+    from zoo.runtime import auto_amp
 
     facts: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count()}
     if device.type == "cuda":
@@ -627,9 +627,9 @@ def check_model(name: str, args: argparse.Namespace, device: torch.device, work:
         row = {"zoo": zoo_run, "hand_loop": hand,
                "zoo_over_hand_loop": zoo_run["samples_per_second"] / hand["samples_per_second"]}
         if entry.modality == "image":  # the same loop reading the files as zoo does: decoding included
-            from zoo.training import Runtime, _default_workers
+            from zoo.runtime import Runtime, default_workers
 
-            workers = 0 if dry else _default_workers(Runtime(device, None, 0, 1))
+            workers = 0 if dry else default_workers(Runtime(device, None, 0, 1))
             files = FileBatches(entry, data, fraction, batch, device, workers)
             try:
                 reading = hand_loop(entry, files, labels, device, amp, args.epochs, False, pretrained)

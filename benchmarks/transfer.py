@@ -180,7 +180,7 @@ def zoo_method(data: Data, indices: np.ndarray, seed: int, root: Path, **options
 
     import zoo
     from zoo.runs import resolve_name
-    from zoo.training import STATE_FILE
+    from zoo.runs import STATE_FILE
 
     model = IMAGE_MODEL if data.modality == "image" else TEXT_MODEL
     run = root / "run"

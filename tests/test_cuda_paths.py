@@ -24,8 +24,8 @@ import zoo
 from serve.errors import ProviderError
 from serve.providers import (CUDA, CPU, SessionConfig, cuda_failure_reason, cuda_libraries, cuda_provider_options,
                              cuda_providers, cuda_session_config, missing_libraries)
-from zoo import training
-from zoo.training import Runtime, _cuda_math, _default_workers, auto_amp
+from zoo import trainer
+from zoo.runtime import Runtime, auto_amp, cuda_math, default_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def _images(root: Path, per_class: int) -> Path:
 def test_a_training_step_reads_the_device_once_per_optimizer_step(tmp_path: Path, monkeypatch) -> None:
     """Not after every micro-batch: the loss and the finite flag stay on the device until the step."""
     counted: list[tuple[int, int]] = []
-    original = training._Trainer.train_epoch
+    original = trainer.Trainer.train_epoch
 
     def counting(self, model, optimizer, scheduler, scaler, epoch):
         batches = list(self.loader(True, epoch))  # data loading is not under test: materialised outside
@@ -111,7 +111,7 @@ def test_a_training_step_reads_the_device_once_per_optimizer_step(tmp_path: Path
         counted.append((reads.count, math.ceil(len(batches) / self.config.accumulate)))
         return result
 
-    monkeypatch.setattr(training._Trainer, "train_epoch", counting)
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", counting)
     data = _images(tmp_path / "data", 10)  # 16 training images: 8 micro-batches of 2, 4 optimizer steps
     zoo.finetune("efficientnet_lite0", data, tmp_path / "run", epochs=1, batch_size=2, accumulate=2, lr=1e-3,
                  head_init="random", augment="none", refit="off", quiet=True, device="cpu")
@@ -125,24 +125,24 @@ def test_workers_default_to_none_on_cpu_and_to_the_cores_per_rank_on_cuda(monkey
     cuda = Runtime(torch.device("cuda", 0), torch.bfloat16, 0, 1)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert _default_workers(cpu) == 0
-    assert _default_workers(cuda) == 15  # one core left to the training thread
+    assert default_workers(cpu) == 0
+    assert default_workers(cuda) == 15  # one core left to the training thread
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    assert _default_workers(cuda) == 16  # at most 16
+    assert default_workers(cuda) == 16  # at most 16
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert _default_workers(Runtime(torch.device("cuda", 1), torch.bfloat16, 1, 4)) == 3  # 16 cores / 4 ranks - 1
+    assert default_workers(Runtime(torch.device("cuda", 1), torch.bfloat16, 1, 4)) == 3  # 16 cores / 4 ranks - 1
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert _default_workers(cuda) == 0
+    assert default_workers(cuda) == 0
 
 
 def test_tf32_is_on_while_training_on_cuda_and_restored_after() -> None:
     flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # noqa: E731
     before, benchmark = flags(), torch.backends.cudnn.benchmark
-    with _cuda_math(Runtime(torch.device("cuda", 0), None, 0, 1)):
+    with cuda_math(Runtime(torch.device("cuda", 0), None, 0, 1)):
         assert flags() == (True, True) and torch.backends.cudnn.benchmark == benchmark
     assert flags() == before
-    with _cuda_math(Runtime(torch.device("cpu"), None, 0, 1)):
+    with cuda_math(Runtime(torch.device("cpu"), None, 0, 1)):
         assert flags() == before
 
 
@@ -155,17 +155,17 @@ def test_rank_zero_acts_alone_and_its_error_stops_every_rank(tmp_path: Path) -> 
         import torch, torch.distributed as dist
         sys.path.insert(0, {str(ROOT)!r})
         from zoo.errors import InputError
-        from zoo.training import Runtime, _on_main, _agree
+        from zoo.runtime import Runtime, agree, on_main
         dist.init_process_group("gloo")
         rank = dist.get_rank()
         runtime = Runtime(torch.device("cpu"), None, rank, 2)
         ran = []
-        _on_main(runtime, lambda: ran.append(rank))
-        agreed = _agree(runtime, rank == 0)  # rank 0 says stop, rank 1 would not: both stop
+        on_main(runtime, lambda: ran.append(rank))
+        agreed = agree(runtime, rank == 0)  # rank 0 says stop, rank 1 would not: both stop
         def refuse():
             raise InputError("--out x exists and is not empty")
         try:
-            _on_main(runtime, refuse)
+            on_main(runtime, refuse)
             outcome = "no error"
         except InputError as exc:
             outcome = str(exc)

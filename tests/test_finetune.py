@@ -23,7 +23,8 @@ from zoo.freeze import backbone_blocks, parameter_groups
 from zoo.heads import attach_head, head_prefix
 from zoo.registry import get_model
 from zoo.metrics import classification_metrics
-from zoo.training import FinetuneConfig, _schedule, finetune
+from zoo.optimization import lr_schedule
+from zoo.training import FinetuneConfig, finetune
 
 TEXTS = [("great movie, loved it", "pos"), ("wonderful and fun", "pos"), ("a delight to watch", "pos"),
          ("superb acting", "pos"), ("terrible, boring film", "neg"), ("awful and dull", "neg"),
@@ -129,7 +130,7 @@ def test_a_diverging_run_stops_with_a_clear_error(images: Path, tmp_path: Path, 
 def test_warmup_cosine_schedule_and_accumulation(images: Path, tmp_path: Path) -> None:
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)
-    schedule = _schedule(optimizer, FinetuneConfig(epochs=4, warmup_epochs=1), steps_per_epoch=2)
+    schedule = lr_schedule(optimizer, FinetuneConfig(epochs=4, warmup_epochs=1), steps_per_epoch=2)
     lrs = []
     for _ in range(8):
         lrs.append(optimizer.param_groups[0]["lr"])

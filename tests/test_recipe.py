@@ -57,7 +57,7 @@ def test_choices_are_deterministic_explained_and_scale_with_the_data() -> None:
             "select", "patience", "refit"} <= decided
     assert small.after_probe == "gated"
     assert all(": " in line and not line.endswith(": ") for line in small_lines)
-    # (workers: chosen from the device once the processes are up, zoo.training._default_workers)
+    # (workers: chosen from the device once the processes are up, zoo.runtime.default_workers)
     assert all(value is not None for name, value in dataclasses.asdict(small).items()
                if name not in ("clip_grad", "positive", "workers"))
     # segmentation has no linear head to probe: a random head at the fallback rate

@@ -299,7 +299,8 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
     from zoo.runs import resolve_name
 
     resolve_name(name)  # unknown names fail before torch is imported
-    from zoo.training import describe_trainable, finetune as run_finetune
+    from zoo.freeze import describe_trainable
+    from zoo.training import finetune as run_finetune
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")

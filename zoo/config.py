@@ -68,7 +68,7 @@ class FinetuneConfig:
     select: str = "auto"  # the weights kept: last (the final epoch's, or the probe's if it validated better) | best
     refit: str = "auto"  # on: once selection is done, train the selected procedure again on train + val | off
     batchnorm: str = "auto"  # frozen (running statistics kept, eval mode) | train
-    workers: int | None = None  # DataLoader worker processes; None: resolved per device (_default_workers)
+    workers: int | None = None  # DataLoader worker processes; None: resolved per device (zoo.runtime.default_workers)
     device: str = "auto"
     amp: str = "auto"
 

@@ -119,3 +119,12 @@ def trainable_table(model: nn.Module, blocks: list[Block], head_prefix: str) -> 
     head = [p for n, p in parameters.items() if n.startswith(head_prefix)]
     rows.append(("head", sum(p.numel() for p in head if p.requires_grad), sum(p.numel() for p in head)))
     return rows
+
+
+def describe_trainable(rows: list[tuple[str, int, int]]) -> list[str]:
+    """The --dry-run table: which blocks train and how many parameters."""
+    lines = [f"{'block':40} {'trainable':>12} {'total':>12}"]
+    lines += [f"{name:40} {trainable:>12,} {total:>12,}" for name, trainable, total in rows]
+    lines.append(f"{'all':40} {sum(r[1] for r in rows):>12,} {sum(r[2] for r in rows):>12,}")
+    return lines
+

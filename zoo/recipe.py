@@ -34,7 +34,7 @@ from zoo.schema import ModelEntry
 
 if TYPE_CHECKING:
     from zoo.data import Dataset
-    from zoo.training import FinetuneConfig
+    from zoo.config import FinetuneConfig
 
 TARGET_STEPS = 80  # optimizer steps of fine-tuning, before the epoch bounds below
 MIN_EPOCHS, MAX_EPOCHS = 3, 40

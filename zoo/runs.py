@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +29,29 @@ if TYPE_CHECKING:
 CARD = "card.json"
 RUN_CONFIG = "run.json"
 RUN_WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "training_state.pt"  # optimizer, schedule, progress: what --resume needs
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """InputError unless `out` can hold a new run (empty or absent; a previous run with `overwrite`, which
+    is deleted) or, with `resume`, holds an interrupted one."""
+    if resume:
+        if not (out / RUN_CONFIG).is_file() or not (out / STATE_FILE).is_file():
+            raise InputError(f"--resume {out}: no interrupted run there (expected {RUN_CONFIG} and {STATE_FILE})")
+        if (out / CARD).is_file():
+            raise InputError(f"--resume {out}: that run already finished; start a new one with another --out")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise InputError(f"--out {out} exists and is not empty; pass --resume to continue that run, "
+                             "--overwrite to replace it, or choose another folder")
+        if not (out / RUN_CONFIG).is_file():
+            raise InputError(f"--overwrite: {out} is not a run directory (no {RUN_CONFIG}); refusing to delete it")
+        shutil.rmtree(out)
 
 
 def is_run_dir(path: str | Path) -> bool:
