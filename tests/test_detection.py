@@ -117,7 +117,7 @@ def run_and_bundle(coco: Path, stand_in_registry, tmp_path_factory: pytest.TempP
 def test_coco_and_voc_annotations_give_the_same_dataset(coco: Path, tmp_path: Path) -> None:
     write_scenes(tmp_path / "voc", 6, seed=0, layout="voc")
     from_coco, from_voc = load_detection(coco), load_detection(tmp_path / "voc")
-    assert from_coco.labels == from_voc.labels == [BACKGROUND, "blue", "red"] and from_coco.task == "detection"
+    assert from_coco.labels == from_voc.labels == [BACKGROUND, "blue", "red"] and from_coco.task == "object-detection"
     by_name = lambda d: {Path(e.item).name: e.objects for e in d.train + d.val}  # noqa: E731
     assert by_name(from_coco) == by_name(from_voc)  # VOC's 1-based corners made 0-based
     assert from_coco.summary()["images"] == {"train": 5, "val": 1}

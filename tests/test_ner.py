@@ -62,8 +62,8 @@ def conll(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run_and_bundle(conll: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("ner-run")
-    code = main(["finetune", BASE, "--data", str(conll), "--out", str(out / "run"), "--epochs", "2",
-                 "--batch-size", "8", "--lr", "5e-4", "--quiet"])
+    code = main(["finetune", BASE, "--task", "token-classification", "--data", str(conll), "--out", str(out / "run"),
+                 "--epochs", "2", "--batch-size", "8", "--lr", "5e-4", "--quiet"])
     assert code == 0
     code = main(["export", str(out / "run"), "--out", str(out / "bundle"), "--format", "onnx", "--format", "onnx-int8",
                  "--format", "savedmodel"])
@@ -195,5 +195,19 @@ def test_ner_options_are_refused_where_they_do_not_apply(run_and_bundle, bundles
     assert code == 2 and "--aggregation" in capsys.readouterr().err
     code = main(["predict", str(bundle), "Bob", "--min-score", "0.5"])
     assert code == 2 and "--min-score" in capsys.readouterr().err
-    code = main(["finetune", BASE, "--data", str(conll), "--out", str(tmp_path / "r"), "--head", "binary"])
-    assert code == 2 and "token classification takes one multiclass label per token" in capsys.readouterr().err
+    code = main(["finetune", BASE, "--task", "token-classification", "--data", str(conll), "--out", str(tmp_path / "r"),
+                 "--head", "binary"])
+    assert code == 2 and "--head binary: token-classification takes one multiclass label per token" in capsys.readouterr().err
+
+
+def test_the_task_comes_from_task_not_from_the_data_file(conll: Path, tmp_path: Path, capsys) -> None:
+    """A text encoder fine-tunes for text classification unless --task says otherwise: NER data without
+    --task is read as classification data and refused, naming --task (never sniffed and trained as NER)."""
+    code = main(["finetune", BASE, "--data", str(conll), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "text classification needs a .csv or .jsonl file" in err
+    assert "--task token-classification" in err and not (tmp_path / "r").exists()
+    code = main(["finetune", "efficientnet_lite0", "--task", "token-classification", "--data", str(conll),
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "efficientnet_lite0 (image-classification) can be fine-tuned for image-classification" in err

@@ -119,7 +119,7 @@ def test_the_stage_pulls_classes_apart_and_is_deterministic_for_a_seed() -> None
 
 def _text_dataset(per_class: int) -> Dataset:
     train = [Example(f"text {i}", i % 2) for i in range(2 * per_class)]
-    return Dataset("text", ["neg", "pos"], train, train[:2], "data", "given")
+    return Dataset("text-classification", "text", ["neg", "pos"], train, train[:2], "data", "given")
 
 
 def test_the_recipe_leaves_pairs_off_says_why_and_keeps_them_when_asked() -> None:
@@ -134,7 +134,7 @@ def test_the_recipe_leaves_pairs_off_says_why_and_keeps_them_when_asked() -> Non
     assert asked.after_probe == "finetune"  # the pair features saw every label: no out-of-fold gate
     setfit, _ = resolve(FinetuneConfig(probe_only=True, pairs="on"), minilm, _text_dataset(8))
     assert setfit.pairs == "on" and setfit.freeze == "head"
-    image = Dataset("image", ["a", "b"], [Example("x.png", i % 2) for i in range(8)], [], "data", "given")
+    image = Dataset("image-classification", "image", ["a", "b"], [Example("x.png", i % 2) for i in range(8)], [], "data", "given")
     assert resolve(FinetuneConfig(), get_model("efficientnet_lite0"), image)[0].pairs == "off"
     with pytest.raises(InputError, match="--pairs on trains a text encoder for classification; efficientnet_lite0"):
         resolve(FinetuneConfig(pairs="on"), get_model("efficientnet_lite0"), image)

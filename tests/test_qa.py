@@ -59,8 +59,8 @@ def squad(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run_and_bundle(squad: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("qa-run")
-    code = main(["finetune", BASE, "--data", str(squad), "--out", str(out / "run"), "--epochs", "3",
-                 "--batch-size", "8", "--lr", "5e-4", "--seed", "1", "--quiet"])
+    code = main(["finetune", BASE, "--task", "question-answering", "--data", str(squad), "--out", str(out / "run"),
+                 "--epochs", "3", "--batch-size", "8", "--lr", "5e-4", "--seed", "1", "--quiet"])
     # (seed 1: this 3-epoch model answers the long-context question from its last window, which the test of
     # every window needs; at seed 0, since the training order is keyed by (seed, epoch, index), it picks
     # "street" in the first window. Seeds 1 and 2 give "Tokyo".)

@@ -30,10 +30,10 @@ def images(tmp_path_factory) -> Path:
     return _write_images(tmp_path_factory.mktemp("images"), per_class=8)
 
 
-def _dataset(examples: int, task_examples: Example | None = None) -> Dataset:
+def _dataset(examples: int, task_examples: Example | None = None, task: str = "image-classification") -> Dataset:
     make = task_examples or Example("x.png", 0)
     train = [dataclasses.replace(make, label=i % 2) for i in range(examples)]
-    return Dataset("image", ["a", "b"], train, train[:2], "data", "given")
+    return Dataset(task, "text" if task.startswith("text") else "image", ["a", "b"], train, train[:2], "data", "given")
 
 
 def test_choices_are_deterministic_explained_and_scale_with_the_data() -> None:
@@ -46,7 +46,7 @@ def test_choices_are_deterministic_explained_and_scale_with_the_data() -> None:
     large, _ = resolve(FinetuneConfig(), entry, _dataset(1024))
     assert large.epochs == max(MIN_EPOCHS, -(-TARGET_STEPS // 32)) < small.epochs
     assert (small.lr, small.weight_decay) == (entry.finetune.lr, entry.finetune.weight_decay) == (3e-4, 0.01)
-    text, text_lines = resolve(FinetuneConfig(), get_model("all-minilm-l6-v2"), _dataset(16))
+    text, text_lines = resolve(FinetuneConfig(), get_model("all-minilm-l6-v2"), _dataset(16, task="text-classification"))
     assert text.lr == get_model("all-minilm-l6-v2").finetune.lr != small.lr  # per family, from the card
     # the reasons printed fit the model: no crops or BatchNorm talk for a text encoder
     assert any(line.startswith("batchnorm = frozen: bert has no BatchNorm") for line in text_lines)
@@ -62,7 +62,7 @@ def test_choices_are_deterministic_explained_and_scale_with_the_data() -> None:
                if name not in ("clip_grad", "positive", "workers"))
     # segmentation has no linear head to probe: a random head at the fallback rate
     masks = Example("x.png", 0, mask="x.png")
-    segmentation, lines = resolve(FinetuneConfig(), get_model("lraspp_mobilenet_v3_large"), _dataset(16, masks))
+    segmentation, lines = resolve(FinetuneConfig(), get_model("lraspp_mobilenet_v3_large"), _dataset(16, masks, "semantic-segmentation"))
     assert segmentation.head_init == "random" and segmentation.lr == 1e-3 and any("no single linear" in l for l in lines)
     assert segmentation.batchnorm == "train" and small.batchnorm == "frozen"
     scratch, _ = resolve(FinetuneConfig(pretrained=False), entry, _dataset(16))

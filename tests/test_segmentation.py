@@ -71,7 +71,7 @@ def run_and_bundle(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 def test_dataset_pairs_images_with_masks(data: Path) -> None:
     dataset = load_segmentation(data, val_fraction=0.25, seed=0)
-    assert dataset.labels == list(LABELS) and dataset.task == "segmentation"
+    assert dataset.labels == list(LABELS) and dataset.task == "semantic-segmentation"
     assert (len(dataset.train), len(dataset.val)) == (3, 1)
     assert all(Path(e.mask).stem == Path(e.item).stem for e in dataset.train + dataset.val)
     assert dataset.summary()["train"] == 3

@@ -233,6 +233,9 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
                    "Annotations/ + JPEGImages/ (Pascal VOC) (each with optional train/ val/), for token classification "
                    "(NER) a CoNLL file or JSONL with tokens,tags, for question answering SQuAD JSON.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
+@click.option("--task", type=click.Choice(config.FINETUNE_TASKS),
+              help="What to fine-tune for; --data is read as that task's data. Default: the model's own task; "
+                   "text-classification for a text encoder (token-classification: NER, question-answering: SQuAD).")
 @click.option("--epochs", type=int, help="Default: a budget of optimizer steps scaled to the data (zoo.recipe).")
 @click.option("--batch-size", type=int, default=config.default("batch_size"), show_default=True)
 @click.option("--lr", type=float, help="Learning rate of the head (blocks below: see --lr-decay). Default: the "

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from zoo.errors import InputError
+from zoo.tasks import FINETUNE_TASKS, TASKS
+
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 SCHEDULES = ("cosine", "constant")
-HEAD_KINDS = ("multiclass", "binary")  # "token" and "span" are set from NER / QA data
+HEAD_KINDS = ("multiclass", "binary")  # "token" and "span" follow from --task (zoo.tasks)
 AUGMENTATIONS = ("none", "light", "trivial", "imagenet")  # zoo.loaders.train_image_transform
 REFIT = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
@@ -23,13 +25,7 @@ AUGMENTS = ("auto", *AUGMENTATIONS)
 BATCHNORM = ("auto", "frozen", "train")
 SELECT = ("auto", "last", "best")
 PAIRS = ("auto", "on", "off")
-CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
-SEGMENTATION_METRICS = ("miou", "pixel_accuracy", "loss")
-DETECTION_METRICS = ("map50", "map")  # torchvision detectors compute losses in training mode only
-TOKEN_METRICS = ("entity_f1", "entity_precision", "entity_recall", "loss")
-QA_METRICS = ("squad_f1", "exact_match", "loss")
-METRICS = ("auto", *CLASSIFICATION_METRICS, *SEGMENTATION_METRICS[:2], *DETECTION_METRICS, *TOKEN_METRICS[:3],
-           *QA_METRICS[:2])
+METRICS = ("auto", *dict.fromkeys(metric for task in TASKS.values() for metric in task.metrics))  # each task's: zoo.tasks
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy",
                 "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "entity_f1": "entity F1", "entity_precision": "entity precision",
                 "entity_recall": "entity recall", "squad_f1": "SQuAD F1", "exact_match": "exact match"}
@@ -40,6 +36,7 @@ class FinetuneConfig:
     """Every hyper-parameter of a run; stored in run.json and the card. `None` and "auto" are chosen by
     the default recipe (zoo.recipe) from the model's registry card and the data, and stored resolved."""
 
+    task: str | None = None  # what the model is fine-tuned for (zoo.tasks); None: the one its entry allows
     epochs: int | None = None
     batch_size: int = 32
     lr: float | None = None
@@ -75,6 +72,8 @@ class FinetuneConfig:
     def check(self) -> None:
         """InputError naming the first bad value."""
         rules = [
+            (self.task is None or self.task in FINETUNE_TASKS,
+             f"--task {self.task}: expected one of {', '.join(FINETUNE_TASKS)}"),
             (self.epochs is None or self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
             (self.lr is None or self.lr > 0, f"--lr {self.lr}: must be positive"),
@@ -90,7 +89,7 @@ class FinetuneConfig:
             (self.metric in METRICS, f"--metric {self.metric!r}: expected one of {', '.join(METRICS)}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: must be in [0, 1)"),
             (0 < self.lr_decay <= 1, f"--lr-decay {self.lr_decay}: must be in (0, 1]"),
-            # "token"/"span" are set by finetune() for NER / QA data (and read back from run.json on --resume)
+            # "token"/"span" are set by finetune() from --task (and read back from run.json on --resume)
             (self.head in (*HEAD_KINDS, "token", "span"), f"--head {self.head!r}: expected one of {', '.join(HEAD_KINDS)}"),
             (self.head_init in HEAD_INITS, f"--head-init {self.head_init!r}: expected one of {', '.join(HEAD_INITS)}"),
             (self.augment in AUGMENTS, f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTS)}"),

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.errors import InputError
 from zoo.schema import ModelEntry
+from zoo.tasks import get_task
 
 if TYPE_CHECKING:
     from zoo.data import Dataset
@@ -69,7 +70,10 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
         else:
             choices.append(f"{field} = {given}: given")
 
-    linear_head = dataset.task == "classification"
+    others = [name for name in get_task(entry.task).finetunes_into if name != dataset.task]
+    choose("task", dataset.task, f"what {entry.id} ({entry.task}) learns by default"
+           + (f"; --task {' | '.join(others)} for the others it can learn" if others else ""))
+    linear_head = get_task(dataset.task).linear_head
     if config.probe_only:
         if not linear_head:
             raise InputError(f"--probe fits a linear classifier on frozen features; {dataset.task} has no such head")

@@ -22,6 +22,7 @@ from serve.files import atomic_path, write_text_atomic
 from zoo.errors import InputError
 from zoo.registry import get_model
 from zoo.schema import FileSpec, Metric, ModelEntry, OutputSpec, Reference, ReferenceCase, SourceSpec
+from zoo.tasks import get_task
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,12 +68,8 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
                          f"resume it with `zoo finetune ... --resume` or start it again")
     card = json.loads(card_path.read_text())
     base = get_model(card["base_model"])
-    dense = base.output.kind in ("segmentation", "detection")  # the task and output kind stay the base's
-    # A text encoder's run: named-entity recognition ("token" head), question answering ("span"), or classification.
-    tokens = card["head"] in ("token", "span")
-    task = base.task if dense else {"token": "token-classification", "span": "question-answering"}.get(
-        card["head"], f"{base.modality}-classification")
-    kind = base.output.kind if dense else {"token": "token-logits", "span": "span-logits"}.get(card["head"], "logits")
+    task = get_task(card["hyperparameters"].get("task") or _task_of_older_run(base, card["head"]))
+    tokens = task.output_kind in ("token-logits", "span-logits")  # per-token rows of the encoder's width
     files = tuple(FileSpec(name=name, role="weights" if name == RUN_WEIGHTS_FILE else "tokenizer", sha256=digest)
                   for name, digest in card["files"].items())
     reference = Reference(
@@ -83,7 +80,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         base,
         id=f"run-{card['files'][RUN_WEIGHTS_FILE][:12]}",
         description=f"{base.id} fine-tuned on {card['data']['source']} ({card['head']} head)",
-        task=task,
+        task=task.name,
         builder="run",
         builder_args={"base": base.id, "head": card["head"], "num_labels": len(card["labels"]),
                       "run_dir": str(run_dir)},
@@ -91,12 +88,20 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         files=files,
         sources=(SourceSpec(kind="path", path=str(run_dir)),),
         params=card["params"],
-        output=OutputSpec(kind=kind, labels=tuple(card["labels"]), dim=base.output.dim if tokens else None),
+        output=OutputSpec(kind=task.output_kind, labels=tuple(card["labels"]), dim=base.output.dim if tokens else None),
         metrics=tuple(Metric(name=f"val/{k}", value=v, source=f"zoo finetune {run_dir}")
                       for k, v in card["best_metrics"].items()),
         reference=reference,
         gflops=None,
     )
+
+
+def _task_of_older_run(base: ModelEntry, head: str) -> str:
+    """The task of a run written before run cards stored it: the base's own (segmentation, detection), or
+    what a text encoder's head was for."""
+    if base.task in ("semantic-segmentation", "object-detection"):
+        return base.task
+    return {"token": "token-classification", "span": "question-answering"}.get(head, f"{base.modality}-classification")
 
 
 def resolve_name(name: str) -> ModelEntry:

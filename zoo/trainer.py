@@ -38,8 +38,8 @@ class Trainer:
         seed_everything(config.seed)  # without pretrained weights the backbone's initialisation is random too
         backbone = build(entry, pretrained=config.pretrained)
         seed_everything(config.seed)  # the new head's initialisation depends on the seed only
-        self.segmentation = dataset.task == "segmentation"
-        self.detection = dataset.task == "detection"
+        self.segmentation = dataset.task == "semantic-segmentation"
+        self.detection = dataset.task == "object-detection"
         self.tokens = dataset.task == "token-classification"
         self.qa = dataset.task == "question-answering"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))

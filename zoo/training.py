@@ -22,10 +22,8 @@ import torch.distributed as dist
 
 from serve.files import atomic_path
 from zoo import recipe
-from zoo.config import (CLASSIFICATION_METRICS, DETECTION_METRICS, METRIC_NAMES, QA_METRICS, SEGMENTATION_METRICS,
-                        TOKEN_METRICS, FinetuneConfig)
-from zoo.data import (Dataset, is_qa_data, is_token_data, load_dataset, load_detection, load_segmentation, load_squad,
-                      load_token_tags)
+from zoo.config import METRIC_NAMES, FinetuneConfig
+from zoo.data import Dataset
 from zoo.errors import InputError, ZooError
 from zoo.evaluation import evaluate
 from zoo.factory import resolve
@@ -37,6 +35,7 @@ from zoo.run_card import TRAINING_PACKAGES, finish_run
 from zoo.runs import RUN_CONFIG, STATE_FILE, load_weights, prepare_run_dir, save_weights, write_json_atomic, write_metrics
 from zoo.runtime import Runtime, agree, cuda_math, default_workers, on_main, seed_everything, start_runtime, state_sha256, sync_buffers
 from zoo.schema import ModelEntry
+from zoo.tasks import finetune_task, implementation
 from zoo.trainer import Trainer
 
 PROBE_FEATURES = "probe_features.safetensors"  # the frozen features the probe was fitted on
@@ -89,35 +88,17 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
     if entry.builder == "run":
         raise InputError("fine-tuning a fine-tuned run is not supported yet; start from its base model "
                          f"{entry.builder_args['base']!r}")
-    segmentation, detection = entry.output.kind == "segmentation", entry.output.kind == "detection"
-    qa = entry.modality == "text" and data is not None and is_qa_data(data)
-    tokens = entry.modality == "text" and data is not None and not qa and is_token_data(data)
-    allowed = (SEGMENTATION_METRICS if segmentation else DETECTION_METRICS if detection else TOKEN_METRICS if tokens
-               else QA_METRICS if qa else CLASSIFICATION_METRICS)
+    task = finetune_task(entry, config.task)  # stored in the config by recipe.resolve
     if config.metric == "auto":
-        config = dataclasses.replace(config, metric=allowed[0])
-    elif config.metric not in allowed:
-        raise InputError(f"--metric {config.metric}: {entry.id} is a model for {entry.task}; expected one of {', '.join(allowed)}")
-    if segmentation:
-        if config.head != "multiclass":
-            raise InputError(f"--head {config.head}: segmentation takes the multiclass head (one logit per class and pixel)")
-        dataset = load_segmentation(data, config.val_fraction, config.seed)
-    elif detection:
-        if config.head != "multiclass":
-            raise InputError(f"--head {config.head}: detection takes the multiclass head (one score per class and box)")
-        dataset = load_detection(data, config.val_fraction, config.seed)
-    elif tokens:
-        if config.head not in ("multiclass", "token"):
-            raise InputError(f"--head {config.head}: token classification takes one multiclass label per token")
-        config = dataclasses.replace(config, head="token")
-        dataset = load_token_tags(data, config.val_fraction, config.seed)
-    elif qa:
-        if config.head not in ("multiclass", "span"):
-            raise InputError(f"--head {config.head}: question answering takes the span head (start and end per token)")
-        config = dataclasses.replace(config, head="span")
-        dataset = load_squad(data, config.val_fraction, config.seed)
-    else:
-        dataset = load_dataset(data, entry.modality, config.val_fraction, config.seed)
+        config = dataclasses.replace(config, metric=task.metrics[0])
+    elif config.metric not in task.metrics:
+        raise InputError(f"--metric {config.metric}: {entry.id} fine-tuned for {task.name}; expected one of "
+                         f"{', '.join(task.metrics)}")
+    if config.head not in task.heads:
+        raise InputError(f"--head {config.head}: {task.name} takes {task.head_rule}")
+    if task.head is not None:
+        config = dataclasses.replace(config, head=task.head)
+    dataset = implementation(task).load_data(data, entry, config)
     if config.head == "binary":
         head_outputs("binary", len(dataset.labels))
         dataset = _with_positive(dataset, config.positive)

@@ -13,9 +13,8 @@ from zoo.data.classification import load_dataset
 from zoo.data.dataset import Dataset, Example, random_split, stratified_split
 from zoo.data.detection import BACKGROUND, load_detection
 from zoo.data.segmentation import IGNORE_INDEX, LABELS_FILE, load_segmentation
-from zoo.data.squad import ANSWER_LABELS, is_qa_data, load_squad
-from zoo.data.tokens import is_token_data, load_token_tags
+from zoo.data.squad import ANSWER_LABELS, load_squad
+from zoo.data.tokens import load_token_tags
 
-__all__ = ["ANSWER_LABELS", "BACKGROUND", "Dataset", "Example", "IGNORE_INDEX", "LABELS_FILE", "is_qa_data",
-           "is_token_data", "load_dataset", "load_detection", "load_segmentation", "load_squad", "load_token_tags",
-           "random_split", "stratified_split"]
+__all__ = ["ANSWER_LABELS", "BACKGROUND", "Dataset", "Example", "IGNORE_INDEX", "LABELS_FILE", "load_dataset",
+           "load_detection", "load_segmentation", "load_squad", "load_token_tags", "random_split", "stratified_split"]

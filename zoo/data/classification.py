@@ -12,6 +12,9 @@ from zoo.data.dataset import Dataset, Example, readable_images, stratified_split
 from zoo.errors import InputError
 
 TEXT_COLUMNS = ("text", "label")
+# Text data is read for the task the run is for, never sniffed: other tasks' files fail here, saying how to ask.
+OTHER_TEXT_TASKS = ("; for named-entity recognition or question answering data, pass --task token-classification "
+                    "or --task question-answering")
 
 
 def load_dataset(path: str | Path, modality: str, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -24,7 +27,8 @@ def load_dataset(path: str | Path, modality: str, val_fraction: float = 0.2, see
             raise InputError(f"--data {path}: image models need a folder with one subfolder per class")
         return _image_folder(path, val_fraction, seed)
     if path.is_dir() or path.suffix.lower() not in (".csv", ".jsonl", ".json"):
-        raise InputError(f"--data {path}: text models need a .csv or .jsonl file with columns 'text' and 'label'")
+        raise InputError(f"--data {path}: text classification needs a .csv or .jsonl file with columns 'text' and "
+                         f"'label'{OTHER_TEXT_TASKS}")
     return _text_file(path, val_fraction, seed)
 
 
@@ -53,15 +57,15 @@ def _image_folder(root: Path, val_fraction: float, seed: int) -> Dataset:
                 raise InputError(f"{root / 'val'}: classes {', '.join(unseen)} do not appear in train/; "
                                  "every validation class needs training images")
             val_examples = [Example(f, labels.index(c)) for c in val for f in val[c]]
-            return Dataset("image", labels, train_examples, val_examples, str(root), "given", skipped)
+            return Dataset("image-classification", "image", labels, train_examples, val_examples, str(root), "given", skipped)
         train_examples, val_examples = stratified_split(train_examples, val_fraction, seed, labels)
-        return Dataset("image", labels, train_examples, val_examples, str(root), _split_name(seed, val_fraction), skipped)
+        return Dataset("image-classification", "image", labels, train_examples, val_examples, str(root), _split_name(seed, val_fraction), skipped)
     classes = _class_folders(root, skipped)
     labels = sorted(classes)
     _check_classes(labels, str(root))
     examples = [Example(f, labels.index(c)) for c in labels for f in classes[c]]
     train_examples, val_examples = stratified_split(examples, val_fraction, seed, labels)
-    return Dataset("image", labels, train_examples, val_examples, str(root), _split_name(seed, val_fraction), skipped)
+    return Dataset("image-classification", "image", labels, train_examples, val_examples, str(root), _split_name(seed, val_fraction), skipped)
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -71,7 +75,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
             missing = [c for c in TEXT_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise InputError(f"{path}: missing column(s) {', '.join(missing)}; found {reader.fieldnames}; "
-                                 "expected a header with 'text' and 'label' (and optionally 'split')")
+                                 f"expected a header with 'text' and 'label' (and optionally 'split'){OTHER_TEXT_TASKS}")
             return list(reader)
     rows = []
     for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
@@ -80,11 +84,11 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            raise InputError(f"{path}:{number}: not valid JSON Lines ({exc.msg}){OTHER_TEXT_TASKS}") from None
         missing = [c for c in TEXT_COLUMNS if not isinstance(row, dict) or c not in row]
         if missing:
             raise InputError(f"{path}:{number}: missing field(s) {', '.join(missing)}; expected "
-                             '{"text": ..., "label": ...}')
+                             f'{{"text": ..., "label": ...}}{OTHER_TEXT_TASKS}')
         rows.append(row)
     return rows
 
@@ -108,12 +112,12 @@ def _text_file(path: Path, val_fraction: float, seed: int) -> Dataset:
         train = [Example(str(r["text"]), labels.index(str(r["label"]))) for r in rows if str(r.get("split", "train")) != "val"]
         val = [Example(str(r["text"]), labels.index(str(r["label"]))) for r in rows if str(r.get("split")) == "val"]
         if val:
-            return Dataset("text", labels, train, val, str(path), "given", skipped)
+            return Dataset("text-classification", "text", labels, train, val, str(path), "given", skipped)
         train, val = stratified_split(train, val_fraction, seed, labels)
     else:
         examples = [Example(str(r["text"]), labels.index(str(r["label"]))) for r in rows]
         train, val = stratified_split(examples, val_fraction, seed, labels)
-    return Dataset("text", labels, train, val, str(path), _split_name(seed, val_fraction), skipped)
+    return Dataset("text-classification", "text", labels, train, val, str(path), _split_name(seed, val_fraction), skipped)
 
 
 def _check_classes(labels: Sequence[str], where: str) -> None:

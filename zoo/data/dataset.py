@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +37,7 @@ class Example:
 class Dataset:
     """Labelled examples split into train and val, with the class names (sorted)."""
 
+    task: str  # zoo.tasks: the task the loader read the data for
     modality: str
     labels: list[str]
     train: list[Example]
@@ -44,17 +45,6 @@ class Dataset:
     source: str
     split: str  # "given" (train/ + val/ folders, or a split column) or "stratified seed=N fraction=F"
     skipped: list[str] = field(default_factory=list)
-
-    @property
-    def task(self) -> str:
-        """"segmentation" when the examples carry masks, "detection" when they carry boxes, else "classification"."""
-        if self.train and self.train[0].mask is not None:
-            return "segmentation"
-        if self.train and self.train[0].tags is not None:
-            return "token-classification"
-        if self.train and self.train[0].question is not None:
-            return "question-answering"
-        return "detection" if self.train and self.train[0].objects is not None else "classification"
 
     def fingerprint(self) -> str:
         """sha256 over (split, label, content) of every example: changes when any byte of the data does."""
@@ -87,28 +77,11 @@ class Dataset:
         return sorted(e.item for e in self.val)
 
     def summary(self) -> dict[str, Any]:
-        if self.task == "question-answering":
-            contexts = lambda examples: len({e.item for e in examples})  # noqa: E731
-            return {"source": self.source, "split": self.split, "labels": self.labels,
-                    "train": {"questions": len(self.train), "contexts": contexts(self.train)},
-                    "val": {"questions": len(self.val), "contexts": contexts(self.val)}, "skipped": self.skipped}
-        if self.task == "token-classification":  # sentences, and entities per type (B- tags)
-            count = lambda examples: dict(Counter(self.labels[t][2:] for e in examples for t in e.tags  # noqa: E731
-                                                  if self.labels[t].startswith("B-")))
-            return {"source": self.source, "split": self.split, "labels": self.labels, "sentences": {
-                "train": len(self.train), "val": len(self.val)}, "train": count(self.train), "val": count(self.val),
-                "skipped": self.skipped}
-        if self.task == "detection":  # objects per class (labels[0] is the background)
-            count = lambda examples: dict(Counter(self.labels[o[0]] for e in examples for o in e.objects))  # noqa: E731
-            return {"source": self.source, "split": self.split, "labels": self.labels, "images": {
-                "train": len(self.train), "val": len(self.val)}, "train": count(self.train), "val": count(self.val),
-                "skipped": self.skipped}
-        if self.task == "segmentation":
-            return {"source": self.source, "split": self.split, "labels": self.labels, "train": len(self.train),
-                    "val": len(self.val), "skipped": self.skipped}
-        return {"source": self.source, "split": self.split, "labels": self.labels,
-                "train": dict(Counter(self.labels[e.label] for e in self.train)),
-                "val": dict(Counter(self.labels[e.label] for e in self.val)), "skipped": self.skipped}
+        """What the run's card says about the data: its source, split and labels, and the task's counts."""
+        from zoo.tasks import get_task, implementation
+
+        counts = implementation(get_task(self.task)).summary(self)
+        return {"source": self.source, "split": self.split, "labels": self.labels, **counts, "skipped": self.skipped}
 
 
 def readable_images(folder: Path, skipped: list[str]) -> list[str]:

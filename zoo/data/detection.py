@@ -28,11 +28,11 @@ def load_detection(path: str | Path, val_fraction: float = 0.2, seed: int = 0) -
         labels, train = _annotations(root / "train", None, skipped)
         if (root / "val").is_dir():
             _, val = _annotations(root / "val", labels, skipped)
-            return Dataset("image", labels, train, val, str(root), "given", skipped)
+            return Dataset("object-detection", "image", labels, train, val, str(root), "given", skipped)
     else:
         labels, train = _annotations(root, None, skipped)
     train, val = random_split(train, val_fraction, seed)
-    return Dataset("image", labels, train, val, str(root), f"random seed={seed} fraction={val_fraction}", skipped)
+    return Dataset("object-detection", "image", labels, train, val, str(root), f"random seed={seed} fraction={val_fraction}", skipped)
 
 
 def _annotations(folder: Path, labels: list[str] | None, skipped: list[str]) -> tuple[list[str], list[Example]]:

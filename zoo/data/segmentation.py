@@ -35,11 +35,11 @@ def load_segmentation(path: str | Path, val_fraction: float = 0.2, seed: int = 0
     if (root / "train").is_dir():
         train = _pairs(root / "train", labels, skipped)
         if (root / "val").is_dir():
-            return Dataset("image", labels, train, _pairs(root / "val", labels, skipped), str(root), "given", skipped)
+            return Dataset("semantic-segmentation", "image", labels, train, _pairs(root / "val", labels, skipped), str(root), "given", skipped)
     else:
         train = _pairs(root, labels, skipped)
     train, val = random_split(train, val_fraction, seed)
-    return Dataset("image", labels, train, val, str(root), f"random seed={seed} fraction={val_fraction}", skipped)
+    return Dataset("semantic-segmentation", "image", labels, train, val, str(root), f"random seed={seed} fraction={val_fraction}", skipped)
 
 
 def _pairs(folder: Path, labels: Sequence[str], skipped: list[str]) -> list[Example]:

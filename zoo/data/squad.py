@@ -15,18 +15,6 @@ SQUAD_LAYOUT = ('SQuAD v1.1 JSON: {"data": [{"paragraphs": [{"context": ..., "qa
 ANSWER_LABELS = ["start", "end"]  # the span head's two outputs per token
 
 
-def is_qa_data(path: str | Path) -> bool:
-    """True for SQuAD-style data: a .json file holding {"data": [...]}, or a folder with train.json."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / "train.json").is_file()
-    if path.suffix.lower() != ".json" or not path.is_file():
-        return False
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        head = handle.read(4096).lstrip()
-    return head.startswith("{") and '"data"' in head
-
-
 def load_squad(path: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Questions with their context and answers. A single file is split by context (a paragraph's
     questions stay on one side); train.json + val.json (or dev.json) are used as given. Every answer
@@ -36,7 +24,7 @@ def load_squad(path: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Da
         val_file = next((path / n for n in ("val.json", "dev.json") if (path / n).is_file()), None)
         if not (path / "train.json").is_file() or val_file is None:
             raise InputError(f"--data {path}: expected train.json and val.json (or dev.json); {SQUAD_LAYOUT}")
-        return Dataset("text", ANSWER_LABELS, _squad(path / "train.json"), _squad(val_file), str(path), "given")
+        return Dataset("question-answering", "text", ANSWER_LABELS, _squad(path / "train.json"), _squad(val_file), str(path), "given")
     examples = _squad(path)
     contexts = sorted({e.item for e in examples})
     if len(contexts) < 2:
@@ -45,7 +33,7 @@ def load_squad(path: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Da
     held = min(max(1, round(len(contexts) * val_fraction)), len(contexts) - 1)
     random.Random(seed).shuffle(contexts)
     val_contexts = set(contexts[:held])
-    return Dataset("text", ANSWER_LABELS, [e for e in examples if e.item not in val_contexts],
+    return Dataset("question-answering", "text", ANSWER_LABELS, [e for e in examples if e.item not in val_contexts],
                    [e for e in examples if e.item in val_contexts], str(path),
                    f"random by context seed={seed} fraction={val_fraction}")
 

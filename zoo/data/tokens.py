@@ -12,21 +12,6 @@ TOKEN_LAYOUT = ("a CoNLL file (.conll/.txt: one word per line, its tag in the la
                 "sentences) or JSONL with {\"tokens\": [...], \"tags\": [...]} per line (optionally \"split\")")
 
 
-def is_token_data(path: str | Path) -> bool:
-    """True for token-tagged data: a .conll/.txt file, or JSONL whose first row has "tokens"."""
-    path = Path(path)
-    if path.suffix.lower() in (".conll", ".txt"):
-        return True
-    if path.suffix.lower() == ".jsonl" and path.is_file():
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            first = next((line for line in handle if line.strip()), "")
-        try:
-            return isinstance(json.loads(first), dict) and "tokens" in json.loads(first)
-        except json.JSONDecodeError:
-            return False
-    return False
-
-
 def load_token_tags(path: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Sentences of (word, IOB2 tag). Labels: "O" first, then the other tags sorted. Every tag is "O",
     "B-TYPE" or "I-TYPE"; a sentence's words and tags must pair up."""
@@ -48,9 +33,9 @@ def load_token_tags(path: str | Path, val_fraction: float = 0.2, seed: int = 0) 
         example = Example(" ".join(words), 0, words=tuple(words), tags=tuple(labels.index(t) for t in tags))
         examples["val" if split == "val" else "train"].append(example)
     if examples["val"]:
-        return Dataset("text", labels, examples["train"], examples["val"], str(path), "given")
+        return Dataset("token-classification", "text", labels, examples["train"], examples["val"], str(path), "given")
     train, val = random_split(examples["train"], val_fraction, seed)
-    return Dataset("text", labels, train, val, str(path), f"random seed={seed} fraction={val_fraction}")
+    return Dataset("token-classification", "text", labels, train, val, str(path), f"random seed={seed} fraction={val_fraction}")
 
 
 def _check_tags(where: str, words: list[str], tags: list[str]) -> None:

@@ -1,0 +1,45 @@
+"""zoo.tasks: one vocabulary (the registry's task names) from the entry to the run, without torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from zoo.errors import InputError
+from zoo.registry import get_model, load_registry
+from zoo.tasks import FINETUNE_TASKS, TASKS, finetune_task, get_task, implementation
+
+
+def test_every_registry_task_is_a_task_and_every_trainable_one_has_its_module() -> None:
+    assert {entry.task for entry in load_registry().values()} <= set(TASKS)
+    for name in FINETUNE_TASKS:
+        module = implementation(TASKS[name])
+        for function in ("load_data", "evaluate", "reference_cases", "summary"):
+            assert callable(getattr(module, function)), (name, function)
+        assert TASKS[name].metrics and TASKS[name].heads and TASKS[name].head_rule
+    for entry in load_registry().values():  # every base model can be fine-tuned for its default task
+        assert finetune_task(entry, None).name in FINETUNE_TASKS
+        assert get_task(entry.task).output_kind == entry.output.kind, entry.id
+
+
+def test_the_task_of_a_fine_tuning_run() -> None:
+    encoder, image = get_model("all-minilm-l6-v2"), get_model("efficientnet_lite0")
+    assert finetune_task(encoder, None).name == "text-classification"
+    assert finetune_task(encoder, "question-answering").head == "span"
+    assert finetune_task(image, None).name == "image-classification"
+    with pytest.raises(InputError, match=r"--task question-answering: efficientnet_lite0 \(image-classification\) "
+                                         r"can be fine-tuned for image-classification"):
+        finetune_task(image, "question-answering")
+    with pytest.raises(InputError, match="unknown task 'nope'"):
+        get_task("nope")
+    run = dataclasses.replace(encoder, task="text-classification")
+    with pytest.raises(InputError, match="is a text-classification model; zoo fine-tunes base models"):
+        finetune_task(run, None)
+
+
+def test_task_metadata_and_the_command_line_import_without_torch() -> None:
+    code = "import sys, zoo.tasks, zoo.config; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -1,0 +1,116 @@
+"""Tasks, named as the registry names them: one vocabulary from the registry entry to the data, the head,
+the metrics and the run's model. This module is the metadata, importable without torch; each task's
+torch side (data loading, evaluation, reference inputs, data summary) is one module of this package,
+loaded by `implementation`, and follows `TaskImplementation`.
+
+A base model is fine-tuned for the task its entry names, or, for a text encoder (feature-extraction,
+sentence-embedding), for the task `--task` names: text-classification unless said otherwise. The data
+file is read as that task's data, never sniffed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from zoo.errors import InputError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from torch import nn
+
+    from zoo.config import FinetuneConfig
+    from zoo.data import Dataset
+    from zoo.schema import ModelEntry
+    from zoo.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class Task:
+    """What zoo knows about a task before torch is imported."""
+
+    name: str  # the registry's task name
+    module: str | None  # zoo.tasks.<module>: the torch side; None for tasks nothing is fine-tuned for
+    output_kind: str  # OutputSpec.kind of a model for this task
+    metrics: tuple[str, ...] = ()  # --metric choices of a run; the first is the default
+    heads: tuple[str, ...] = ("multiclass",)  # --head values; the first when --head is not given
+    head: str | None = None  # the head this task always attaches, whatever --head says (token, span)
+    head_rule: str = ""  # what the error says when --head is not one of `heads`
+    linear_head: bool = False  # one linear layer on pooled features: a linear probe can fit it (zoo.probe)
+    finetunes_into: tuple[str, ...] = ()  # a base model's tasks for fine-tuning; the first is the default
+
+
+CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
+_EMBEDDING_TARGETS = ("text-classification", "token-classification", "question-answering")
+
+TASKS: dict[str, Task] = {task.name: task for task in (
+    Task("image-classification", "classification", "logits", CLASSIFICATION_METRICS, ("multiclass", "binary"),
+         head_rule="the multiclass or the binary head", linear_head=True, finetunes_into=("image-classification",)),
+    Task("text-classification", "classification", "logits", CLASSIFICATION_METRICS, ("multiclass", "binary"),
+         head_rule="the multiclass or the binary head", linear_head=True),
+    Task("semantic-segmentation", "segmentation", "segmentation", ("miou", "pixel_accuracy", "loss"),
+         head_rule="the multiclass head (one logit per class and pixel)", finetunes_into=("semantic-segmentation",)),
+    # torchvision's detectors compute their losses in training mode only: no validation loss to select on
+    Task("object-detection", "detection", "detection", ("map50", "map"),
+         head_rule="the multiclass head (one score per class and box)", finetunes_into=("object-detection",)),
+    Task("token-classification", "token_classification", "token-logits",
+         ("entity_f1", "entity_precision", "entity_recall", "loss"), ("multiclass", "token"), head="token",
+         head_rule="one multiclass label per token"),
+    Task("question-answering", "question_answering", "span-logits", ("squad_f1", "exact_match", "loss"),
+         ("multiclass", "span"), head="span", head_rule="the span head (start and end per token)"),
+    Task("feature-extraction", None, "embedding", finetunes_into=_EMBEDDING_TARGETS),
+    Task("sentence-embedding", None, "embedding", finetunes_into=_EMBEDDING_TARGETS),
+)}
+FINETUNE_TASKS = tuple(name for name, task in TASKS.items() if task.module is not None)
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise InputError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}") from None
+
+
+def finetune_task(entry: ModelEntry, requested: str | None) -> Task:
+    """The task `entry` is fine-tuned for: `requested` (--task) when the model can learn it, else the
+    first its task allows. InputError naming the choices otherwise."""
+    allowed = get_task(entry.task).finetunes_into
+    if not allowed:
+        raise InputError(f"{entry.id} is a {entry.task} model; zoo fine-tunes base models for "
+                         f"{', '.join(FINETUNE_TASKS)}")
+    if requested is None:
+        return TASKS[allowed[0]]
+    if requested not in allowed:
+        raise InputError(f"--task {requested}: {entry.id} ({entry.task}) can be fine-tuned for "
+                         f"{', '.join(allowed)}")
+    return TASKS[requested]
+
+
+class TaskImplementation(Protocol):
+    """The torch side of a task, one module each (zoo.tasks.classification, ...)."""
+
+    def load_data(self, path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
+        """The labelled examples at `path`, split into train and val (a given split, or config.val_fraction
+        with config.seed)."""
+
+    def evaluate(self, trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
+        """The task's metrics on the validation split, and "loss" (None where the model has none in eval)."""
+
+    def reference_cases(self, entry: ModelEntry) -> list[dict[str, Any]]:
+        """The fixed inputs whose outputs a run's card stores ({"input", "batch"[, "texts"]})."""
+
+    def summary(self, dataset: Dataset) -> dict[str, Any]:
+        """What the card says about the data beyond source, split and labels (counts per class, ...)."""
+
+
+def implementation(task: Task) -> TaskImplementation:
+    """The torch side of `task` (imports torch)."""
+    if task.module is None:
+        raise InputError(f"nothing is fine-tuned for {task.name}")
+    return importlib.import_module(f"zoo.tasks.{task.module}")  # type: ignore[return-value]
+
+
+__all__ = ["CLASSIFICATION_METRICS", "FINETUNE_TASKS", "TASKS", "Task", "TaskImplementation", "finetune_task",
+           "get_task", "implementation"]

@@ -1,0 +1,45 @@
+"""Object detection: images with COCO or Pascal VOC boxes; a new box classifier for the classes plus the
+background, trained with torchvision's own losses; mAP over the validation images, each at its own size."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from zoo.config import FinetuneConfig
+from zoo.data import Dataset, load_detection
+from zoo.metrics import detection_metrics
+from zoo.schema import ModelEntry
+
+if TYPE_CHECKING:
+    from zoo.trainer import Trainer
+
+
+def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
+    return load_detection(path, config.val_fraction, config.seed)
+
+
+def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
+    """mAP of the model's detections; no loss (torchvision's detectors compute it in training mode only)."""
+    detections, targets = [], []
+    for inputs, labels in trainer.loader(False, 0):
+        images, moved = trainer.detection_batch(inputs, labels)
+        with trainer.autocast():
+            detections += model.detect(images)
+        targets += moved
+    return {"loss": None, **detection_metrics(detections, targets)}
+
+
+def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
+    """One image per case; rows of x1 y1 x2 y2 score label."""
+    return [{"input": "synthetic:240x320", "batch": 1}, {"input": "asset:flower.jpg", "batch": 1}]
+
+
+def summary(dataset: Dataset) -> dict[str, Any]:
+    """Images per split, objects per class (labels[0] is the background)."""
+    count = lambda examples: dict(Counter(dataset.labels[o[0]] for e in examples for o in e.objects))  # noqa: E731
+    return {"images": {"train": len(dataset.train), "val": len(dataset.val)}, "train": count(dataset.train),
+            "val": count(dataset.val)}

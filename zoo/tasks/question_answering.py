@@ -1,0 +1,59 @@
+"""Extractive question answering: SQuAD JSON; start and end logits per token; each held-out question
+decoded through its windows as serve answers it, scored with SQuAD's exact match and F1 (torchmetrics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from zoo.config import FinetuneConfig
+from zoo.data import Dataset, load_squad
+from zoo.reference import SENTENCES
+from zoo.schema import ModelEntry
+
+if TYPE_CHECKING:
+    from zoo.trainer import Trainer
+
+
+def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
+    return load_squad(path, config.val_fraction, config.seed)
+
+
+def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
+    """Exact match and F1 against every reference answer; the loss is per window."""
+    from torchmetrics.functional.text import squad
+
+    from serve.qa import answer
+    from zoo.loaders import span_target
+
+    predictions, targets, loss, windows = [], [], 0.0, 0
+    for index, example in enumerate(trainer.dataset.val):
+        encodings = trainer.windows.windows(example.question, example.item)
+        feeds = trainer.windows.pad(encodings)
+        with trainer.autocast():
+            logits = model(*[torch.from_numpy(feeds[name]).to(trainer.runtime.device)
+                             for name in ("input_ids", "attention_mask")]).float()
+        target = torch.tensor([span_target(e, *example.answers[0]) for e in encodings], device=logits.device)
+        loss += float(trainer.criterion(logits, target)) * len(encodings)
+        windows += len(encodings)
+        found = answer(example.item, list(logits.cpu().numpy()), encodings)
+        predictions.append({"prediction_text": found["answer"], "id": str(index)})
+        targets.append({"id": str(index), "answers": {"answer_start": [a[0] for a in example.answers],
+                                                      "text": [a[1] for a in example.answers]}})
+    scores = squad(predictions, targets)
+    return {"loss": loss / max(1, windows), "squad_f1": float(scores["f1"]) / 100,
+            "exact_match": float(scores["exact_match"]) / 100}
+
+
+def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
+    return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+
+
+def summary(dataset: Dataset) -> dict[str, Any]:
+    """Questions and distinct contexts per split."""
+    contexts = lambda examples: len({e.item for e in examples})  # noqa: E731
+    return {"train": {"questions": len(dataset.train), "contexts": contexts(dataset.train)},
+            "val": {"questions": len(dataset.val), "contexts": contexts(dataset.val)}}

@@ -1,0 +1,40 @@
+"""Semantic segmentation: images with PNG masks of class indices; new per-pixel classifier convolutions;
+mean IoU and pixel accuracy over the validation images, each at its own size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from zoo.config import FinetuneConfig
+from zoo.data import Dataset, load_segmentation
+from zoo.evaluation import predicted_and_target
+from zoo.metrics import segmentation_metrics
+from zoo.schema import ModelEntry
+
+if TYPE_CHECKING:
+    from zoo.trainer import Trainer
+
+
+def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
+    return load_segmentation(path, config.val_fraction, config.seed)
+
+
+def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
+    loss, predicted, target = predicted_and_target(trainer, model)
+    metrics = segmentation_metrics(torch.cat([p.flatten() for p in predicted]),
+                                   torch.cat([t.flatten() for t in target]), len(trainer.dataset.labels))
+    return {"loss": loss, **metrics}
+
+
+def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
+    """Per-pixel logits: small inputs keep the card small (2 x classes x 48 x 64)."""
+    return [{"input": "synthetic:48x64", "batch": 2}]
+
+
+def summary(dataset: Dataset) -> dict[str, Any]:
+    """Images per split."""
+    return {"train": len(dataset.train), "val": len(dataset.val)}

@@ -1,0 +1,50 @@
+"""Token classification (named-entity recognition): CoNLL or JSONL sentences of (word, IOB2 tag); a linear
+layer on every token's hidden state; entity-level F1, precision and recall (seqeval)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from zoo.config import FinetuneConfig
+from zoo.data import Dataset, load_token_tags
+from zoo.evaluation import predicted_and_target
+from zoo.heads import IGNORE_TOKEN
+from zoo.metrics import entity_metrics
+from zoo.reference import SENTENCES
+from zoo.schema import ModelEntry
+
+if TYPE_CHECKING:
+    from zoo.trainer import Trainer
+
+
+def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
+    return load_token_tags(path, config.val_fraction, config.seed)
+
+
+def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
+    """One tag per word (its first sub-word); words cut off by max_length are not scored."""
+    loss, predicted, target = predicted_and_target(trainer, model)
+    names = trainer.dataset.labels
+    predicted_tags, target_tags = [], []
+    for batch_predicted, batch_target in zip(predicted, target):
+        for row_predicted, row_target in zip(batch_predicted, batch_target):
+            keep = row_target != IGNORE_TOKEN
+            predicted_tags.append([names[i] for i in row_predicted[keep].tolist()])
+            target_tags.append([names[i] for i in row_target[keep].tolist()])
+    return {"loss": loss, **entity_metrics(predicted_tags, target_tags)}
+
+
+def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
+    return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+
+
+def summary(dataset: Dataset) -> dict[str, Any]:
+    """Sentences per split, entities per type (B- tags)."""
+    count = lambda examples: dict(Counter(dataset.labels[t][2:] for e in examples for t in e.tags  # noqa: E731
+                                          if dataset.labels[t].startswith("B-")))
+    return {"sentences": {"train": len(dataset.train), "val": len(dataset.val)}, "train": count(dataset.train),
+            "val": count(dataset.val)}
