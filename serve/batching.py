@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from serve.errors import InputError, ServeError
-from serve.predictor import Predictor, question_and_context
-from serve.preprocess import check_text, describe, preprocess_image_sized
+from serve.predictor import Predictor
+from serve.preprocess import describe, preprocess_image_sized
 
 
 # Idle time after a batch before the predictor gives freed heap back to the OS (Predictor.release_memory):
@@ -30,7 +30,7 @@ RELEASE_AFTER_IDLE_S = 0.2
 class _Request:
     item: Any
     top_k: int
-    min_score: float | None = None  # detection (see Predictor.postprocess)
+    min_score: float | None = None  # detection (see serve.kinds)
     aggregation: str | None = None  # token classification
     array: np.ndarray | None = None  # the preprocessed CHW image (image models)
     size: tuple[int, int] | None = None  # the image's own (width, height): segmentation masks go back to it
@@ -76,10 +76,8 @@ class MicroBatcher:
                                      "file paths are not opened here")
                 request.array, request.size = preprocess_image_sized(predictor.manifest.preprocessing, item,
                                                                      predictor.limits)
-            elif predictor.is_reader:
-                question_and_context(item, predictor.limits)
-            else:
-                check_text(item, predictor.limits)
+            else:  # a text, or a question with its context
+                predictor.kind.check(item)
         except Exception as exc:
             request.future.set_exception(exc)
             return request.future

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from serve.activations import softmax
+from serve.errors import InputError
+from serve.kinds import Options, OutputKind
 
 AGGREGATIONS = ("first", "simple")
 
@@ -63,3 +65,27 @@ def _close(found: list[dict[str, Any]], scores: list[float]) -> None:
     if found and scores:
         found[-1]["score"] = float(np.mean(scores))
     scores.clear()
+
+
+class TokenClassification(OutputKind):
+    name = "token-classification"
+    options = frozenset({"aggregation"})
+
+    def run(self, prepared: Sequence[Any]) -> list[Any]:
+        """Per text: (token logits, its Encoding, the text), what `postprocess` groups into entities."""
+        feeds, encodings = self.predictor.encode(prepared)
+        return list(zip(self.predictor.run_by_length(feeds), encodings, prepared))
+
+    def postprocess(self, row: Any, options: Options) -> dict[str, Any]:
+        """`{"entities": [{"entity", "score", "start", "end", "text"}, ...]}`, by `aggregation` (default
+        the bundle's, "first")."""
+        logits, encoding, text = row
+        strategy = options.aggregation or self.post.aggregation or "first"
+        if strategy not in AGGREGATIONS:
+            raise InputError(f"aggregation {strategy!r}: expected one of {', '.join(AGGREGATIONS)}")
+        return {"entities": entities(text, logits, encoding, self.post.labels, strategy)}
+
+    def render(self, result: dict[str, Any]) -> str:
+        found = "; ".join(f"{e['entity']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.3f}"
+                          for e in result["entities"])
+        return f"{result['input']}: {found or 'no entities'}"

@@ -265,10 +265,9 @@ def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Star
         feeds = await state.off_loop(_infer_inputs, payload, predictor)
         # A detector's three outputs (boxes, scores, labels) come from one run at its batch of one image;
         # other models run in chunks of the batch size they were warmed up at (memory stays at that plateau).
-        run = predictor.run_all if predictor.is_detector else (
-            lambda feeds: {predictor.manifest.outputs[0].name: predictor.run(feeds, chunk=config.max_batch_size)})
         try:
-            outputs = await asyncio.wait_for(asyncio.to_thread(run, feeds), config.inference_timeout_s)
+            outputs = await asyncio.wait_for(asyncio.to_thread(predictor.kind.raw, feeds, config.max_batch_size),
+                                             config.inference_timeout_s)
         except asyncio.TimeoutError:
             raise HttpError(504, f"inference did not finish within {config.inference_timeout_s:g}s") from None
         body = {"model_name": state.name, "model_version": "1",
@@ -315,10 +314,10 @@ def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Star
             score = None if min_score is None else float(min_score)
         except ValueError:
             raise HttpError(400, f"min_score={min_score!r}: expected a number between 0 and 1") from None
-        if score is not None and not (predictor.is_detector and 0 <= score <= 1):
+        if score is not None and not ("min_score" in predictor.kind.options and 0 <= score <= 1):
             raise HttpError(400, f"min_score={min_score!r}: applies to detection models, between 0 and 1")
         aggregation = request.query_params.get("aggregation")  # token classification
-        if aggregation is not None and not (predictor.is_tagger and aggregation in AGGREGATIONS):
+        if aggregation is not None and not ("aggregation" in predictor.kind.options and aggregation in AGGREGATIONS):
             raise HttpError(400, f"aggregation={aggregation!r}: applies to token-classification models, "
                                  f"{' or '.join(AGGREGATIONS)}")
         predictor.limits.inputs(len(items))

@@ -43,6 +43,10 @@ class TextPreprocessing:
     kind: Literal["text"] = "text"
 
 
+POSTPROCESSING_KINDS = ("classification", "segmentation", "detection", "token-classification", "question-answering",
+                        "embedding")  # each read by its serve.kinds.OutputKind
+
+
 @dataclass(frozen=True)
 class Postprocessing:
     # segmentation: NCHW per-pixel logits; detection: boxes, scores, labels (labels[0] is the background);
@@ -186,9 +190,8 @@ def parse_manifest(data: Any) -> Manifest:
             pre.fail("pad_id", f"expected a token id (>= 0), found {preprocessing.pad_id}")
     post = top.child("postprocessing")
     kind = post.get("kind", str)
-    kinds = ("classification", "segmentation", "detection", "token-classification", "question-answering", "embedding")
-    if kind not in kinds:
-        post.fail("kind", f"expected one of {', '.join(map(repr, kinds))}, found {kind!r}")
+    if kind not in POSTPROCESSING_KINDS:
+        post.fail("kind", f"expected one of {', '.join(map(repr, POSTPROCESSING_KINDS))}, found {kind!r}")
     aggregation = post.get("aggregation", (str, type(None)), None)
     if aggregation is not None and aggregation not in AGGREGATIONS:
         post.fail("aggregation", f"expected {' or '.join(map(repr, AGGREGATIONS))}, found {aggregation!r}")

@@ -12,16 +12,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from serve.activations import softmax
 from serve.errors import BundleError, InputError
-from serve.manifest import ImagePreprocessing, Manifest, read_manifest
-from serve.limits import DEFAULT_LIMITS, Limits
-from serve.preprocess import TextEncoder, check_text, describe, pillow, preprocess_image_sized, preprocess_images
-from serve.detection import detections
-from serve.entities import AGGREGATIONS, entities
+from serve.kinds import Options, OutputKind, kinds
 from serve.lengths import length_runs
-from serve.qa import WindowTokenizer, answer
-from serve.segmentation import class_areas, mask_from_logits
+from serve.limits import DEFAULT_LIMITS, Limits
+from serve.manifest import ImagePreprocessing, Manifest, read_manifest
+from serve.preprocess import TextEncoder, describe, pillow, preprocess_image_sized, preprocess_images
 from serve.providers import CUDA, SessionChoice, SessionConfig, create_session, cuda_listed
 
 log = logging.getLogger("serve")
@@ -68,49 +64,29 @@ class Predictor:
         # A bundle exported with a static shape: a fixed batch (run() splits and pads to it) and, for
         # text, a fixed sequence length (the tokenizer pads to it).
         first = manifest.inputs[0].shape
+        kind = kinds()[manifest.postprocessing.kind]
         # A detector takes exactly one image (its batch of 1 is the graph's, not a chunk size).
-        detector = manifest.postprocessing.kind == "detection"
-        self.fixed_batch = first[0] if isinstance(first[0], int) and not detector else None
+        self.fixed_batch = first[0] if isinstance(first[0], int) and not kind.one_image_per_run else None
+        self.fixed_length = first[1] if manifest.modality == "text" and isinstance(first[1], int) else None
         self._text = None
         if manifest.modality == "image":
             pillow()  # fail at load, not at the first request, when pillow is not installed
         if manifest.modality == "text":
-            length = first[1] if isinstance(first[1], int) else None
-            self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing, length, limits)
-            if manifest.postprocessing.kind == "question-answering":
-                spec = manifest.preprocessing
-                self._windows = WindowTokenizer(directory / spec.tokenizer, length or spec.max_length,
-                                                manifest.postprocessing.stride, spec.pad_id, length)
-
-    @property
-    def is_classifier(self) -> bool:
-        return self.manifest.postprocessing.kind == "classification"
-
-    @property
-    def is_segmenter(self) -> bool:
-        return self.manifest.postprocessing.kind == "segmentation"
-
-    @property
-    def is_detector(self) -> bool:
-        return self.manifest.postprocessing.kind == "detection"
-
-    @property
-    def is_tagger(self) -> bool:
-        return self.manifest.postprocessing.kind == "token-classification"
-
-    @property
-    def is_reader(self) -> bool:
-        return self.manifest.postprocessing.kind == "question-answering"
+            self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing,
+                                     self.fixed_length, limits)
+        self.kind: OutputKind = kind(self)  # what the outputs mean: serve.kinds
 
     def run_texts(self, texts: Sequence[Any]) -> list[Any]:
-        """One output row per text, tokenised together and run in runs of similar length (see
-        `run_by_length`); a token classifier's row is (token logits, the text's Encoding, the text),
-        what `postprocess` groups into entities."""
-        if self.is_reader:
-            return self._read(texts)
-        feeds, encodings = self._text.encode(texts)
-        rows = self.run_by_length(feeds)
-        return list(zip(rows, encodings, texts)) if self.is_tagger else rows
+        """One output row per text (per question for question answering), as the kind runs them."""
+        return self.kind.run(texts)
+
+    def run_images(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+        """One output row per preprocessed CHW image, in order, as the kind runs them."""
+        return self.kind.run(arrays)
+
+    def encode(self, texts: Sequence[Any]) -> tuple[dict[str, np.ndarray], list[Any]]:
+        """The texts tokenised together: the feeds (padded on the right) and each text's Encoding."""
+        return self._text.encode(texts)
 
     def run_by_length(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One output row per text of a tokenised batch (padded on the right), the rows sorted by
@@ -154,18 +130,6 @@ class Predictor:
             outputs.append(self._session_run([self.output_name], part)[0])
         return np.concatenate(outputs)[:total]
 
-    def _read(self, items: Sequence[Any]) -> list[Any]:
-        """Question answering: every window of every (question, context) in one run; per item, the
-        (window logits, window encodings, context) that `postprocess` decodes."""
-        pairs = [question_and_context(item, self.limits) for item in items]
-        windows = [self._windows.windows(question, context) for question, context in pairs]
-        logits = self.run(self._windows.pad([w for item_windows in windows for w in item_windows]))
-        rows, start = [], 0
-        for (_, context), item_windows in zip(pairs, windows):
-            rows.append((list(logits[start:start + len(item_windows)]), item_windows, context))
-            start += len(item_windows)
-        return rows
-
     def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output of the model by name (a detector's boxes, scores and labels), for inputs at the
         graph's own batch."""
@@ -194,12 +158,9 @@ class Predictor:
         if self.release and _MALLOC_TRIM is not None:
             _MALLOC_TRIM(0)
 
-    def run_images(self, arrays: Sequence[np.ndarray]) -> list[Any]:
-        """One output row per preprocessed CHW image, in order: images of equal shape share a run
-        (segmentation bundles take any height and width, so one batch may hold several shapes); a
-        detector runs each image alone and gives (boxes, scores, labels)."""
-        if self.is_detector:
-            return [tuple(self.run_all({self.input_names[0]: array[None]}).values()) for array in arrays]
+    def run_by_shape(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One output row per CHW image, in order: images of equal shape share a run (segmentation bundles
+        take any height and width, so one batch may hold several shapes)."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, array in enumerate(arrays):
             groups.setdefault(array.shape, []).append(index)
@@ -222,10 +183,9 @@ class Predictor:
                 side = self.manifest.preprocessing.resize or 480
                 shape = [batch_size, *(d if isinstance(d, int) else side for d in spec.shape[1:])]
             feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
-        if self.is_detector:
-            self.run_all({name: array[:1] for name, array in feeds.items()})
-        else:
-            self.run(feeds)
+        if self.kind.one_image_per_run:
+            feeds = {name: array[:1] for name, array in feeds.items()}
+        self.kind.raw(feeds)
 
     def _check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in self.input_names if name not in feeds]
@@ -300,55 +260,9 @@ class Predictor:
 
     def postprocess(self, row: Any, top_k: int, size: tuple[int, int] | None = None,
                     min_score: float | None = None, aggregation: str | None = None) -> dict[str, Any]:
-        """One output row -> `{"top_k": [...]}` (classifiers), `{"embedding": [...]}`, for
-        segmentation `{"size": [width, height], "mask": HxW uint8 class indices at the image's own
-        resolution (`size`; default the model's), "classes": the `top_k` largest classes by area}`, for
-        detectors `{"size", "detections": [{"box": [x1, y1, x2, y2] in the image's pixels, "score",
-        "index", "label"}, ...]}`, best first, every one scoring at least `min_score` (default: the
-        bundle's threshold; `top_k` does not apply), for token classifiers `{"entities": [{"entity",
-        "score", "start", "end", "text"}, ...]}` (`aggregation` "first" or "simple", default the bundle's;
-        see serve.entities)."""
-        if self.is_reader:
-            window_logits, encodings, context = row
-            return answer(context, window_logits, encodings, self.manifest.postprocessing.max_answer_tokens)
-        if self.is_tagger:
-            logits, encoding, text = row
-            strategy = aggregation or self.manifest.postprocessing.aggregation or "first"
-            if strategy not in AGGREGATIONS:
-                raise InputError(f"aggregation {strategy!r}: expected one of {', '.join(AGGREGATIONS)}")
-            return {"entities": entities(text, logits, encoding, self.manifest.postprocessing.labels, strategy)}
-        if self.is_detector:
-            post = self.manifest.postprocessing
-            threshold = post.score_threshold if min_score is None else min_score
-            if threshold is not None and not 0 <= threshold <= 1:
-                raise InputError(f"min_score {threshold}: expected a score between 0 and 1")
-            return {"size": list(size) if size else None, "detections": detections(*row, post.labels, threshold or 0.0)}
-        if self.is_segmenter:
-            size = size or (row.shape[2], row.shape[1])
-            mask = mask_from_logits(row, size)
-            return {"size": list(size), "mask": mask,
-                    "classes": class_areas(mask, self.manifest.postprocessing.labels)[:top_k]}
-        if not self.is_classifier:
-            return {"embedding": [float(v) for v in row]}
-        post = self.manifest.postprocessing
-        if post.activation == "sigmoid":  # one logit: P(positive) = sigmoid(x), the positive label is labels[1]
-            positive = 1.0 / (1.0 + np.exp(-float(row[0])))
-            probabilities = np.array([1.0 - positive, positive])
-        else:
-            probabilities = softmax(row.astype(np.float64))
-        labels = post.labels
-        order = np.argsort(-probabilities, kind="stable")[:top_k]
-        return {"top_k": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i),
-                           "score": float(probabilities[i])} for i in order]}
-
-
-def question_and_context(item: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, str]:
-    """A question-answering input: `{"question": str, "context": str}`."""
-    if not (isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("context"), str)):
-        raise InputError(f'question-answering input {describe(item)}: expected {{"question": "...", "context": "..."}}')
-    if not item["question"].strip() or not item["context"].strip():
-        raise InputError("question-answering input: the question and the context must not be empty")
-    return check_text(item["question"], limits), check_text(item["context"], limits)
+        """One output row -> its result, as the kind makes it (serve.kinds: top-k labels, an embedding,
+        a mask, detections, entities, an answer). `size`: the image's own (width, height)."""
+        return self.kind.postprocess(row, Options(top_k, size, min_score, aggregation))
 
 
 # onnxruntime's type names for the manifest's dtypes

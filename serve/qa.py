@@ -15,6 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from serve.activations import log_softmax
+from serve.errors import InputError
+from serve.kinds import Options, OutputKind
+from serve.limits import DEFAULT_LIMITS, Limits
+from serve.preprocess import check_text, describe
 
 MAX_ANSWER_TOKENS = 30
 
@@ -44,8 +48,6 @@ class WindowTokenizer:
         try:
             encoding = self.tokenizer.encode(question, context)
         except Exception as exc:  # tokenizers raises a plain Exception when the question leaves no room
-            from serve.errors import InputError
-
             raise InputError(f"question of {len(question)} characters leaves no room for the context in "
                              f"{self.max_length} tokens: {exc}") from None
         return [encoding, *encoding.overflowing]
@@ -86,3 +88,48 @@ def answer(context: str, window_logits: Sequence[np.ndarray], encodings: Sequenc
         return {"answer": "", "start": 0, "end": 0, "score": 0.0}
     score, start, end = max(spans, key=lambda span: span[0])
     return {"answer": context[start:end], "start": int(start), "end": int(end), "score": score}
+
+
+def question_and_context(item: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, str]:
+    """A question-answering input: `{"question": str, "context": str}`."""
+    if not (isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("context"), str)):
+        raise InputError(f'question-answering input {describe(item)}: expected {{"question": "...", "context": "..."}}')
+    if not item["question"].strip() or not item["context"].strip():
+        raise InputError("question-answering input: the question and the context must not be empty")
+    return check_text(item["question"], limits), check_text(item["context"], limits)
+
+
+class QuestionAnswering(OutputKind):
+    """Inputs are `{"question", "context"}`; a long context is cut into windows, all run together."""
+
+    name = "question-answering"
+    options = frozenset({"question"})  # zoo predict --question: the INPUTS are the contexts
+
+    def __init__(self, predictor):
+        super().__init__(predictor)
+        spec, length = predictor.manifest.preprocessing, predictor.fixed_length
+        self.windows = WindowTokenizer(predictor.directory / spec.tokenizer, length or spec.max_length,
+                                       self.post.stride, spec.pad_id, length)
+
+    def check(self, item: Any) -> None:
+        question_and_context(item, self.predictor.limits)
+
+    def run(self, prepared: Sequence[Any]) -> list[Any]:
+        """Every window of every (question, context) in one run; per item, the (window logits, window
+        encodings, context) that `postprocess` decodes."""
+        pairs = [question_and_context(item, self.predictor.limits) for item in prepared]
+        windows = [self.windows.windows(question, context) for question, context in pairs]
+        logits = self.predictor.run(self.windows.pad([w for item_windows in windows for w in item_windows]))
+        rows, start = [], 0
+        for (_, context), item_windows in zip(pairs, windows):
+            rows.append((list(logits[start:start + len(item_windows)]), item_windows, context))
+            start += len(item_windows)
+        return rows
+
+    def postprocess(self, row: Any, options: Options) -> dict[str, Any]:
+        """`{"answer", "start", "end", "score"}`: the best span over the context's windows."""
+        window_logits, encodings, context = row
+        return answer(context, window_logits, encodings, self.post.max_answer_tokens)
+
+    def render(self, result: dict[str, Any]) -> str:
+        return f"{result['input']}: {result['answer']!r} [{result['start']}:{result['end']}] {result['score']:.3f}"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from serve.kinds import Options, OutputKind
 from serve.preprocess import pillow
 
 if TYPE_CHECKING:
@@ -76,3 +77,20 @@ def jsonable(result: dict[str, Any]) -> dict[str, Any]:
     encoded = {key: value for key, value in result.items() if key != "mask"}
     encoded["mask_png_base64"] = mask_png_base64(result["mask"])
     return encoded
+
+
+class Segmentation(OutputKind):
+    name = "segmentation"
+    options = frozenset({"masks"})  # zoo predict --masks: the masks written as PNG files
+
+    def postprocess(self, row: Any, options: Options) -> dict[str, Any]:
+        """`{"size": [width, height], "mask": HxW uint8 class indices at the image's own resolution (default
+        the model's), "classes": the top_k largest classes by area}`."""
+        size = options.size or (row.shape[2], row.shape[1])
+        mask = mask_from_logits(row, size)
+        return {"size": list(size), "mask": mask, "classes": class_areas(mask, self.post.labels)[:options.top_k]}
+
+    def render(self, result: dict[str, Any]) -> str:
+        areas = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in result["classes"])
+        where = f" -> {result['mask_file']}" if "mask_file" in result else ""
+        return f"{result['input']}: {result['size'][0]}x{result['size'][1]} mask; {areas}{where}"

@@ -21,7 +21,8 @@ from serve.limits import Limits
 from serve.files import sha256_file
 from serve.manifest import parse_manifest
 from serve.activations import softmax
-from serve.predictor import Predictor, _batches, check_graph, question_and_context
+from serve.predictor import Predictor, _batches, check_graph
+from serve.qa import question_and_context
 from serve.providers import SessionChoice
 
 WEIGHT = np.array([[1.0, -1.0, 0.5], [0.0, 2.0, -0.5], [3.0, 0.0, 1.0]], dtype=np.float32)  # 3 channels -> 3 classes
@@ -644,3 +645,15 @@ def test_each_question_gets_its_own_windows(tmp_path: Path) -> None:
     assert second["score"] == pytest.approx(_p(4, [0, 0, 3, 0]) * _p(4, [2.5, 0, 0, 0]), abs=1e-6)
     assert first["score"] == pytest.approx(_p(3, [0] * 3) * _p(4, [0] * 3), abs=1e-6)  # unchanged by its neighbours
     assert third["score"] == pytest.approx(_p(3, [0]) * _p(4, [0]), abs=1e-6)  # its own window's logits
+
+
+def test_every_manifest_kind_has_its_output_kind_and_options_name_their_owners() -> None:
+    """serve.kinds: the Predictor, the batcher, HTTP and the CLI ask the kind; each postprocessing kind a
+    manifest may name has one, and each request option belongs to the kinds that read it."""
+    from serve.kinds import kinds, kinds_taking
+    from serve.manifest import POSTPROCESSING_KINDS
+
+    assert set(kinds()) == set(POSTPROCESSING_KINDS)
+    assert kinds_taking("min_score") == ["detection"] and kinds_taking("aggregation") == ["token-classification"]
+    assert kinds_taking("question") == ["question-answering"] and kinds_taking("masks") == ["segmentation"]
+    assert [name for name, kind in kinds().items() if kind.one_image_per_run] == ["detection"]

@@ -170,25 +170,20 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
             variant: str, masks: Path | None, min_score: float | None, aggregation: str | None, question: str | None) -> None:
     """Run a bundle on INPUTS (image files, or texts for text bundles; contexts for --question) without torch."""
     import serve
+    from serve.kinds import kinds_taking
     from serve.segmentation import jsonable, mask_image
 
     predictor = serve.load(bundle, device=device, variant=variant)
-    if masks is not None and not predictor.is_segmenter:
-        raise click.BadParameter(f"applies to segmentation bundles; {bundle} is a {predictor.manifest.task} model",
-                                 param_hint="--masks")
-    if predictor.is_reader and question is None:
+    kind = predictor.kind
+    for option, value, flag in (("masks", masks, "--masks"), ("question", question, "--question"),
+                                ("aggregation", aggregation, "--aggregation"), ("min_score", min_score, "--min-score")):
+        if value is not None and option not in kind.options:
+            raise click.BadParameter(f"applies to {' and '.join(kinds_taking(option))} bundles; {bundle} is a "
+                                     f"{predictor.manifest.task} model", param_hint=flag)
+    if "question" in kind.options and question is None:
         raise click.BadParameter(f"{bundle} answers questions: give the question with --question and the contexts "
                                  "as INPUTS", param_hint="--question")
-    if question is not None and not predictor.is_reader:
-        raise click.BadParameter(f"applies to question-answering bundles; {bundle} is a {predictor.manifest.task} "
-                                 "model", param_hint="--question")
-    if aggregation is not None and not predictor.is_tagger:
-        raise click.BadParameter(f"applies to token-classification bundles; {bundle} is a {predictor.manifest.task} "
-                                 "model", param_hint="--aggregation")
-    if min_score is not None and not predictor.is_detector:
-        raise click.BadParameter(f"applies to detection bundles; {bundle} is a {predictor.manifest.task} model",
-                                 param_hint="--min-score")
-    items = [{"question": question, "context": text} for text in inputs] if predictor.is_reader else list(inputs)
+    items = [{"question": question, "context": text} for text in inputs] if question is not None else list(inputs)
     results = predictor.predict(items, top_k=top_k, batch_size=batch_size, min_score=min_score, aggregation=aggregation)
     click.echo(predictor.provider_line, err=True)  # after the inputs were taken: a bad one stays a one-line error
     if masks is not None:
@@ -203,26 +198,7 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
         click.echo(json.dumps([jsonable(result) for result in results]))
         return
     for result in results:
-        if "classes" in result:
-            areas = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in result["classes"])
-            where = f" -> {result['mask_file']}" if "mask_file" in result else ""
-            click.echo(f"{result['input']}: {result['size'][0]}x{result['size'][1]} mask; {areas}{where}")
-        elif "answer" in result:
-            click.echo(f"{result['input']}: {result['answer']!r} [{result['start']}:{result['end']}] {result['score']:.3f}")
-        elif "entities" in result:
-            found = "; ".join(f"{e['entity']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.3f}"
-                              for e in result["entities"])
-            click.echo(f"{result['input']}: {found or 'no entities'}")
-        elif "detections" in result:
-            found = "; ".join(f"{d['label']} {d['score']:.3f} at [{', '.join(f'{v:.0f}' for v in d['box'])}]"
-                              for d in result["detections"])
-            click.echo(f"{result['input']}: {len(result['detections'])} detection(s)" + (f": {found}" if found else ""))
-        elif "top_k" in result:
-            best = ", ".join(f"{p['label']} {p['score']:.3f}" for p in result["top_k"])
-            click.echo(f"{result['input']}: {best}")
-        else:
-            vector = result["embedding"]
-            click.echo(f"{result['input']}: [{len(vector)}] " + " ".join(f"{v:+.4f}" for v in vector[:6]) + " ...")
+        click.echo(kind.render(result))
 
 
 @cli.command()
