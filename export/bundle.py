@@ -41,12 +41,13 @@ from zoo.preprocess import load_tokenizer, tokenize
 from zoo.provenance import package_versions
 from zoo.reference import SENTENCES, synthetic_images, synthetic_pixels
 from zoo.schema import ModelEntry, SourceSpec
+from zoo.tasks import get_task
 from zoo.tolerances import DETECTION_ATOL, EXPORT_ATOL
 
 from export.calibration import calibration_files
 from export.random_weights import informative_random_weights
-from export.formats import (FORMATS, ONNX_FILE, DerivedContext, FormatOptions, derived_formats, format_table,
-                            report_row)
+from export.formats import FORMAT_NAMES, ONNX_FILE, FormatOptions, with_needs
+from export.formats.common import DerivedContext, derived_formats, format_table, report_row
 from export.onnx_export import DEFAULT_OPSET, export_onnx, external_data_file
 from export.parity import ParityCase, at_static_shape, check_parity, parity_cases, summary
 from export.savedmodel import check_available as check_tensorflow
@@ -54,11 +55,6 @@ from export.savedmodel import check_available as check_tensorflow
 VALIDATION_FILE = "validation.json"
 REPORT_FILES = ("report.json", "report.md")
 DEFAULT_MIN_SCORE = 0.5  # detections below this score are not returned by serve (a request may lower it)
-# Measured with onnx2tf 1.29.24 at a fixed 1x3x240x320 input: SSDlite stops at a constant anchor tensor
-# ("Output tensors of a Functional model must be the output of a TensorFlow Layer"), Faster R-CNN inside
-# a Mul of its box decoding (ValueError in tf.math.multiply).
-DETECTION_SAVEDMODEL = ("onnx2tf does not convert torchvision's detection graphs, even at a fixed image size; "
-                        "serve the ONNX model (onnxruntime, Triton)")
 
 
 @dataclass(frozen=True)
@@ -149,19 +145,13 @@ def _check_options(entry: ModelEntry, formats: Sequence[str], options: FormatOpt
     if "savedmodel" in formats:
         check_tensorflow()
     shape = options.static_shape
-    if entry.output.kind == "detection":
-        refused = {"onnx-int8": "int8 quantization of detection graphs (NMS, RoIAlign, box decoding) is not "
-                                "supported; export onnx",
-                   "savedmodel": DETECTION_SAVEDMODEL, "tf-serving": DETECTION_SAVEDMODEL}
-        for fmt in formats:
-            if fmt in refused:
-                raise InputError(f"--format {fmt}: {entry.id} is a detection model; {refused[fmt]}")
-        if shape is not None:
-            raise InputError(f"--static-shape: {entry.id} is a detection model, exported for one image of any size; "
-                             "leave --static-shape out")
-    if shape is not None and entry.output.kind == "segmentation":
-        raise InputError(f"--static-shape: {entry.id} is a segmentation model, exported for any image size "
-                         "(its masks come back at each image's resolution); leave --static-shape out")
+    task = get_task(entry.task)
+    for fmt, why in task.refused_formats:
+        if fmt in formats:
+            raise InputError(f"--format {fmt}: {entry.id} is a {task.name} model; {why}")
+    if shape is not None and task.static_shape is not None:
+        raise InputError(f"--static-shape: {entry.id} is a {task.name} model, {task.static_shape}; "
+                         "leave --static-shape out")
     if shape is not None:
         text = entry.modality == "text"
         expected = f"BATCH,SEQ with a batch >= 1 and SEQ in 1..{entry.input.max_length}" if text else "BATCH >= 1"
@@ -176,11 +166,10 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     """Export, validate against torch, and write the bundle; ExportError (nothing written) when the
     fp32 model fails. A derived format that fails is left out and reported in `result.failed`.
     `pretrained=False` exports random weights (benchmarks of models whose weights are not reachable)."""
-    unknown = sorted(set(formats) - set(FORMATS))
+    unknown = sorted(set(formats) - set(FORMAT_NAMES))
     if unknown:
-        raise InputError(f"unknown format(s) {', '.join(unknown)}; expected {', '.join(FORMATS)}")
-    if "tf-serving" in formats:
-        formats = (*formats, "savedmodel")  # TF Serving serves the SavedModel
+        raise InputError(f"unknown format(s) {', '.join(unknown)}; expected {', '.join(FORMAT_NAMES)}")
+    formats = with_needs(formats)  # TF Serving serves the SavedModel
     import onnxruntime as ort
 
     start = time.perf_counter()

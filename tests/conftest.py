@@ -84,11 +84,11 @@ def torch_models(private_cache: Path):
 def all_formats(tmp_path_factory: pytest.TempPathFactory, private_cache: Path) -> dict[str, Path]:
     """Both real backbones exported to every format, once for the whole session."""
     from export import export_bundle
-    from export.bundle import FORMATS
+    from export.formats import FORMAT_NAMES
 
     def make(out: Path) -> None:
         for name in REAL_MODELS:
-            export_bundle(name, out / name, formats=FORMATS)
+            export_bundle(name, out / name, formats=FORMAT_NAMES)
 
     out = shared_once(tmp_path_factory, "all", make)
     return {name: out / name for name in REAL_MODELS}

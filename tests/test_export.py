@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from export import export_bundle
-from export.bundle import FORMATS, FormatOptions
+from export.formats import FORMAT_NAMES, FormatOptions
 from serve.manifest import read_manifest
 from zoo.errors import ExportError, InputError
 from zoo.preprocess import load_tokenizer, tokenize
@@ -215,7 +215,7 @@ def test_layout_copies_fall_back_to_copying_where_links_fail(tmp_path: Path, mon
 
 def test_report_lists_every_format(all_formats) -> None:
     rows = json.loads((all_formats["efficientnet_lite0"] / "report.json").read_text())
-    assert [r["format"] for r in rows] == list(FORMATS)
+    assert [r["format"] for r in rows] == list(FORMAT_NAMES)
     assert all(r["status"] == "ok" for r in rows)
     markdown = (all_formats["efficientnet_lite0"] / "report.md").read_text()
     assert markdown.startswith("| format | file | size MB |") and "| onnx-fp16 | model.fp16.onnx |" in markdown

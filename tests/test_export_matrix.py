@@ -25,7 +25,8 @@ import pytest
 
 import serve
 
-from export.bundle import FORMATS, export_bundle
+from export.bundle import export_bundle
+from export.formats import FORMAT_NAMES
 from serve.manifest import read_manifest
 from zoo.registry import REGISTRY_ENV, get_model, list_models
 from zoo.tolerances import DETECTION_ATOL
@@ -121,7 +122,7 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
     if name in CI_TIME_SKIPS and not FULL_MATRIX:
         pytest.skip(f"CI time: {CI_TIME_SKIPS[name]} (ZOO_MATRIX=all exports it too)")
     detector = get_model(name).task == "object-detection"
-    formats = DETECTION_FORMATS if detector else FORMATS
+    formats = DETECTION_FORMATS if detector else FORMAT_NAMES
     if not ATTEMPT_KNOWN_FAILURES and name not in REAL:
         formats = tuple(f for f in formats if (name, f) not in KNOWN_FAILURES or (name, f) in CI_KNOWN_FAILURES)
     if name in REAL:

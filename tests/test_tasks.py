@@ -43,3 +43,14 @@ def test_the_task_of_a_fine_tuning_run() -> None:
 def test_task_metadata_and_the_command_line_import_without_torch() -> None:
     code = "import sys, zoo.tasks, zoo.config; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_refused_formats_are_formats_and_the_format_list_needs_no_torch() -> None:
+    from export.formats import FORMAT_NAMES, FORMATS, with_needs
+
+    for task in TASKS.values():
+        assert {fmt for fmt, why in task.refused_formats} <= set(FORMAT_NAMES) and all(why for _, why in task.refused_formats)
+    assert with_needs(["tf-serving", "onnx"]) == ("onnx", "savedmodel", "tf-serving")  # in FORMATS order
+    assert all(FORMATS[name].outputs for name in FORMAT_NAMES) and FORMATS["onnx"].module is None
+    code = "import sys, export.formats; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from export.formats import FORMAT_NAMES
 from serve.limits import DEFAULT_LIMITS
 from zoo import config
 from zoo.errors import ExportError, ZooError
@@ -117,7 +118,7 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
 @cli.command()
 @click.argument("name", metavar="NAME|RUN_DIR")
 @click.option("--format", "formats", multiple=True, default=("onnx",), show_default=True,
-              type=click.Choice(["onnx", "onnx-fp16", "onnx-int8", "savedmodel", "tf-serving", "triton", "all"]),
+              type=click.Choice([*FORMAT_NAMES, "all"]),
               help="Repeatable. onnx (fp32) is always written; others derive from it.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
 @click.option("--opset", type=click.IntRange(min=18),
@@ -137,10 +138,11 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int | None, at
     from zoo.runs import resolve_name
 
     entry = resolve_name(name)  # unknown names fail before torch is imported
-    from export.bundle import FORMATS, FormatOptions, export_bundle
+    from export.bundle import export_bundle
+    from export.formats import FormatOptions
     from export.onnx_export import DEFAULT_OPSET
 
-    chosen = FORMATS if "all" in formats else tuple(dict.fromkeys(("onnx", *formats)))
+    chosen = FORMAT_NAMES if "all" in formats else tuple(dict.fromkeys(("onnx", *formats)))
     result = export_bundle(entry, out, opset=opset or DEFAULT_OPSET, atol=atol, overwrite=force,
                            extra_sources=_sources(source_dir), formats=chosen, options=FormatOptions(calibration, static_shape))
     click.echo("\n".join(result.lines()))

@@ -40,9 +40,16 @@ class Task:
     head_rule: str = ""  # what the error says when --head is not one of `heads`
     linear_head: bool = False  # one linear layer on pooled features: a linear probe can fit it (zoo.probe)
     finetunes_into: tuple[str, ...] = ()  # a base model's tasks for fine-tuning; the first is the default
+    refused_formats: tuple[tuple[str, str], ...] = ()  # (export format, why it is refused)
+    static_shape: str | None = None  # why --static-shape is refused (None: it is not)
 
 
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
+# Measured with onnx2tf 1.29.24 at a fixed 1x3x240x320 input: SSDlite stops at a constant anchor tensor
+# ("Output tensors of a Functional model must be the output of a TensorFlow Layer"), Faster R-CNN inside
+# a Mul of its box decoding (ValueError in tf.math.multiply).
+_DETECTION_SAVEDMODEL = ("onnx2tf does not convert torchvision's detection graphs, even at a fixed image size; "
+                         "serve the ONNX model (onnxruntime, Triton)")
 _EMBEDDING_TARGETS = ("text-classification", "token-classification", "question-answering")
 
 TASKS: dict[str, Task] = {task.name: task for task in (
@@ -51,10 +58,15 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("text-classification", "classification", "logits", CLASSIFICATION_METRICS, ("multiclass", "binary"),
          head_rule="the multiclass or the binary head", linear_head=True),
     Task("semantic-segmentation", "segmentation", "segmentation", ("miou", "pixel_accuracy", "loss"),
-         head_rule="the multiclass head (one logit per class and pixel)", finetunes_into=("semantic-segmentation",)),
+         head_rule="the multiclass head (one logit per class and pixel)", finetunes_into=("semantic-segmentation",),
+         static_shape="exported for any image size (its masks come back at each image's resolution)"),
     # torchvision's detectors compute their losses in training mode only: no validation loss to select on
     Task("object-detection", "detection", "detection", ("map50", "map"),
-         head_rule="the multiclass head (one score per class and box)", finetunes_into=("object-detection",)),
+         head_rule="the multiclass head (one score per class and box)", finetunes_into=("object-detection",),
+         refused_formats=(("onnx-int8", "int8 quantization of detection graphs (NMS, RoIAlign, box decoding) is not "
+                                        "supported; export onnx"),
+                          ("savedmodel", _DETECTION_SAVEDMODEL), ("tf-serving", _DETECTION_SAVEDMODEL)),
+         static_shape="exported for one image of any size"),
     Task("token-classification", "token_classification", "token-logits",
          ("entity_f1", "entity_precision", "entity_recall", "loss"), ("multiclass", "token"), head="token",
          head_rule="one multiclass label per token"),
