@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,30 +41,11 @@ from serve.limits import Limits
 from serve.predictor import Predictor, load
 from serve.providers import SessionConfig
 from serve.segmentation import jsonable
+from serve.server_config import ServerConfig
 
 DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8", "int8": "INT8"}
 NUMPY = {v: k for k, v in DATATYPES.items()}
 log = logging.getLogger("serve")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    bundle: Path
-    name: str | None = None  # default: the manifest's model id
-    max_body_bytes: int = 16 * 1024 * 1024
-    body_timeout_s: float = 30.0
-    inference_timeout_s: float = 30.0
-    max_batch_size: int = 16
-    max_wait_ms: float = 5.0
-    variant: str = "auto"  # see serve.load
-    session: SessionConfig = SessionConfig()
-    limits: Limits = Limits()  # what one request may ask (serve.limits)
-    # Threads that parse bodies and decode/tokenise inputs, off the event loop; at most this many
-    # requests are being decoded at once (each holds at most one image of limits.max_image_pixels).
-    preprocess_workers: int = 2
-    # Nice levels below the event loop for every compute thread (serve.priority; Linux): liveness answers
-    # while the cores are saturated. 0 keeps every thread at the loop's priority.
-    compute_niceness: int = 5
 
 
 class HttpError(Exception):

@@ -155,3 +155,26 @@ def test_finetune_options_are_the_configs_choices_and_defaults() -> None:
                                                    "exact_match", "loss"}
     code = "import sys, zoo.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_serve_and_predict_options_are_the_servers_defaults() -> None:
+    """zoo serve / zoo predict restate no number: each option's default is ServerConfig's, Limits', or
+    SessionConfig's, and the --variant and --device choices are serve's own."""
+    from serve.limits import DEFAULT_LIMITS
+    from serve.providers import DEVICES, SessionConfig
+    from serve.server_config import MIB, VARIANTS, ServerConfig
+    from zoo.cli import cli
+
+    options = {p.name: p for p in cli.commands["serve"].params}
+    server = ServerConfig(Path("."))
+    assert options["max_body_mb"].default * MIB == server.max_body_bytes
+    assert (options["inference_timeout"].default, options["body_timeout"].default) == (server.inference_timeout_s,
+                                                                                     server.body_timeout_s)
+    for name in ("max_batch_size", "max_wait_ms", "variant", "preprocess_workers"):
+        assert options[name].default == getattr(server, name), name
+    for name in ("max_inputs", "max_image_pixels", "max_aspect_ratio", "max_text_chars"):
+        assert options[name].default == getattr(DEFAULT_LIMITS, name), name
+    predict = {p.name: p for p in cli.commands["predict"].params}
+    for command in (options, predict):
+        assert tuple(command["variant"].type.choices) == VARIANTS and tuple(command["device"].type.choices) == DEVICES
+        assert command["device"].default == SessionConfig().device

@@ -13,6 +13,8 @@ import click
 
 from export.formats import FORMAT_NAMES
 from serve.limits import DEFAULT_LIMITS
+from serve.providers import DEVICES as SESSION_DEVICES, SessionConfig
+from serve.server_config import MIB, VARIANTS, server_default
 from zoo import config
 from zoo.errors import ExportError, ZooError
 
@@ -156,9 +158,9 @@ def export(name: str, formats: tuple[str, ...], out: Path, opset: int | None, at
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, one object per input.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(SESSION_DEVICES), default=SessionConfig.device, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+@click.option("--variant", type=click.Choice(VARIANTS), default=server_default("variant"), show_default=True,
               help="Precision to run; auto = fp16 on a working CUDA session when the bundle has it, else fp32.")
 @click.option("--masks", type=click.Path(file_okay=False, path_type=Path),
               help="Segmentation: write each mask here as NAME.png (class indices, shown in VOC colours).")
@@ -303,11 +305,12 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes, each with a model.")
 @click.option("--name", help="Model name in the /v2/models/NAME routes (default: the bundle's model id).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(SESSION_DEVICES), default=SessionConfig.device, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads per worker.")
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True)
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=server_default("max_batch_size"), show_default=True)
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=server_default("max_wait_ms"), show_default=True)
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=server_default("max_body_bytes") / MIB,
+              show_default=True)
 @click.option("--max-inputs", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_inputs, show_default=True,
               help="Images or texts per request (the batch of one KServe infer request).")
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_image_pixels, show_default=True,
@@ -316,13 +319,16 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
               help="Long side over short side of an image the model resizes.")
 @click.option("--max-text-chars", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_text_chars, show_default=True,
               help="Characters of one text.")
-@click.option("--preprocess-workers", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--preprocess-workers", type=click.IntRange(min=1), default=server_default("preprocess_workers"),
+              show_default=True,
               help="Threads that decode and tokenise, off the event loop (images decoded at once, at most).")
-@click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+@click.option("--variant", type=click.Choice(VARIANTS), default=server_default("variant"), show_default=True,
               help="Precision to serve; auto = fp16 on a working CUDA session when the bundle has it, else fp32.")
-@click.option("--inference-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+@click.option("--inference-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=server_default("inference_timeout_s"), show_default=True,
               help="Seconds a request's inference may take before it gets 504.")
-@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=server_default("body_timeout_s"),
+              show_default=True,
               help="Seconds a client may take to send its body before it gets 408.")
 def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | None, device: str,
                   threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float, max_inputs: int,
@@ -332,9 +338,9 @@ def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | 
     import socket
 
     import serve
-    from serve.http import ServerConfig, run
+    from serve.http import run
+    from serve.server_config import ServerConfig
     from serve.limits import Limits
-    from serve.providers import SessionConfig
 
     limits = Limits(max_inputs=max_inputs, max_image_pixels=max_image_pixels, max_aspect_ratio=max_aspect_ratio,
                     max_text_chars=max_text_chars)
@@ -349,7 +355,7 @@ def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | 
     # The whole bundle loads here first: a wrong folder, a modified or inconsistent bundle, a variant it does
     # not have: one line and exit 2, not a server that never becomes ready. One worker keeps this copy.
     predictor = serve.load(bundle, config=session, variant=variant, limits=limits)
-    config = ServerConfig(bundle=bundle, name=name, max_body_bytes=int(max_body_mb * 1024 * 1024),
+    config = ServerConfig(bundle=bundle, name=name, max_body_bytes=int(max_body_mb * MIB),
                           max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, variant=variant, session=session,
                           limits=limits, preprocess_workers=preprocess_workers,
                           inference_timeout_s=inference_timeout, body_timeout_s=body_timeout)
