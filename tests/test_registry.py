@@ -65,7 +65,7 @@ def test_duplicate_id_is_an_error() -> None:
 
 @pytest.mark.parametrize(("mutate", "expected"), [
     (lambda m: m["input"].update(size=[480, 480]), r"input.size: \[480, 480\] must equal \[resize, resize\] = \[520, 520\]"),
-    (lambda m: m.update(task="image-classification"), "output.kind: 'segmentation' goes with task 'semantic-segmentation'"),
+    (lambda m: m.update(task="image-classification"), "output.kind: 'segmentation', but image-classification models output 'logits'"),
 ])
 def test_segmentation_entry_rules(mutate, expected: str) -> None:
     def broken(d):

@@ -27,6 +27,7 @@ from zoo.schema import (
     SourceSpec,
     TextInputSpec,
 )
+from zoo.tasks import TASKS
 
 FORMAT_VERSION = 1
 REGISTRY_ENV = "ZOO_REGISTRY"
@@ -106,9 +107,10 @@ def _check_semantics(document: dict[str, Any], origin: str) -> None:
             side, name = (spec["crop"], "crop") if spec["crop"] is not None else (spec["resize"], "resize")
             if spec["size"] != [side, side]:
                 raise RegistryError(f"{where}.input.size: {spec['size']} must equal [{name}, {name}] = [{side}, {side}]")
-        for kind, task in (("segmentation", "semantic-segmentation"), ("detection", "object-detection")):
-            if (model["output"]["kind"] == kind) != (model["task"] == task):
-                raise RegistryError(f"{where}.output.kind: {kind!r} goes with task {task!r} and only with it")
+        expected = TASKS[model["task"]].output_kind  # the schema allows only the tasks of zoo.tasks
+        if model["output"]["kind"] != expected:
+            raise RegistryError(f"{where}.output.kind: {model['output']['kind']!r}, but {model['task']} models output "
+                                f"{expected!r}")
         if spec["kind"] == "text" and spec["tokenizer"] not in names:
             raise RegistryError(f"{where}.input.tokenizer: {spec['tokenizer']!r} is not one of the entry's files {sorted(names)}")
         labels = model["output"].get("labels")
