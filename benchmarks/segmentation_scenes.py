@@ -115,7 +115,7 @@ def main() -> int:
         result = zoo.finetune("lraspp_mobilenet_v3_large", root / "data", root / "run", epochs=args.epochs,
                               batch_size=args.batch_size, lr=0.01, pretrained=False, seed=args.seed, quiet=True)
         train_seconds = time.perf_counter() - start
-        export = [sys.executable, "-m", "zoo.cli", "export", str(root / "run"), "--out", str(root / "bundle"),
+        export = [sys.executable, "-m", "zoo_cli", "export", str(root / "run"), "--out", str(root / "bundle"),
                   "--format", "onnx", "--format", "onnx-int8", "--calibration", str(root / "data" / "train" / "images")]
         exported = subprocess.run(export, capture_output=True, text=True)
         if exported.returncode not in (0, 1):  # 1: a derived format failed its check (reported below)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from export.bench import SCHEMA, bench
-from zoo.cli import main
+from zoo_cli import main
 
 
 def test_bench_reports_every_engine(bundles) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from zoo.cli import main
+from zoo_cli import main
 from zoo.reference import asset_path
 from zoo.registry import list_models
 
@@ -121,7 +121,7 @@ def test_fetch_command(capsys) -> None:
 
 
 def test_console_script_exit_code_without_traceback() -> None:
-    result = subprocess.run([sys.executable, "-m", "zoo.cli", "info", "vit_b_61"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "zoo_cli", "info", "vit_b_61"], capture_output=True, text=True)
     assert result.returncode == 2
     known = len(list_models())
     assert result.stderr.strip() == ("zoo: error: unknown model 'vit_b_61'; did you mean 'vit_b_16'? "
@@ -134,7 +134,7 @@ def test_finetune_options_are_the_configs_choices_and_defaults() -> None:
     command line does not import torch."""
     import dataclasses
 
-    from zoo.cli import cli
+    from zoo_cli import cli
     from zoo.config import FinetuneConfig
 
     fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
@@ -153,7 +153,7 @@ def test_finetune_options_are_the_configs_choices_and_defaults() -> None:
     assert set(options["metric"].type.choices) == {"auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "map50", "map",
                                                    "entity_f1", "entity_precision", "entity_recall", "squad_f1",
                                                    "exact_match", "loss"}
-    code = "import sys, zoo.cli; print('torch' in sys.modules)"
+    code = "import sys, zoo_cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
@@ -163,7 +163,7 @@ def test_serve_and_predict_options_are_the_servers_defaults() -> None:
     from serve.limits import DEFAULT_LIMITS
     from serve.providers import DEVICES, SessionConfig
     from serve.server_config import MIB, VARIANTS, ServerConfig
-    from zoo.cli import cli
+    from zoo_cli import cli
 
     options = {p.name: p for p in cli.commands["serve"].params}
     server = ServerConfig(Path("."))

@@ -27,7 +27,7 @@ from export.bundle import export_bundle
 from export.random_weights import informative_random_weights
 from export.parity import parity_cases
 from zoo.builders.detection import detection_rows
-from zoo.cli import main
+from zoo_cli import main
 from zoo.data import BACKGROUND, load_detection
 from zoo.errors import InputError
 from zoo.preprocess import image_pixels

@@ -140,7 +140,7 @@ def test_int8_variant_is_small_and_close_to_fp32(all_formats, name: str) -> None
 
 
 def test_int8_calibrates_on_a_user_folder(tmp_path: Path, capsys) -> None:
-    from zoo.cli import main
+    from zoo_cli import main
 
     folder = tmp_path / "calib" / "nested"
     folder.mkdir(parents=True)
@@ -223,7 +223,7 @@ def test_report_lists_every_format(all_formats) -> None:
 
 def test_a_failing_format_is_left_out_and_reported(tmp_path: Path, monkeypatch, capsys) -> None:
     from zoo import tolerances
-    from zoo.cli import main
+    from zoo_cli import main
 
     monkeypatch.setitem(tolerances.EXPORT_ATOL, "float16", 1e-9)  # no fp16 model can pass this
     # (not --format all: the SavedModel adds 10 s of CI and nothing here; formats after the failing one run)

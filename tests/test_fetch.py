@@ -187,7 +187,7 @@ def test_a_filled_read_only_cache_is_read_without_the_lock(tmp_path: Path, monke
 
 
 def test_cache_env_pointing_at_a_file_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
-    from zoo.cli import main
+    from zoo_cli import main
 
     target = tmp_path / "a-file"
     target.write_text("not a folder")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import serve
 import zoo
-from zoo.cli import main
+from zoo_cli import main
 from zoo.errors import InputError
 from zoo.freeze import backbone_blocks, parameter_groups
 from zoo.heads import attach_head, head_prefix

@@ -22,7 +22,7 @@ import serve
 from serve.limits import Limits
 from serve.files import sha256_file
 from test_http import PHOTO, Server
-from zoo.cli import main
+from zoo_cli import main
 
 
 def png_header_only(width: int, height: int) -> bytes:

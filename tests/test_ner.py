@@ -16,7 +16,7 @@ import torch
 import serve
 import zoo
 from serve.entities import entities
-from zoo.cli import main
+from zoo_cli import main
 from zoo.data import load_token_tags
 from zoo.errors import InputError
 from zoo.factory import resolve

@@ -16,7 +16,7 @@ import torch
 import serve
 import zoo
 from serve.qa import WindowTokenizer, answer, best_span, default_stride
-from zoo.cli import main
+from zoo_cli import main
 from zoo.data import load_squad
 from zoo.errors import InputError
 from zoo.factory import resolve

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import zoo
-from zoo.cli import main
+from zoo_cli import main
 from zoo.data import Dataset, Example
 from zoo.recipe import MAX_EPOCHS, MIN_EPOCHS, TARGET_STEPS, fine_tuning_has_room, resolve
 from zoo.registry import get_model

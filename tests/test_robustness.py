@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 import serve
-from zoo.cli import main
+from zoo_cli import main
 
 
 def test_killed_export_leaves_nothing_that_looks_complete(tmp_path: Path, private_cache: Path) -> None:
     out = tmp_path / "bundle"
     env = {**os.environ}
-    process = subprocess.Popen([sys.executable, "-m", "zoo.cli", "export", "efficientnet_lite0", "--out", str(out)],
+    process = subprocess.Popen([sys.executable, "-m", "zoo_cli", "export", "efficientnet_lite0", "--out", str(out)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()) and time.monotonic() < deadline:

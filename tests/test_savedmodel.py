@@ -91,7 +91,7 @@ def test_a_conversion_that_fails_leaves_no_savedmodel(tmp_path: Path, monkeypatc
 
 def test_missing_tensorflow_and_bad_static_shape_fail_before_exporting(tmp_path: Path, monkeypatch, capsys) -> None:
     from export import savedmodel
-    from zoo.cli import main
+    from zoo_cli import main
 
     monkeypatch.setattr(savedmodel, "TF_REQUIREMENTS", ("tensorflow", "a_module_that_is_not_installed"))
     code = main(["export", "efficientnet_lite0", "--format", "savedmodel", "--out", str(tmp_path / "a")])

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 import serve
 import zoo
 from serve.segmentation import class_areas, mask_from_logits, mask_png, voc_palette
-from zoo.cli import main
+from zoo_cli import main
 from zoo.data import load_segmentation
 from zoo.errors import InputError
 from zoo.factory import resolve
