@@ -178,3 +178,15 @@ def test_serve_and_predict_options_are_the_servers_defaults() -> None:
     for command in (options, predict):
         assert tuple(command["variant"].type.choices) == VARIANTS and tuple(command["device"].type.choices) == DEVICES
         assert command["device"].default == SessionConfig().device
+
+
+def test_every_package_is_listed_for_the_wheel() -> None:
+    """pyproject's explicit package list names every folder with an __init__.py (a new subpackage left
+    out installs in editable mode and is missing from the wheel)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(root).parts) for top in ("zoo", "export", "serve", "zoo_cli")
+             for init in (root / top).rglob("__init__.py")}
+    assert found == listed
