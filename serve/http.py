@@ -23,9 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -41,17 +39,10 @@ from serve.limits import Limits
 from serve.predictor import Predictor, load
 from serve.providers import SessionConfig
 from serve.segmentation import jsonable
+from serve.protocol import DATATYPES, HttpError, infer_inputs, parse_json, tensor_metadata
 from serve.server_config import ServerConfig
 
-DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8", "int8": "INT8"}
-NUMPY = {v: k for k, v in DATATYPES.items()}
 log = logging.getLogger("serve")
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class _State:
@@ -141,49 +132,6 @@ async def _body(request: Request, state: _State) -> bytes:
         raise HttpError(400, "client disconnected while sending the body") from None
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _json(data: bytes) -> Any:
-    """The parsed body; 400 for anything that is not standard JSON (NaN and Infinity included) or that
-    nests deeper than Python's parser goes."""
-    try:
-        return json.loads(data, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise HttpError(400, "request body nests JSON too deeply") from None
-
-
-def _tensor_metadata(specs) -> list[dict[str, Any]]:
-    return [{"name": s.name, "datatype": DATATYPES.get(s.dtype, s.dtype.upper()),
-             "shape": [d if isinstance(d, int) else -1 for d in s.shape]} for s in specs]
-
-
-def _infer_inputs(payload: Any, predictor: Predictor) -> dict[str, np.ndarray]:
-    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-        raise HttpError(400, 'expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
-    feeds = {}
-    for index, tensor in enumerate(payload["inputs"]):
-        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= set(tensor):
-            raise HttpError(400, f"inputs[{index}]: expected an object with name, shape, datatype and data")
-        dtype = NUMPY.get(str(tensor["datatype"]))
-        if dtype is None:
-            raise HttpError(400, f"inputs[{index}].datatype {tensor['datatype']!r} is not one of {sorted(NUMPY)}")
-        shape = tensor["shape"]
-        if not (isinstance(shape, list) and shape and all(type(d) is int and d >= 0 for d in shape)):
-            raise HttpError(400, f"inputs[{index}].shape {shape!r}: expected a list of sizes (integers >= 0)")
-        predictor.limits.inputs(shape[0])
-        try:
-            array = np.asarray(tensor["data"], dtype=dtype).reshape(shape)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise HttpError(400, f"inputs[{index}] ({tensor['name']}): data does not fit {tensor['datatype']} of "
-                                 f"shape {shape}: {exc}") from None
-        feeds[str(tensor["name"])] = array
-    return feeds
-
-
 def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Starlette:
     """The server's app; it loads the bundle in the background (readiness says when), or takes the
     already loaded `predictor`."""
@@ -230,7 +178,7 @@ def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Star
         predictor = state.ready_predictor(request.path_params["name"])
         manifest = predictor.manifest
         return JSONResponse({"name": state.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                             "inputs": _tensor_metadata(manifest.inputs), "outputs": _tensor_metadata(manifest.outputs)})
+                             "inputs": tensor_metadata(manifest.inputs), "outputs": tensor_metadata(manifest.outputs)})
 
     @endpoint("model_ready")
     async def model_ready(request: Request) -> Response:
@@ -241,8 +189,8 @@ def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Star
     async def infer(request: Request) -> Response:
         predictor = state.ready_predictor(request.path_params["name"])
         data = await _body(request, state)
-        payload = await state.off_loop(_json, data)
-        feeds = await state.off_loop(_infer_inputs, payload, predictor)
+        payload = await state.off_loop(parse_json, data)
+        feeds = await state.off_loop(infer_inputs, payload, predictor)
         # A detector's three outputs (boxes, scores, labels) come from one run at its batch of one image;
         # other models run in chunks of the batch size they were warmed up at (memory stays at that plateau).
         try:
@@ -272,7 +220,7 @@ def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Star
                                      "with Content-Type image/* (or application/octet-stream)")
             items = [data]
         elif kind == "application/json":
-            payload = await state.off_loop(_json, data)
+            payload = await state.off_loop(parse_json, data)
             if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
                 raise HttpError(400, 'expected {"inputs": ["text", ...]} (or send image bytes with an image/* type)')
             items = payload["inputs"]
