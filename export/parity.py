@@ -1,75 +1,27 @@
 """Exported model vs the torch model it came from, on the same inputs: batch 1 and batch >= 4,
-several sequence lengths for text, a real photo for images. Every case is reported."""
+several sequence lengths for text, a real photo for images (each task's cases: zoo.tasks). Every
+case is reported."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from zoo.preprocess import image_pixels, preprocess_images, tokenize
-from zoo.reference import SENTENCES, Comparison, asset_path, compare_outputs, synthetic_images, synthetic_pixels
+from zoo.reference import Comparison, compare_outputs
 from zoo.schema import ModelEntry
+from zoo.tasks import get_task, implementation
+from zoo.tasks.inputs import ParityCase
 
-
-@dataclass(frozen=True)
-class ParityCase:
-    label: str
-    inputs: dict[str, torch.Tensor]
-    real: bool = False  # real photographs or sentences, as opposed to synthetic patterns
+__all__ = ["ParityCase", "at_static_shape", "check_parity", "comparison_record", "parity_cases", "summary"]
 
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
-    """Inputs that exercise every dynamic axis at sizes other than the export example's."""
-    if entry.output.kind == "detection":  # one image at its own size: landscape, portrait, photos
-        return [
-            ParityCase("synthetic 240x320", {"image": synthetic_pixels(1, (240, 320)).float()}),
-            ParityCase("synthetic 300x200", {"image": synthetic_pixels(1, (300, 200)).float()}),
-            *[ParityCase(f"photo {name}", {"image": image_pixels(asset_path(name))}, real=True)
-              for name in ("flower.jpg", "china.jpg")],
-        ]
-    if entry.output.kind == "segmentation":  # any height and width: square, wide, and a photo's own shape
-        height, width = entry.input.size
-        return [
-            ParityCase("synthetic batch 1", {"pixel_values": synthetic_images(entry.input, 1)}),
-            ParityCase(f"synthetic batch 2 at {height * 3 // 4}x{width}",
-                       {"pixel_values": synthetic_images(entry.input, 2, (height * 3 // 4, width))}),
-            ParityCase("photo batch 1", {"pixel_values": preprocess_images(entry.input, [asset_path("flower.jpg")])},
-                       real=True),
-        ]
-    if entry.modality == "image":
-        return [
-            ParityCase("synthetic batch 1", {"pixel_values": synthetic_images(entry.input, 1)}),
-            ParityCase("synthetic batch 5", {"pixel_values": synthetic_images(entry.input, 5)}),
-            ParityCase("photos batch 2", {"pixel_values": preprocess_images(
-                entry.input, [asset_path("flower.jpg"), asset_path("china.jpg")])}, real=True),
-        ]
-    if entry.output.kind == "span-logits":  # question answering: the windows serve feeds, long contexts too
-        return _answer_cases(entry, tokenizer)
-    long_text = " ".join(SENTENCES * 60)  # past max_length: exercises truncation and the longest sequence
-    cases = [("1 text, 3 tokens", [SENTENCES[3]]), ("1 text", [SENTENCES[1]]),
-             ("4 texts, mixed lengths (padded)", list(SENTENCES)), ("2 texts, truncated at max_length", [long_text, SENTENCES[0]])]
-    return [ParityCase(f"{label}: seq {t['input_ids'].shape[1]}", t, real=True)
-            for label, texts in cases for t in [tokenize(tokenizer, texts)]]
-
-
-def _answer_cases(entry: ModelEntry, tokenizer: Any) -> list[ParityCase]:
-    """A short question + context (one window) and one whose context spans several overlapping windows,
-    padded together as serve pads them."""
-    from serve.qa import WindowTokenizer, default_stride
-
-    length = entry.input.max_length
-    windows = WindowTokenizer(tokenizer, length, default_stride(length), tokenizer.padding["pad_id"])
-    cases = []
-    for label, question, context in (("question + short context", "What do numbers do?", SENTENCES[2]),
-                                     ("question + long context (windows)", "Who jumps?", " ".join(SENTENCES * 40))):
-        feeds = windows.pad(windows.windows(question, context))
-        shape = "x".join(map(str, feeds["input_ids"].shape))
-        cases.append(ParityCase(f"{label}: {shape}", {k: torch.from_numpy(v) for k, v in feeds.items()}, real=True))
-    return cases
+    """Inputs that exercise every dynamic axis at sizes other than the export example's: the task's own
+    (zoo.tasks)."""
+    return implementation(get_task(entry.task)).parity_cases(entry, tokenizer)
 
 
 def at_static_shape(cases: list[ParityCase], shape: tuple[int, ...], pad_id: int = 0) -> list[ParityCase]:

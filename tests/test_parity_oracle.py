@@ -241,7 +241,8 @@ def test_answer_cases_are_the_windows_serve_feeds() -> None:
     from zoo.schema import OutputSpec
 
     minilm = get_model("all-minilm-l6-v2")
-    entry = dataclasses.replace(minilm, output=OutputSpec(kind="span-logits", labels=("start", "end")))
+    entry = dataclasses.replace(minilm, task="question-answering",
+                                output=OutputSpec(kind="span-logits", labels=("start", "end")))
     tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
     short, long = parity_cases(entry, tokenizer)
     assert all(c.real and list(c.inputs) == ["input_ids", "attention_mask"] for c in (short, long))

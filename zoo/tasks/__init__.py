@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from zoo.config import FinetuneConfig
     from zoo.data import Dataset
     from zoo.schema import ModelEntry
+    from zoo.tasks.inputs import ParityCase
     from zoo.trainer import Trainer
 
 
@@ -32,7 +33,7 @@ class Task:
     """What zoo knows about a task before torch is imported."""
 
     name: str  # the registry's task name
-    module: str | None  # zoo.tasks.<module>: the torch side; None for tasks nothing is fine-tuned for
+    module: str  # zoo.tasks.<module>: the torch side
     output_kind: str  # OutputSpec.kind of a model for this task
     metrics: tuple[str, ...] = ()  # --metric choices of a run; the first is the default
     heads: tuple[str, ...] = ("multiclass",)  # --head values; the first when --head is not given
@@ -72,10 +73,10 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          head_rule="one multiclass label per token"),
     Task("question-answering", "question_answering", "span-logits", ("squad_f1", "exact_match", "loss"),
          ("multiclass", "span"), head="span", head_rule="the span head (start and end per token)"),
-    Task("feature-extraction", None, "embedding", finetunes_into=_EMBEDDING_TARGETS),
-    Task("sentence-embedding", None, "embedding", finetunes_into=_EMBEDDING_TARGETS),
+    Task("feature-extraction", "embedding", "embedding", finetunes_into=_EMBEDDING_TARGETS),
+    Task("sentence-embedding", "embedding", "embedding", finetunes_into=_EMBEDDING_TARGETS),
 )}
-FINETUNE_TASKS = tuple(name for name, task in TASKS.items() if task.module is not None)
+FINETUNE_TASKS = tuple(name for name, task in TASKS.items() if task.metrics)  # what runs are trained for
 
 
 def get_task(name: str) -> Task:
@@ -101,7 +102,8 @@ def finetune_task(entry: ModelEntry, requested: str | None) -> Task:
 
 
 class TaskImplementation(Protocol):
-    """The torch side of a task, one module each (zoo.tasks.classification, ...)."""
+    """The torch side of a task, one module each (zoo.tasks.classification, ...); tasks nothing is
+    fine-tuned for (zoo.tasks.embedding) have parity_cases only."""
 
     def load_data(self, path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
         """The labelled examples at `path`, split into train and val (a given split, or config.val_fraction
@@ -116,11 +118,12 @@ class TaskImplementation(Protocol):
     def summary(self, dataset: Dataset) -> dict[str, Any]:
         """What the card says about the data beyond source, split and labels (counts per class, ...)."""
 
+    def parity_cases(self, entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
+        """The inputs an export of `entry` is compared with torch on (every task, trainable or not)."""
+
 
 def implementation(task: Task) -> TaskImplementation:
     """The torch side of `task` (imports torch)."""
-    if task.module is None:
-        raise InputError(f"nothing is fine-tuned for {task.name}")
     return importlib.import_module(f"zoo.tasks.{task.module}")  # type: ignore[return-value]
 
 

@@ -16,6 +16,7 @@ from zoo.evaluation import predicted_and_target
 from zoo.metrics import classification_metrics
 from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
+from zoo.tasks.inputs import ParityCase, modality_cases
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -36,6 +37,10 @@ def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
     if entry.modality == "image":
         return [{"input": "synthetic", "batch": 2}, {"input": "asset:flower.jpg", "batch": 1}]
     return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+
+
+def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
+    return modality_cases(entry, tokenizer)
 
 
 def summary(dataset: Dataset) -> dict[str, Any]:

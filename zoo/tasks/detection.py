@@ -12,7 +12,10 @@ from torch import nn
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_detection
 from zoo.metrics import detection_metrics
+from zoo.preprocess import image_pixels
+from zoo.reference import asset_path, synthetic_pixels
 from zoo.schema import ModelEntry
+from zoo.tasks.inputs import ParityCase
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -36,6 +39,16 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
 def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
     """One image per case; rows of x1 y1 x2 y2 score label."""
     return [{"input": "synthetic:240x320", "batch": 1}, {"input": "asset:flower.jpg", "batch": 1}]
+
+
+def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
+    """One image at its own size: landscape, portrait, photos."""
+    return [
+        ParityCase("synthetic 240x320", {"image": synthetic_pixels(1, (240, 320)).float()}),
+        ParityCase("synthetic 300x200", {"image": synthetic_pixels(1, (300, 200)).float()}),
+        *[ParityCase(f"photo {name}", {"image": image_pixels(asset_path(name))}, real=True)
+          for name in ("flower.jpg", "china.jpg")],
+    ]
 
 
 def summary(dataset: Dataset) -> dict[str, Any]:

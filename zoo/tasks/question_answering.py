@@ -13,6 +13,7 @@ from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_squad
 from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
+from zoo.tasks.inputs import ParityCase
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -50,6 +51,22 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
 
 def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
     return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+
+
+def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
+    """A short question + context (one window) and one whose context spans several overlapping windows,
+    padded together as serve pads them."""
+    from serve.qa import WindowTokenizer, default_stride
+
+    length = entry.input.max_length
+    windows = WindowTokenizer(tokenizer, length, default_stride(length), tokenizer.padding["pad_id"])
+    cases = []
+    for label, question, context in (("question + short context", "What do numbers do?", SENTENCES[2]),
+                                     ("question + long context (windows)", "Who jumps?", " ".join(SENTENCES * 40))):
+        feeds = windows.pad(windows.windows(question, context))
+        shape = "x".join(map(str, feeds["input_ids"].shape))
+        cases.append(ParityCase(f"{label}: {shape}", {k: torch.from_numpy(v) for k, v in feeds.items()}, real=True))
+    return cases
 
 
 def summary(dataset: Dataset) -> dict[str, Any]:

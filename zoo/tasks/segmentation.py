@@ -13,7 +13,10 @@ from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_segmentation
 from zoo.evaluation import predicted_and_target
 from zoo.metrics import segmentation_metrics
+from zoo.preprocess import preprocess_images
+from zoo.reference import asset_path, synthetic_images
 from zoo.schema import ModelEntry
+from zoo.tasks.inputs import ParityCase
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -33,6 +36,18 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
 def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
     """Per-pixel logits: small inputs keep the card small (2 x classes x 48 x 64)."""
     return [{"input": "synthetic:48x64", "batch": 2}]
+
+
+def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
+    """Any height and width: square, wide, and a photo's own shape."""
+    height, width = entry.input.size
+    return [
+        ParityCase("synthetic batch 1", {"pixel_values": synthetic_images(entry.input, 1)}),
+        ParityCase(f"synthetic batch 2 at {height * 3 // 4}x{width}",
+                   {"pixel_values": synthetic_images(entry.input, 2, (height * 3 // 4, width))}),
+        ParityCase("photo batch 1", {"pixel_values": preprocess_images(entry.input, [asset_path("flower.jpg")])},
+                   real=True),
+    ]
 
 
 def summary(dataset: Dataset) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from zoo.heads import IGNORE_TOKEN
 from zoo.metrics import entity_metrics
 from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
+from zoo.tasks.inputs import ParityCase, text_cases
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -40,6 +41,10 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
 
 def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
     return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+
+
+def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
+    return text_cases(tokenizer)
 
 
 def summary(dataset: Dataset) -> dict[str, Any]:

@@ -1,0 +1,13 @@
+"""Feature extraction and sentence embeddings: base models that nothing is fine-tuned into; their exports
+are checked on the modality's inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.schema import ModelEntry
+from zoo.tasks.inputs import ParityCase, modality_cases
+
+
+def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
+    return modality_cases(entry, tokenizer)
