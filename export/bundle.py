@@ -28,7 +28,6 @@ import torch
 from serve.manifest import (
     ImagePreprocessing,
     Manifest,
-    Postprocessing,
     TensorSpec,
     TextPreprocessing,
     write_manifest,
@@ -41,7 +40,7 @@ from zoo.preprocess import load_tokenizer, tokenize
 from zoo.provenance import package_versions
 from zoo.reference import SENTENCES, synthetic_images, synthetic_pixels
 from zoo.schema import ModelEntry, SourceSpec
-from zoo.tasks import get_task
+from zoo.tasks import get_task, implementation
 from zoo.tolerances import DETECTION_ATOL, EXPORT_ATOL
 
 from export.calibration import calibration_files
@@ -54,7 +53,6 @@ from export.savedmodel import check_available as check_tensorflow
 
 VALIDATION_FILE = "validation.json"
 REPORT_FILES = ("report.json", "report.md")
-DEFAULT_MIN_SCORE = 0.5  # detections below this score are not returned by serve (a request may lower it)
 
 
 @dataclass(frozen=True)
@@ -104,26 +102,6 @@ def _io(entry: ModelEntry, fetched: FetchedModel):
     output_name = "logits" if entry.output.kind == "logits" else "sentence_embedding"
     return (tokenize(tokenizer, SENTENCES[:2]), {"input_ids": axes, "attention_mask": axes}, [output_name],
             preprocessing, tokenizer)
-
-
-def _postprocessing(entry: ModelEntry) -> Postprocessing:
-    if entry.output.kind == "detection":
-        return Postprocessing(kind="detection", labels=list(entry.output.labels), score_threshold=DEFAULT_MIN_SCORE)
-    if entry.output.kind == "segmentation":
-        return Postprocessing(kind="segmentation", labels=list(entry.output.labels))
-    if entry.output.kind == "token-logits":
-        return Postprocessing(kind="token-classification", labels=list(entry.output.labels), aggregation="first")
-    if entry.output.kind == "span-logits":
-        from serve.qa import MAX_ANSWER_TOKENS, default_stride
-
-        return Postprocessing(kind="question-answering", labels=list(entry.output.labels),
-                              stride=default_stride(entry.input.max_length), max_answer_tokens=MAX_ANSWER_TOKENS)
-    if entry.output.kind == "logits":
-        binary = entry.builder_args.get("head") == "binary"
-        return Postprocessing(kind="classification", labels=list(entry.output.labels),
-                              activation="sigmoid" if binary else "softmax")
-    return Postprocessing(kind="embedding", pooling=entry.output.pooling, normalized=entry.output.normalize,
-                          dim=entry.output.dim)
 
 
 def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:
@@ -234,7 +212,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         manifest = Manifest(
             model_id=entry.id, task=entry.task, modality=entry.modality, model_file=ONNX_FILE, opset=opset,
             inputs=inputs, outputs=outputs,
-            preprocessing=preprocessing, postprocessing=_postprocessing(entry), files=files,
+            preprocessing=preprocessing, postprocessing=implementation(get_task(entry.task)).bundle_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
                     "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
             producer=_versions(traced), variants=sections.get("variants", {}),

@@ -20,8 +20,11 @@ def test_every_registry_task_is_a_task_and_every_trainable_one_has_its_module() 
         for function in ("load_data", "evaluate", "reference_cases", "summary"):
             assert callable(getattr(module, function)), (name, function)
         assert TASKS[name].metrics and TASKS[name].heads and TASKS[name].head_rule
-    for task in TASKS.values():  # every task's export is checked on its own inputs
+    for task in TASKS.values():  # every task's export is checked on its own inputs and says what serve makes of it
         assert callable(implementation(task).parity_cases), task.name
+    for entry in load_registry().values():
+        post = implementation(get_task(entry.task)).bundle_postprocessing(entry)
+        assert post.kind == {"embedding": "embedding", "logits": "classification"}.get(entry.output.kind, entry.output.kind)
     for entry in load_registry().values():  # every base model can be fine-tuned for its default task
         assert finetune_task(entry, None).name in FINETUNE_TASKS
         assert get_task(entry.task).output_kind == entry.output.kind, entry.id

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
     from torch import nn
 
+    from serve.manifest import Postprocessing
+
     from zoo.config import FinetuneConfig
     from zoo.data import Dataset
     from zoo.schema import ModelEntry
@@ -103,7 +105,7 @@ def finetune_task(entry: ModelEntry, requested: str | None) -> Task:
 
 class TaskImplementation(Protocol):
     """The torch side of a task, one module each (zoo.tasks.classification, ...); tasks nothing is
-    fine-tuned for (zoo.tasks.embedding) have parity_cases only."""
+    fine-tuned for (zoo.tasks.embedding) have parity_cases and bundle_postprocessing only."""
 
     def load_data(self, path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
         """The labelled examples at `path`, split into train and val (a given split, or config.val_fraction
@@ -120,6 +122,9 @@ class TaskImplementation(Protocol):
 
     def parity_cases(self, entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
         """The inputs an export of `entry` is compared with torch on (every task, trainable or not)."""
+
+    def bundle_postprocessing(self, entry: ModelEntry) -> Postprocessing:
+        """The manifest's postprocessing: what serve makes of the outputs (serve.kinds)."""
 
 
 def implementation(task: Task) -> TaskImplementation:

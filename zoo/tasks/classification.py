@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_dataset
 from zoo.evaluation import predicted_and_target
@@ -47,3 +48,10 @@ def summary(dataset: Dataset) -> dict[str, Any]:
     """Examples per class."""
     count = lambda examples: dict(Counter(dataset.labels[e.label] for e in examples))  # noqa: E731
     return {"train": count(dataset.train), "val": count(dataset.val)}
+
+
+def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
+    """Top-k labels by softmax, or a binary head's sigmoid (P of labels[1])."""
+    binary = entry.builder_args.get("head") == "binary"
+    return Postprocessing(kind="classification", labels=list(entry.output.labels),
+                          activation="sigmoid" if binary else "softmax")

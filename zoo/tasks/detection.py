@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_detection
 from zoo.metrics import detection_metrics
@@ -19,6 +20,9 @@ from zoo.tasks.inputs import ParityCase
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
+
+
+DEFAULT_MIN_SCORE = 0.5  # detections below this score are not returned by serve (a request may lower it)
 
 
 def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
@@ -56,3 +60,8 @@ def summary(dataset: Dataset) -> dict[str, Any]:
     count = lambda examples: dict(Counter(dataset.labels[o[0]] for e in examples for o in e.objects))  # noqa: E731
     return {"images": {"train": len(dataset.train), "val": len(dataset.val)}, "train": count(dataset.train),
             "val": count(dataset.val)}
+
+
+def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
+    """Detections at or above DEFAULT_MIN_SCORE (a request may lower it)."""
+    return Postprocessing(kind="detection", labels=list(entry.output.labels), score_threshold=DEFAULT_MIN_SCORE)

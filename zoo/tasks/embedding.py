@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from serve.manifest import Postprocessing
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ParityCase, modality_cases
 
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
     return modality_cases(entry, tokenizer)
+
+
+def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
+    """The vector as the graph outputs it: its pooling and normalisation are recorded, not applied by serve."""
+    return Postprocessing(kind="embedding", pooling=entry.output.pooling, normalized=entry.output.normalize,
+                          dim=entry.output.dim)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_squad
 from zoo.reference import SENTENCES
@@ -74,3 +75,11 @@ def summary(dataset: Dataset) -> dict[str, Any]:
     contexts = lambda examples: len({e.item for e in examples})  # noqa: E731
     return {"train": {"questions": len(dataset.train), "contexts": contexts(dataset.train)},
             "val": {"questions": len(dataset.val), "contexts": contexts(dataset.val)}}
+
+
+def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
+    """Answers decoded over context windows as zoo trains and evaluates them (serve.qa)."""
+    from serve.qa import MAX_ANSWER_TOKENS, default_stride
+
+    return Postprocessing(kind="question-answering", labels=list(entry.output.labels),
+                          stride=default_stride(entry.input.max_length), max_answer_tokens=MAX_ANSWER_TOKENS)

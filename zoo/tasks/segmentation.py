@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_segmentation
 from zoo.evaluation import predicted_and_target
@@ -53,3 +54,8 @@ def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
 def summary(dataset: Dataset) -> dict[str, Any]:
     """Images per split."""
     return {"train": len(dataset.train), "val": len(dataset.val)}
+
+
+def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
+    """A class mask at the image's own resolution."""
+    return Postprocessing(kind="segmentation", labels=list(entry.output.labels))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_token_tags
 from zoo.evaluation import predicted_and_target
@@ -53,3 +54,8 @@ def summary(dataset: Dataset) -> dict[str, Any]:
                                           if dataset.labels[t].startswith("B-")))
     return {"sentences": {"train": len(dataset.train), "val": len(dataset.val)}, "train": count(dataset.train),
             "val": count(dataset.val)}
+
+
+def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
+    """Entities from each word's first sub-word (serve.entities; a request may ask for "simple")."""
+    return Postprocessing(kind="token-classification", labels=list(entry.output.labels), aggregation="first")
