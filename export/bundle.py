@@ -36,9 +36,8 @@ from serve.files import sha256_file
 from zoo.cache import FetchedModel, fetch
 from zoo.errors import ExportError, InputError
 from zoo.factory import build, resolve
-from zoo.preprocess import load_tokenizer, tokenize
+from zoo.preprocess import load_tokenizer
 from zoo.provenance import package_versions
-from zoo.reference import SENTENCES, synthetic_images, synthetic_pixels
 from zoo.schema import ModelEntry, SourceSpec
 from zoo.tasks import get_task, implementation
 from zoo.tolerances import DETECTION_ATOL, EXPORT_ATOL
@@ -81,27 +80,22 @@ def _versions(traced: bool) -> dict[str, str]:
 
 
 def _io(entry: ModelEntry, fetched: FetchedModel):
-    """(example inputs, dynamic axes, output names, preprocessing, tokenizer) for an entry."""
-    if entry.output.kind == "detection":  # one image of pixels in [0, 1]; the graph resizes and normalises
-        from zoo.builders.detection import OUTPUT_NAMES
-
-        preprocessing = ImagePreprocessing(resize=None, crop=None, interpolation=entry.input.interpolation,
+    """(example inputs, dynamic axes, output names, preprocessing, tokenizer) for an entry: the inputs and
+    outputs are its task's (zoo.tasks), the preprocessing its modality's."""
+    task = get_task(entry.task)
+    spec = entry.input
+    tokenizer = load_tokenizer(fetched.files[spec.tokenizer], spec) if entry.modality == "text" else None
+    example, axes, outputs = implementation(task).export_io(entry, tokenizer)
+    if tokenizer is not None:
+        preprocessing = TextPreprocessing(tokenizer=spec.tokenizer, max_length=spec.max_length,
+                                          pad_token=tokenizer.padding["pad_token"], pad_id=tokenizer.padding["pad_id"])
+    elif task.raw_pixels:
+        preprocessing = ImagePreprocessing(resize=None, crop=None, interpolation=spec.interpolation,
                                            mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
-        axes = {"image": {2: "height", 3: "width"}, **{name: {0: "detections"} for name in OUTPUT_NAMES}}
-        return {"image": synthetic_pixels(1, (240, 320)).float()}, axes, list(OUTPUT_NAMES), preprocessing, None
-    if entry.modality == "image":
-        spec = entry.input
+    else:
         preprocessing = ImagePreprocessing(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation,
                                            mean=list(spec.mean), std=list(spec.std))
-        axes = {0: "batch", 2: "height", 3: "width"} if entry.output.kind == "segmentation" else {0: "batch"}
-        return {"pixel_values": synthetic_images(spec, 2)}, {"pixel_values": axes}, ["logits"], preprocessing, None
-    tokenizer = load_tokenizer(fetched.files[entry.input.tokenizer], entry.input)
-    axes = {0: "batch", 1: "sequence"}
-    preprocessing = TextPreprocessing(tokenizer=entry.input.tokenizer, max_length=entry.input.max_length,
-                                      pad_token=tokenizer.padding["pad_token"], pad_id=tokenizer.padding["pad_id"])
-    output_name = "logits" if entry.output.kind == "logits" else "sentence_embedding"
-    return (tokenize(tokenizer, SENTENCES[:2]), {"input_ids": axes, "attention_mask": axes}, [output_name],
-            preprocessing, tokenizer)
+    return example, axes, outputs, preprocessing, tokenizer
 
 
 def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:

@@ -59,3 +59,21 @@ def test_refused_formats_are_formats_and_the_format_list_needs_no_torch() -> Non
     assert all(FORMATS[name].outputs for name in FORMAT_NAMES) and FORMATS["onnx"].module is None
     code = "import sys, export.formats; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_export_io_is_the_tasks() -> None:
+    """Each task names its export's outputs: a token or span head outputs logits (not the encoder's
+    sentence_embedding), a detector its boxes, scores and labels for one image of any size."""
+    from zoo.cache import fetch
+    from zoo.preprocess import load_tokenizer
+
+    encoder = get_model("all-minilm-l6-v2")
+    tokenizer = load_tokenizer(fetch(encoder).files[encoder.input.tokenizer], encoder.input)
+    names = {task: implementation(TASKS[task]).export_io(encoder, tokenizer)[2]
+             for task in ("sentence-embedding", "token-classification", "question-answering", "text-classification")}
+    assert names == {"sentence-embedding": ["sentence_embedding"], "token-classification": ["logits"],
+                     "question-answering": ["logits"], "text-classification": ["logits"]}
+    detector = get_model("ssdlite320_mobilenet_v3_large")
+    example, axes, outputs = implementation(get_task(detector.task)).export_io(detector)
+    assert list(example) == ["image"] and axes["image"] == {2: "height", 3: "width"} and len(outputs) == 3
+    assert get_task(detector.task).raw_pixels and not get_task("semantic-segmentation").raw_pixels

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from zoo.config import FinetuneConfig
     from zoo.data import Dataset
     from zoo.schema import ModelEntry
-    from zoo.tasks.inputs import ParityCase
+    from zoo.tasks.inputs import ExportIO, ParityCase
     from zoo.trainer import Trainer
 
 
@@ -45,6 +45,7 @@ class Task:
     finetunes_into: tuple[str, ...] = ()  # a base model's tasks for fine-tuning; the first is the default
     refused_formats: tuple[tuple[str, str], ...] = ()  # (export format, why it is refused)
     static_shape: str | None = None  # why --static-shape is refused (None: it is not)
+    raw_pixels: bool = False  # the exported graph takes pixels in [0, 1] and resizes and normalises itself
 
 
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
@@ -69,7 +70,7 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          refused_formats=(("onnx-int8", "int8 quantization of detection graphs (NMS, RoIAlign, box decoding) is not "
                                         "supported; export onnx"),
                           ("savedmodel", _DETECTION_SAVEDMODEL), ("tf-serving", _DETECTION_SAVEDMODEL)),
-         static_shape="exported for one image of any size"),
+         static_shape="exported for one image of any size", raw_pixels=True),
     Task("token-classification", "token_classification", "token-logits",
          ("entity_f1", "entity_precision", "entity_recall", "loss"), ("multiclass", "token"), head="token",
          head_rule="one multiclass label per token"),
@@ -105,7 +106,8 @@ def finetune_task(entry: ModelEntry, requested: str | None) -> Task:
 
 class TaskImplementation(Protocol):
     """The torch side of a task, one module each (zoo.tasks.classification, ...); tasks nothing is
-    fine-tuned for (zoo.tasks.embedding) have parity_cases and bundle_postprocessing only."""
+    fine-tuned for (zoo.tasks.embedding) have the export side only (parity_cases,
+    bundle_postprocessing, export_io)."""
 
     def load_data(self, path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
         """The labelled examples at `path`, split into train and val (a given split, or config.val_fraction
@@ -125,6 +127,9 @@ class TaskImplementation(Protocol):
 
     def bundle_postprocessing(self, entry: ModelEntry) -> Postprocessing:
         """The manifest's postprocessing: what serve makes of the outputs (serve.kinds)."""
+
+    def export_io(self, entry: ModelEntry, tokenizer: Any = None) -> ExportIO:
+        """The export's example inputs, their dynamic axes (and outputs'), and the output names."""
 
 
 def implementation(task: Task) -> TaskImplementation:

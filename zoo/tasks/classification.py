@@ -17,7 +17,7 @@ from zoo.evaluation import predicted_and_target
 from zoo.metrics import classification_metrics
 from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ParityCase, modality_cases
+from zoo.tasks.inputs import ExportIO, ParityCase, image_io, modality_cases, text_io
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -55,3 +55,7 @@ def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
     binary = entry.builder_args.get("head") == "binary"
     return Postprocessing(kind="classification", labels=list(entry.output.labels),
                           activation="sigmoid" if binary else "softmax")
+
+
+def export_io(entry: ModelEntry, tokenizer: Any = None) -> ExportIO:
+    return image_io(entry) if entry.modality == "image" else text_io(tokenizer)

@@ -16,7 +16,7 @@ from zoo.metrics import detection_metrics
 from zoo.preprocess import image_pixels
 from zoo.reference import asset_path, synthetic_pixels
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ParityCase
+from zoo.tasks.inputs import ExportIO, ParityCase
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -65,3 +65,12 @@ def summary(dataset: Dataset) -> dict[str, Any]:
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
     """Detections at or above DEFAULT_MIN_SCORE (a request may lower it)."""
     return Postprocessing(kind="detection", labels=list(entry.output.labels), score_threshold=DEFAULT_MIN_SCORE)
+
+
+def export_io(entry: ModelEntry, tokenizer: Any = None) -> ExportIO:
+    """One image of pixels in [0, 1] at its own size (the graph resizes and normalises); boxes, scores and
+    labels, as many as it detects."""
+    from zoo.builders.detection import OUTPUT_NAMES
+
+    axes = {"image": {2: "height", 3: "width"}, **{name: {0: "detections"} for name in OUTPUT_NAMES}}
+    return {"image": synthetic_pixels(1, (240, 320)).float()}, axes, list(OUTPUT_NAMES)

@@ -7,7 +7,7 @@ from typing import Any
 
 from serve.manifest import Postprocessing
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ParityCase, modality_cases
+from zoo.tasks.inputs import ExportIO, ParityCase, image_io, modality_cases, text_io
 
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
@@ -18,3 +18,7 @@ def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
     """The vector as the graph outputs it: its pooling and normalisation are recorded, not applied by serve."""
     return Postprocessing(kind="embedding", pooling=entry.output.pooling, normalized=entry.output.normalize,
                           dim=entry.output.dim)
+
+
+def export_io(entry: ModelEntry, tokenizer: Any = None) -> ExportIO:
+    return image_io(entry) if entry.modality == "image" else text_io(tokenizer, "sentence_embedding")

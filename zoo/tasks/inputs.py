@@ -43,3 +43,18 @@ def text_cases(tokenizer: Any) -> list[ParityCase]:
 
 def modality_cases(entry: ModelEntry, tokenizer: Any) -> list[ParityCase]:
     return image_cases(entry) if entry.modality == "image" else text_cases(tokenizer)
+
+
+ExportIO = tuple[dict[str, torch.Tensor], dict[str, dict[int, str]], list[str]]  # example, dynamic axes, outputs
+
+
+def image_io(entry: ModelEntry, any_size: bool = False) -> ExportIO:
+    """Two synthetic images; the batch axis dynamic (and height and width with `any_size`)."""
+    axes = {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}
+    return {"pixel_values": synthetic_images(entry.input, 2)}, {"pixel_values": axes}, ["logits"]
+
+
+def text_io(tokenizer: Any, output_name: str = "logits") -> ExportIO:
+    """Two reference sentences; batch and sequence dynamic."""
+    axes = {0: "batch", 1: "sequence"}
+    return tokenize(tokenizer, SENTENCES[:2]), {"input_ids": axes, "attention_mask": axes}, [output_name]

@@ -14,7 +14,7 @@ from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_squad
 from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ParityCase
+from zoo.tasks.inputs import ExportIO, ParityCase, text_io
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -83,3 +83,8 @@ def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
 
     return Postprocessing(kind="question-answering", labels=list(entry.output.labels),
                           stride=default_stride(entry.input.max_length), max_answer_tokens=MAX_ANSWER_TOKENS)
+
+
+def export_io(entry: ModelEntry, tokenizer: Any = None) -> ExportIO:
+    """Start and end logits per token."""
+    return text_io(tokenizer)

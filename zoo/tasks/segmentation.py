@@ -17,7 +17,7 @@ from zoo.metrics import segmentation_metrics
 from zoo.preprocess import preprocess_images
 from zoo.reference import asset_path, synthetic_images
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ParityCase
+from zoo.tasks.inputs import ExportIO, ParityCase, image_io
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -59,3 +59,8 @@ def summary(dataset: Dataset) -> dict[str, Any]:
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
     """A class mask at the image's own resolution."""
     return Postprocessing(kind="segmentation", labels=list(entry.output.labels))
+
+
+def export_io(entry: ModelEntry, tokenizer: Any = None) -> ExportIO:
+    """Per-pixel logits for images of any height and width."""
+    return image_io(entry, any_size=True)

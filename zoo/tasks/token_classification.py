@@ -17,7 +17,7 @@ from zoo.heads import IGNORE_TOKEN
 from zoo.metrics import entity_metrics
 from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ParityCase, text_cases
+from zoo.tasks.inputs import ExportIO, ParityCase, text_cases, text_io
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -59,3 +59,8 @@ def summary(dataset: Dataset) -> dict[str, Any]:
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
     """Entities from each word's first sub-word (serve.entities; a request may ask for "simple")."""
     return Postprocessing(kind="token-classification", labels=list(entry.output.labels), aggregation="first")
+
+
+def export_io(entry: ModelEntry, tokenizer: Any = None) -> ExportIO:
+    """Label logits per token."""
+    return text_io(tokenizer)
