@@ -38,8 +38,8 @@ from serve.entities import AGGREGATIONS
 from serve.limits import Limits
 from serve.predictor import Predictor, load
 from serve.providers import SessionConfig
-from serve.segmentation import jsonable
 from serve.protocol import DATATYPES, HttpError, infer_inputs, parse_json, tensor_metadata
+from serve.segmentation import jsonable
 from serve.server_config import ServerConfig
 
 log = logging.getLogger("serve")

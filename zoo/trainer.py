@@ -40,7 +40,6 @@ class Trainer:
         seed_everything(config.seed)  # the new head's initialisation depends on the seed only
         self.segmentation = dataset.task == "semantic-segmentation"
         self.detection = dataset.task == "object-detection"
-        self.tokens = dataset.task == "token-classification"
         self.qa = dataset.task == "question-answering"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
         if entry.modality == "text":  # fused attention kernels while training; eager again in _finish

@@ -15,9 +15,8 @@ from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_dataset
 from zoo.evaluation import predicted_and_target
 from zoo.metrics import classification_metrics
-from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ExportIO, ParityCase, image_io, modality_cases, text_io
+from zoo.tasks.inputs import ExportIO, ParityCase, image_io, modality_cases, text_io, text_reference_cases
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -37,7 +36,7 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
 def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
     if entry.modality == "image":
         return [{"input": "synthetic", "batch": 2}, {"input": "asset:flower.jpg", "batch": 1}]
-    return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+    return text_reference_cases()
 
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:

@@ -41,6 +41,11 @@ def text_cases(tokenizer: Any) -> list[ParityCase]:
             for label, texts in cases for t in [tokenize(tokenizer, texts)]]
 
 
+def text_reference_cases() -> list[dict[str, Any]]:
+    """The reference sentences, all in one batch: what a text run's card stores the outputs of."""
+    return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+
+
 def modality_cases(entry: ModelEntry, tokenizer: Any) -> list[ParityCase]:
     return image_cases(entry) if entry.modality == "image" else text_cases(tokenizer)
 

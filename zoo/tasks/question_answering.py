@@ -14,7 +14,7 @@ from zoo.config import FinetuneConfig
 from zoo.data import Dataset, load_squad
 from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ExportIO, ParityCase, text_io
+from zoo.tasks.inputs import ExportIO, ParityCase, text_io, text_reference_cases
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -51,7 +51,7 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
 
 
 def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
-    return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+    return text_reference_cases()
 
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:

@@ -15,9 +15,8 @@ from zoo.data import Dataset, load_token_tags
 from zoo.evaluation import predicted_and_target
 from zoo.heads import IGNORE_TOKEN
 from zoo.metrics import entity_metrics
-from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
-from zoo.tasks.inputs import ExportIO, ParityCase, text_cases, text_io
+from zoo.tasks.inputs import ExportIO, ParityCase, text_cases, text_io, text_reference_cases
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -41,7 +40,7 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
 
 
 def reference_cases(entry: ModelEntry) -> list[dict[str, Any]]:
-    return [{"input": "texts", "batch": len(SENTENCES), "texts": list(SENTENCES)}]
+    return text_reference_cases()
 
 
 def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
