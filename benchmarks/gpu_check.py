@@ -228,7 +228,8 @@ def relative_distance(curve: list[float], reference: list[float]) -> float:
 def loop_batches(entry, data: Path, val_fraction: float, batch: int, device: torch.device):
     """The training split's batches as zoo makes them (same order, eval transform), on `device`."""
     from zoo.data import load_dataset
-    from zoo.loaders import make_loader
+    from zoo.loaders import ImageExamples, TextCollate, TextExamples, image_collate, make_loader
+    from zoo.preprocess import image_transform
     from zoo.preprocess import load_tokenizer
     from zoo.cache import fetch
 
@@ -236,8 +237,12 @@ def loop_batches(entry, data: Path, val_fraction: float, batch: int, device: tor
     tokenizer = None
     if entry.modality == "text":
         tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
-    loader = make_loader(dataset.train, train=True, spec=entry.input, tokenizer=tokenizer, batch_size=batch, workers=0,
-                         seed=0, epoch=0, pin_memory=False, distributed=False, augment="none")
+    if tokenizer is None:
+        examples, collate = ImageExamples(dataset.train, image_transform(entry.input)), image_collate
+    else:
+        examples, collate = TextExamples(dataset.train), TextCollate(tokenizer)
+    loader = make_loader(examples, collate, train=True, batch_size=batch, workers=0, seed=0, epoch=0, pin_memory=False,
+                         distributed=False)
     batches = []
     for inputs, labels in loader:
         moved = [t.to(device) for t in inputs.values()]

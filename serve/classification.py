@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.activations import softmax
+from serve.activations import sigmoid, softmax
 from serve.kinds import Options, OutputKind
 
 
@@ -17,7 +17,7 @@ class Classification(OutputKind):
     def postprocess(self, row: Any, options: Options) -> dict[str, Any]:
         """`{"top_k": [{"index", "label", "score"}, ...]}`, most probable first (ties in index order)."""
         if self.post.activation == "sigmoid":  # one logit: P(positive) = sigmoid(x), the positive label is labels[1]
-            positive = 1.0 / (1.0 + np.exp(-float(row[0])))
+            positive = float(sigmoid(row[0]))
             probabilities = np.array([1.0 - positive, positive])
         else:
             probabilities = softmax(row.astype(np.float64))

@@ -5,7 +5,7 @@ endpoint that takes image bytes or text and answers like `zoo predict --json`.
     GET  /v2/models/NAME  [/ready]               metadata: named tensors, datatypes, shapes
     POST /v2/models/NAME/infer                   {"inputs": [{"name", "shape", "datatype", "data"}]}
     POST /v2/models/NAME/predict                 image bytes, text/plain, or {"inputs": [...], "top_k": K}
-                                                 (?min_score= detection, ?aggregation= NER)
+                                                 (?min_score=, ?aggregation=: the kind's options, serve.kinds)
     GET  /metrics                                Prometheus: requests, in flight, latency histogram, batch sizes
 
 Built on Starlette + uvicorn (extra `server`). Errors are JSON `{"error": ...}`: 400 bad input,
@@ -35,6 +35,7 @@ from serve import priority
 from serve.batching import MicroBatcher
 from serve.errors import LimitError, ServeError
 from serve.entities import AGGREGATIONS
+from serve.kinds import kinds_taking
 from serve.limits import Limits
 from serve.predictor import Predictor, load
 from serve.providers import SessionConfig
@@ -237,13 +238,14 @@ def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Star
         if not (top_k.isascii() and top_k.isdigit()) or int(top_k) < 1:
             raise HttpError(400, f"top_k={top_k!r}: expected a positive integer")
         top_k_value = int(top_k)
-        min_score = request.query_params.get("min_score")  # detection
+        min_score = request.query_params.get("min_score")  # the kinds that threshold scores (serve.kinds)
         try:
             score = None if min_score is None else float(min_score)
         except ValueError:
             raise HttpError(400, f"min_score={min_score!r}: expected a number between 0 and 1") from None
         if score is not None and not ("min_score" in predictor.kind.options and 0 <= score <= 1):
-            raise HttpError(400, f"min_score={min_score!r}: applies to detection models, between 0 and 1")
+            raise HttpError(400, f"min_score={min_score!r}: applies to {' and '.join(kinds_taking('min_score'))} "
+                                 "models, between 0 and 1")
         aggregation = request.query_params.get("aggregation")  # token classification
         if aggregation is not None and not ("aggregation" in predictor.kind.options and aggregation in AGGREGATIONS):
             raise HttpError(400, f"aggregation={aggregation!r}: applies to token-classification models, "

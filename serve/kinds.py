@@ -63,16 +63,27 @@ class OutputKind:
         raise NotImplementedError
 
 
-def kinds() -> dict[str, type[OutputKind]]:
-    """Every kind by its manifest name (imported here: each kind's module imports this one)."""
-    from serve.classification import Classification, Embedding
-    from serve.detection import Detection
-    from serve.entities import TokenClassification
-    from serve.qa import QuestionAnswering
-    from serve.segmentation import Segmentation
+# Every manifest postprocessing kind and the class that serves it ("module:class"; imported on use: each
+# kind's module imports this one). A new kind is one module and one line here.
+KIND_CLASSES = {
+    "classification": "serve.classification:Classification",
+    "embedding": "serve.classification:Embedding",
+    "segmentation": "serve.segmentation:Segmentation",
+    "detection": "serve.detection:Detection",
+    "token-classification": "serve.entities:TokenClassification",
+    "question-answering": "serve.qa:QuestionAnswering",
+}
 
-    return {kind.name: kind for kind in (Classification, Embedding, Segmentation, Detection, TokenClassification,
-                                         QuestionAnswering)}
+
+def kinds() -> dict[str, type[OutputKind]]:
+    """Every kind by its manifest name."""
+    import importlib
+
+    found = {}
+    for name, target in KIND_CLASSES.items():
+        module, attribute = target.split(":")
+        found[name] = getattr(importlib.import_module(module), attribute)
+    return found
 
 
 def kinds_taking(option: str) -> list[str]:

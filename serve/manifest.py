@@ -11,6 +11,7 @@ from typing import Any, Literal
 from serve.entities import AGGREGATIONS
 from serve.errors import BundleError
 from serve.files import sha256_file, write_text_atomic
+from serve.kinds import KIND_CLASSES
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "zoo-bundle"
@@ -43,8 +44,7 @@ class TextPreprocessing:
     kind: Literal["text"] = "text"
 
 
-POSTPROCESSING_KINDS = ("classification", "segmentation", "detection", "token-classification", "question-answering",
-                        "embedding")  # each read by its serve.kinds.OutputKind
+POSTPROCESSING_KINDS = tuple(KIND_CLASSES)  # each read by its serve.kinds.OutputKind
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,13 @@ class Postprocessing:
     # segmentation: NCHW per-pixel logits; detection: boxes, scores, labels (labels[0] is the background);
     # token-classification: label logits per token (IOB2 tags), grouped into entities by serve.entities;
     # question-answering: start and end logits per token of question + context windows (serve.qa)
-    kind: Literal["classification", "segmentation", "detection", "token-classification", "question-answering",
-                  "embedding"]
+    kind: str  # one of POSTPROCESSING_KINDS
     labels: list[str] = field(default_factory=list)
-    activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one logit, P(labels[1])
+    activation: Literal["softmax", "sigmoid"] = "softmax"  # over the logits, or each one's (binary head: P(labels[1]))
     pooling: str | None = None
     normalized: bool = False
     dim: int | None = None
-    score_threshold: float | None = None  # detection: detections below it are not returned by default
+    score_threshold: float | None = None  # what scores below it (detections, labels) is not returned by default
     aggregation: str | None = None  # token-classification: "first" or "simple" (serve.entities)
     stride: int | None = None  # question-answering: tokens shared by neighbouring context windows
     max_answer_tokens: int | None = None  # question-answering: the longest answer span considered

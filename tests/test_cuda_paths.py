@@ -225,15 +225,16 @@ def test_persistent_workers_give_the_batches_of_a_fresh_or_resumed_run(tmp_path:
     """One training loader per run, its workers kept between epochs: epoch 1's augmented batches equal
     those of a loader made for epoch 1 alone (a resumed run) and of one without worker processes."""
     from zoo.data import load_dataset
-    from zoo.loaders import EpochLoader, make_loader
+    from zoo.loaders import EpochLoader, ImageExamples, image_collate, make_loader, train_image_transform
     from zoo.registry import get_model
 
     spec = get_model("efficientnet_lite0").input
     dataset = load_dataset(_images(tmp_path / "data", 6), "image", 0.2, 0)
 
     def loader(workers: int, epoch: int):
-        return make_loader(dataset.train, train=True, spec=spec, tokenizer=None, batch_size=4, workers=workers, seed=7,
-                           epoch=epoch, pin_memory=False, distributed=False, augment="light")
+        examples = ImageExamples(dataset.train, train_image_transform(spec, "light"))
+        return make_loader(examples, image_collate, train=True, batch_size=4, workers=workers, seed=7, epoch=epoch,
+                           pin_memory=False, distributed=False)
 
     def batches(made):
         return [(inputs["pixel_values"].clone(), labels.clone()) for inputs, labels in made]

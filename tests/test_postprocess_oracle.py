@@ -97,3 +97,15 @@ def test_class_areas_edge_cases() -> None:
 def test_a_mask_of_any_integer_dtype_encodes_its_indices() -> None:
     mask = np.array([[0, 1], [20, 255]], dtype=np.int64)
     assert np.asarray(Image.open(io.BytesIO(mask_png(mask)))).tolist() == mask.tolist()
+
+
+def test_sigmoid_matches_the_logistic_function_and_never_overflows() -> None:
+    import warnings
+
+    from serve.activations import sigmoid
+
+    logits = np.array([-30.0, -2.5, 0.0, 1.0, 30.0])
+    assert np.allclose(sigmoid(logits), 1 / (1 + np.exp(-logits)), rtol=1e-12, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1 / (1 + exp(1000)) would warn of an overflow
+        assert sigmoid(np.array([-1000.0, 1000.0])).tolist() == [0.0, 1.0]

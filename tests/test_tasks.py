@@ -10,16 +10,17 @@ import pytest
 
 from zoo.errors import InputError
 from zoo.registry import get_model, load_registry
-from zoo.tasks import FINETUNE_TASKS, TASKS, finetune_task, get_task, implementation
+from zoo.tasks import FINETUNE_TASKS, METRIC_NAMES, TASKS, finetune_task, get_task, implementation
 
 
 def test_every_registry_task_is_a_task_and_every_trainable_one_has_its_module() -> None:
     assert {entry.task for entry in load_registry().values()} <= set(TASKS)
     for name in FINETUNE_TASKS:
         module = implementation(TASKS[name])
-        for function in ("load_data", "evaluate", "reference_cases", "summary"):
+        for function in ("load_data", "batching", "criterion", "evaluate", "reference_cases", "summary"):
             assert callable(getattr(module, function)), (name, function)
         assert TASKS[name].metrics and TASKS[name].heads and TASKS[name].head_rule
+        assert set(TASKS[name].metrics) - {"loss"} <= set(METRIC_NAMES), name  # the run's log names each
     for task in TASKS.values():  # every task's export is checked on its own inputs and says what serve makes of it
         assert callable(implementation(task).parity_cases), task.name
     for entry in load_registry().values():
@@ -77,3 +78,20 @@ def test_export_io_is_the_tasks() -> None:
     example, axes, outputs = implementation(get_task(detector.task)).export_io(detector)
     assert list(example) == ["image"] and axes["image"] == {2: "height", 3: "width"} and len(outputs) == 3
     assert get_task(detector.task).raw_pixels and not get_task("semantic-segmentation").raw_pixels
+
+
+def test_each_task_owns_its_loss() -> None:
+    """The loss comes from the task module: binary and multi-class heads differ, a detector has its own,
+    and a head that takes no label smoothing refuses it before any data is read."""
+    import torch
+
+    from zoo.config import FinetuneConfig
+
+    classification = implementation(TASKS["image-classification"])
+    logits, target = torch.tensor([[2.0], [-1.0]]), torch.tensor([1, 0])
+    binary = classification.criterion(FinetuneConfig(head="binary"))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target.float())
+    assert torch.allclose(binary(logits, target), expected)
+    multiclass = classification.criterion(FinetuneConfig(label_smoothing=0.1))
+    assert multiclass.label_smoothing == 0.1
+    assert implementation(TASKS["object-detection"]).criterion(FinetuneConfig()) is None

@@ -14,7 +14,8 @@ from zoo.tasks import FINETUNE_TASKS, TASKS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 SCHEDULES = ("cosine", "constant")
-HEAD_KINDS = ("multiclass", "binary")  # "token" and "span" follow from --task (zoo.tasks)
+HEAD_KINDS = ("multiclass", "binary")  # what --head chooses; a task's own head follows from --task (zoo.tasks)
+TASK_HEADS = tuple(task.head for task in TASKS.values() if task.head)
 AUGMENTATIONS = ("none", "light", "trivial", "imagenet")  # zoo.loaders.train_image_transform
 REFIT = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
@@ -26,9 +27,6 @@ BATCHNORM = ("auto", "frozen", "train")
 SELECT = ("auto", "last", "best")
 PAIRS = ("auto", "on", "off")
 METRICS = ("auto", *dict.fromkeys(metric for task in TASKS.values() for metric in task.metrics))  # each task's: zoo.tasks
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy",
-                "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "entity_f1": "entity F1", "entity_precision": "entity precision",
-                "entity_recall": "entity recall", "squad_f1": "SQuAD F1", "exact_match": "exact match"}
 
 
 @dataclass
@@ -89,8 +87,8 @@ class FinetuneConfig:
             (self.metric in METRICS, f"--metric {self.metric!r}: expected one of {', '.join(METRICS)}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: must be in [0, 1)"),
             (0 < self.lr_decay <= 1, f"--lr-decay {self.lr_decay}: must be in (0, 1]"),
-            # "token"/"span" are set by finetune() from --task (and read back from run.json on --resume)
-            (self.head in (*HEAD_KINDS, "token", "span"), f"--head {self.head!r}: expected one of {', '.join(HEAD_KINDS)}"),
+            # a task's own head ("token", "span") is set by finetune() from --task (read back from run.json on --resume)
+            (self.head in (*HEAD_KINDS, *TASK_HEADS), f"--head {self.head!r}: expected one of {', '.join(HEAD_KINDS)}"),
             (self.head_init in HEAD_INITS, f"--head-init {self.head_init!r}: expected one of {', '.join(HEAD_INITS)}"),
             (self.augment in AUGMENTS, f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTS)}"),
             (self.batchnorm in BATCHNORM, f"--batchnorm {self.batchnorm!r}: expected one of {', '.join(BATCHNORM)}"),

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.heads import predictions
 from zoo.tasks import get_task, implementation
 
 if TYPE_CHECKING:
@@ -23,17 +22,17 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
     return implementation(get_task(trainer.dataset.task)).evaluate(trainer, model)
 
 
-def predicted_and_target(trainer: Trainer, model: nn.Module) -> tuple[float, list[torch.Tensor], list[torch.Tensor]]:
-    """The mean loss over the validation examples, and per batch the predicted classes (of the head's
-    logits) and the targets, on the CPU."""
-    losses, predicted, target = 0.0, [], []
+def logits_and_targets(trainer: Trainer, model: nn.Module) -> tuple[float, list[torch.Tensor], list[torch.Tensor]]:
+    """The mean loss over the validation examples, and per batch the model's outputs (float32) and the
+    targets, on the CPU."""
+    losses, logits, target = 0.0, [], []
     for inputs, labels in trainer.loader(False, 0):
         with trainer.autocast():
-            logits = model(*trainer.to_device(inputs)).float()
-        losses += float(trainer.criterion(logits, trainer.target(labels))) * len(labels)
-        predicted.append(predictions(trainer.config.head, logits).cpu())
+            batch = model(*trainer.to_device(inputs)).float()
+        losses += float(trainer.criterion(batch, trainer.target(labels))) * len(labels)
+        logits.append(batch.cpu())
         target.append(labels)
-    return losses / max(1, len(trainer.dataset.val)), predicted, target
+    return losses / max(1, len(trainer.dataset.val)), logits, target
 
 
 def reference_cases(trainer: Trainer, model: nn.Module) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ from torch import nn
 
 from zoo.builders.detection import DetectionNet
 from zoo.builders.segmentation import SegmentationNet
-from zoo.data import IGNORE_INDEX
 from zoo.errors import BuildError
 from zoo.schema import ModelEntry
 
@@ -144,41 +143,3 @@ def head_prefix(model: nn.Module) -> str:
             if isinstance(child, nn.Linear):
                 last = f"{name}.{child_name}." if name else f"{child_name}."
     return last
-
-
-def loss_function(kind: str, label_smoothing: float = 0.0, segmentation: bool = False) -> nn.Module:
-    if kind == "binary":
-        return nn.BCEWithLogitsLoss()  # the numerically stable log-sigmoid form
-    if kind == "token":
-        return TokenLoss(label_smoothing)
-    if kind == "span":
-        return SpanLoss()
-    if segmentation:
-        return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-
-class TokenLoss(nn.Module):
-    """Cross-entropy over every labelled token of a (batch, tokens, labels) output."""
-
-    def __init__(self, label_smoothing: float = 0.0):
-        super().__init__()
-        self.loss = nn.CrossEntropyLoss(ignore_index=IGNORE_TOKEN, label_smoothing=label_smoothing)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.loss(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-
-
-class SpanLoss(nn.Module):
-    """Mean of the start and end cross-entropies over a window's tokens ((batch, tokens, 2) logits,
-    (batch, 2) target positions)."""
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        cross_entropy = nn.functional.cross_entropy
-        return (cross_entropy(logits[..., 0], target[:, 0]) + cross_entropy(logits[..., 1], target[:, 1])) / 2
-
-
-def predictions(kind: str, logits: torch.Tensor) -> torch.Tensor:
-    if kind == "token":
-        return logits.argmax(dim=-1)
-    return (logits[:, 0] > 0).long() if kind == "binary" else logits.argmax(dim=1)

@@ -1,5 +1,5 @@
-"""torch Datasets and DataLoaders for fine-tuning: torchvision v2 transforms derived from the
-entry's input spec (train: random resized crop + flip; eval: exactly the bundle's preprocessing),
+"""torch Datasets, collates and the DataLoader for fine-tuning (each task picks its dataset and collate:
+zoo.tasks `batching`): torchvision v2 transforms derived from the entry's input spec (train: random resized crop + flip; eval: exactly the bundle's preprocessing),
 the same jointly on image and mask for segmentation, images at their own size with their boxes for
 detection, and dynamic padding with the model's
 tokenizer for text (token classification: tags aligned to each word's first sub-word; question answering:
@@ -7,7 +7,7 @@ windows of question + context with the answer's token span)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset, Sampler
@@ -276,26 +276,12 @@ class EpochLoader(DataLoader):
         (self.batch_sampler if isinstance(self.batch_sampler, LengthGroupedBatches) else self.sampler).set_epoch(epoch)
 
 
-def make_loader(examples: Sequence[Example], *, train: bool, spec, tokenizer: Any, batch_size: int, workers: int,
-                seed: int, epoch: int, pin_memory: bool, distributed: bool, augment: str = "light") -> DataLoader:
-    """A loader whose shuffling and augmentation depend only on (seed, epoch): a resumed run sees
-    exactly the batches the uninterrupted run would have. `train` shuffles and augments (`augment`, for
-    image classifiers): an EpochLoader, made once and moved on with `set_epoch`, its workers persistent;
-    without it, examples keep their order and get the eval transform."""
-    if examples and examples[0].mask is not None:
-        dataset: Sequence[Any] = SegmentationExamples(examples, segmentation_transform(spec, train))
-        collate = segmentation_collate
-    elif examples and examples[0].objects is not None:
-        dataset, collate = DetectionExamples(examples, detection_transform(train)), detection_collate
-    elif tokenizer is None:
-        dataset = ImageExamples(examples, train_image_transform(spec, augment) if train else image_transform(spec))
-        collate = image_collate
-    elif examples and examples[0].tags is not None:
-        dataset, collate = list(examples), TokenCollate(tokenizer)  # a list is a map-style dataset
-    elif examples and examples[0].question is not None:  # `tokenizer` is a serve.qa.WindowTokenizer
-        dataset, collate = span_features(examples, tokenizer), SpanCollate(tokenizer)
-    else:
-        dataset, collate = TextExamples(examples), TextCollate(tokenizer)
+def make_loader(dataset: Sequence[Any], collate: Callable, *, train: bool, batch_size: int, workers: int, seed: int,
+                epoch: int, pin_memory: bool, distributed: bool) -> DataLoader:
+    """Batches of `dataset` (a task's map-style dataset, zoo.tasks: `batching`) joined by `collate`, whose
+    shuffling and augmentation depend only on (seed, epoch): a resumed run sees exactly the batches the
+    uninterrupted run would have. `train` shuffles: an EpochLoader, made once and moved on with
+    `set_epoch`, its workers persistent; without it, examples keep their order."""
     if not train:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                           pin_memory=pin_memory, drop_last=False)

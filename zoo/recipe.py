@@ -123,11 +123,11 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
         choose("batchnorm", "frozen", f"{entry.architecture} has no BatchNorm layers (LayerNorm only): nothing to do")
     elif not config.pretrained:
         choose("batchnorm", "train", "random initialisation: running statistics have nothing to keep")
-    elif linear_head:
+    elif get_task(dataset.task).new_decoder:
+        choose("batchnorm", "train", f"{dataset.task}: a new head and decoder learn with the statistics of the data")
+    else:
         choose("batchnorm", "frozen", "running statistics kept from pretraining; small batches of new data would "
                                       "move them away from what evaluation uses")
-    else:
-        choose("batchnorm", "train", f"{dataset.task}: a new head and decoder learn with the statistics of the data")
     examples = len(dataset.train)
     steps_per_epoch = max(1, math.ceil(math.ceil(examples / config.batch_size) / config.accumulate))
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))

@@ -21,12 +21,13 @@ from zoo.data import Dataset
 from zoo.errors import DivergedError
 from zoo.factory import build
 from zoo.freeze import apply_freeze, backbone_blocks, freeze_batchnorm_statistics, frozen_count, parse_policy
-from zoo.heads import attach_head, head_prefix, loss_function
+from zoo.heads import attach_head, head_prefix
 from zoo.loaders import make_loader
 from zoo.preprocess import load_tokenizer
 from zoo.probe import head_layer
 from zoo.runtime import Runtime, seed_everything
 from zoo.schema import ModelEntry
+from zoo.tasks import get_task, implementation
 
 
 class Trainer:
@@ -38,7 +39,8 @@ class Trainer:
         seed_everything(config.seed)  # without pretrained weights the backbone's initialisation is random too
         backbone = build(entry, pretrained=config.pretrained)
         seed_everything(config.seed)  # the new head's initialisation depends on the seed only
-        self.segmentation = dataset.task == "semantic-segmentation"
+        self.task = get_task(dataset.task)
+        self.implementation = implementation(self.task)
         self.detection = dataset.task == "object-detection"
         self.qa = dataset.task == "question-answering"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
@@ -61,7 +63,7 @@ class Trainer:
                 length = entry.input.max_length
                 self.windows = WindowTokenizer(tokenizer_file, length, default_stride(length),
                                                self.tokenizer.padding["pad_id"])
-        self.criterion = None if self.detection else loss_function(config.head, config.label_smoothing, self.segmentation)
+        self.criterion = self.implementation.criterion(config)  # None: the model computes its own (detection)
         self.head_layer = head_layer(self.model, self.head_prefix)  # None: no single linear head (segmentation, ...)
         self.probe = None
         self.probe_info: dict[str, float] | None = None  # the probe's C and training loss (run.json state, card)
@@ -85,11 +87,11 @@ class Trainer:
             examples = self.dataset.train if train else self.dataset.val
         # Segmentation and detection are evaluated one image at a time, at its own size: exactly what serve
         # runs (a detector's batch pads its images to one size, which moves boxes near the borders).
-        batch_size = 1 if (self.segmentation or self.detection) and not train else self.config.batch_size
-        loader = make_loader(examples, train=train, spec=self.entry.input, tokenizer=self.windows if self.qa else self.tokenizer,
-                             batch_size=batch_size, workers=self.config.workers, seed=self.config.seed,
-                             epoch=epoch, pin_memory=self.runtime.device.type == "cuda",
-                             distributed=self.runtime.distributed and train, augment=self.config.augment)
+        batch_size = 1 if self.task.evaluated_per_image and not train else self.config.batch_size
+        dataset, collate = self.implementation.batching(examples, train, self)
+        loader = make_loader(dataset, collate, train=train, batch_size=batch_size, workers=self.config.workers,
+                             seed=self.config.seed, epoch=epoch, pin_memory=self.runtime.device.type == "cuda",
+                             distributed=self.runtime.distributed and train)
         if train and examples is self.dataset.train:
             self._train_loader = loader
         return loader
@@ -109,8 +111,7 @@ class Trainer:
         return moved
 
     def target(self, labels: torch.Tensor) -> torch.Tensor:
-        labels = labels.to(self.runtime.device, non_blocking=True)
-        return labels.float().unsqueeze(1) if self.config.head == "binary" else labels
+        return labels.to(self.runtime.device, non_blocking=True)
 
     def autocast(self):
         dtype = self.runtime.amp_dtype

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from serve.files import atomic_path
 from zoo import recipe
-from zoo.config import METRIC_NAMES, FinetuneConfig
+from zoo.config import FinetuneConfig
 from zoo.data import Dataset
 from zoo.errors import InputError, ZooError
 from zoo.evaluation import evaluate
@@ -35,7 +35,7 @@ from zoo.run_card import TRAINING_PACKAGES, finish_run
 from zoo.runs import RUN_CONFIG, STATE_FILE, load_weights, prepare_run_dir, save_weights, write_json_atomic, write_metrics
 from zoo.runtime import Runtime, agree, cuda_math, default_workers, on_main, seed_everything, start_runtime, state_sha256, sync_buffers
 from zoo.schema import ModelEntry
-from zoo.tasks import finetune_task, implementation
+from zoo.tasks import METRIC_NAMES, finetune_task, implementation
 from zoo.trainer import Trainer
 
 PROBE_FEATURES = "probe_features.safetensors"  # the frozen features the probe was fitted on
@@ -98,6 +98,7 @@ def finetune(model: str | ModelEntry, data: str | Path, out: str | Path | None, 
         raise InputError(f"--head {config.head}: {task.name} takes {task.head_rule}")
     if task.head is not None:
         config = dataclasses.replace(config, head=task.head)
+    implementation(task).criterion(config)  # its refusals come before anything is read or written
     dataset = implementation(task).load_data(data, entry, config)
     if config.head == "binary":
         head_outputs("binary", len(dataset.labels))

@@ -24,7 +24,7 @@ from serve.server_config import MIB, VARIANTS, server_default
 @click.option("--masks", type=click.Path(file_okay=False, path_type=Path),
               help="Segmentation: write each mask here as NAME.png (class indices, shown in VOC colours).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=None,
-              help="Detection: return detections scoring at least this (default: the bundle's threshold, 0.5).")
+              help="Return only the detections or labels scoring at least this (default: the bundle's threshold).")
 @click.option("--aggregation", type=click.Choice(["first", "simple"]), default=None,
               help="Token classification (NER): word pieces into entities by each word's first piece, or token by "
                    "token (default: the bundle's, first).")

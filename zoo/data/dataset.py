@@ -31,6 +31,8 @@ class Example:
     # extractive question answering: `item` is the context; answers are (start character, text)
     question: str | None = None
     answers: tuple[tuple[int, str], ...] | None = None
+    # any other task's target, read by its task module alone (zoo.tasks); hashable, part of the fingerprint
+    target: tuple | None = None
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Dataset:
                         digest.update(repr(example.tags).encode())
                     if example.question is not None:
                         digest.update(f"\0{example.question}\0{example.answers!r}".encode())
+                if example.target is not None:
+                    digest.update(repr(example.target).encode())
         return digest.hexdigest()
 
     def val_items(self) -> list[str]:

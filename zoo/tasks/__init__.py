@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from zoo.errors import InputError
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from serve.manifest import Postprocessing
 
     from zoo.config import FinetuneConfig
-    from zoo.data import Dataset
+    from zoo.data import Dataset, Example
     from zoo.schema import ModelEntry
     from zoo.tasks.inputs import ExportIO, ParityCase
     from zoo.trainer import Trainer
@@ -46,9 +46,15 @@ class Task:
     refused_formats: tuple[tuple[str, str], ...] = ()  # (export format, why it is refused)
     static_shape: str | None = None  # why --static-shape is refused (None: it is not)
     raw_pixels: bool = False  # the exported graph takes pixels in [0, 1] and resizes and normalises itself
+    evaluated_per_image: bool = False  # validation runs one image at a time, at its own size, as serve does
+    new_decoder: bool = False  # new layers beyond one linear head (a decoder): they learn the data's BatchNorm statistics
 
 
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
+# How a run's log names each task's metrics (a name means one thing in every task)
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy",
+                "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "entity_f1": "entity F1", "entity_precision": "entity precision",
+                "entity_recall": "entity recall", "squad_f1": "SQuAD F1", "exact_match": "exact match"}
 # Measured with onnx2tf 1.29.24 at a fixed 1x3x240x320 input: SSDlite stops at a constant anchor tensor
 # ("Output tensors of a Functional model must be the output of a TensorFlow Layer"), Faster R-CNN inside
 # a Mul of its box decoding (ValueError in tf.math.multiply).
@@ -63,6 +69,7 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          head_rule="the multiclass or the binary head", linear_head=True),
     Task("semantic-segmentation", "segmentation", "segmentation", ("miou", "pixel_accuracy", "loss"),
          head_rule="the multiclass head (one logit per class and pixel)", finetunes_into=("semantic-segmentation",),
+         evaluated_per_image=True, new_decoder=True,
          static_shape="exported for any image size (its masks come back at each image's resolution)"),
     # torchvision's detectors compute their losses in training mode only: no validation loss to select on
     Task("object-detection", "detection", "detection", ("map50", "map"),
@@ -70,7 +77,8 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          refused_formats=(("onnx-int8", "int8 quantization of detection graphs (NMS, RoIAlign, box decoding) is not "
                                         "supported; export onnx"),
                           ("savedmodel", _DETECTION_SAVEDMODEL), ("tf-serving", _DETECTION_SAVEDMODEL)),
-         static_shape="exported for one image of any size", raw_pixels=True),
+         static_shape="exported for one image of any size", raw_pixels=True, evaluated_per_image=True,
+         new_decoder=True),
     Task("token-classification", "token_classification", "token-logits",
          ("entity_f1", "entity_precision", "entity_recall", "loss"), ("multiclass", "token"), head="token",
          head_rule="one multiclass label per token"),
@@ -113,6 +121,13 @@ class TaskImplementation(Protocol):
         """The labelled examples at `path`, split into train and val (a given split, or config.val_fraction
         with config.seed)."""
 
+    def batching(self, examples: Sequence[Example], train: bool, trainer: Trainer) -> tuple[Sequence[Any], Callable]:
+        """A map-style dataset of `examples` (training: with the run's augmentation) and the collate that
+        makes its batches: ({input name: tensor}, target) for the model and `criterion`."""
+
+    def criterion(self, config: FinetuneConfig) -> nn.Module | None:
+        """The training loss of (logits, target batch); None where the model computes its own (detectors)."""
+
     def evaluate(self, trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
         """The task's metrics on the validation split, and "loss" (None where the model has none in eval)."""
 
@@ -137,5 +152,5 @@ def implementation(task: Task) -> TaskImplementation:
     return importlib.import_module(f"zoo.tasks.{task.module}")  # type: ignore[return-value]
 
 
-__all__ = ["CLASSIFICATION_METRICS", "FINETUNE_TASKS", "TASKS", "Task", "TaskImplementation", "finetune_task",
+__all__ = ["CLASSIFICATION_METRICS", "FINETUNE_TASKS", "METRIC_NAMES", "TASKS", "Task", "TaskImplementation", "finetune_task",
            "get_task", "implementation"]

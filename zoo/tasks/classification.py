@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
-from zoo.data import Dataset, load_dataset
-from zoo.evaluation import predicted_and_target
+from zoo.data import Dataset, Example, load_dataset
+from zoo.evaluation import logits_and_targets
+from zoo.loaders import ImageExamples, TextCollate, TextExamples, image_collate, train_image_transform
 from zoo.metrics import classification_metrics
+from zoo.preprocess import image_transform
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ExportIO, ParityCase, image_io, modality_cases, text_io, text_reference_cases
 
@@ -26,10 +28,36 @@ def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Da
     return load_dataset(path, entry.modality, config.val_fraction, config.seed)
 
 
+def batching(examples: Sequence[Example], train: bool, trainer: Trainer) -> tuple[Sequence[Any], Callable]:
+    """Images (training: the run's augmentation; else the bundle's preprocessing) or texts padded to each
+    batch's longest; the target is the class index."""
+    if trainer.entry.modality == "image":
+        spec = trainer.entry.input
+        transform = train_image_transform(spec, trainer.config.augment) if train else image_transform(spec)
+        return ImageExamples(examples, transform), image_collate
+    return TextExamples(examples), TextCollate(trainer.tokenizer)
+
+
+class BinaryLoss(nn.Module):
+    """BCE-with-logits (the numerically stable log-sigmoid form) of one logit per example against 0/1."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target.float())
+
+
+def criterion(config: FinetuneConfig) -> nn.Module:
+    return BinaryLoss() if config.head == "binary" else nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """The class of each row: the larger softmax, or a binary head's logit above 0."""
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
+
+
 def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
-    loss, predicted, target = predicted_and_target(trainer, model)
-    metrics = classification_metrics(torch.cat([p.flatten() for p in predicted]), torch.cat([t.flatten() for t in target]),
-                                     len(trainer.dataset.labels))
+    loss, logits, target = logits_and_targets(trainer, model)
+    metrics = classification_metrics(torch.cat([predictions(batch) for batch in logits]), torch.cat(target),
+                                      len(trainer.dataset.labels))
     return {"loss": loss, **metrics}
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torch import nn
 
 from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
-from zoo.data import Dataset, load_detection
+from zoo.data import Dataset, Example, load_detection
+from zoo.loaders import DetectionExamples, detection_collate, detection_transform
 from zoo.metrics import detection_metrics
 from zoo.preprocess import image_pixels
 from zoo.reference import asset_path, synthetic_pixels
@@ -27,6 +28,16 @@ DEFAULT_MIN_SCORE = 0.5  # detections below this score are not returned by serve
 
 def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
     return load_detection(path, config.val_fraction, config.seed)
+
+
+def batching(examples: Sequence[Example], train: bool, trainer: Trainer) -> tuple[Sequence[Any], Callable]:
+    """Images at their own size with their boxes (training: flipped together); lists, not stacked."""
+    return DetectionExamples(examples, detection_transform(train)), detection_collate
+
+
+def criterion(config: FinetuneConfig) -> None:
+    """None: torchvision's detectors compute their own losses (classification + box regression)."""
+    return None
 
 
 def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:

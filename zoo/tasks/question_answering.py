@@ -4,14 +4,15 @@ decoded through its windows as serve answers it, scored with SQuAD's exact match
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
-from zoo.data import Dataset, load_squad
+from zoo.data import Dataset, Example, load_squad
+from zoo.loaders import SpanCollate, span_features, span_target
 from zoo.reference import SENTENCES
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ExportIO, ParityCase, text_io, text_reference_cases
@@ -24,12 +25,29 @@ def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Da
     return load_squad(path, config.val_fraction, config.seed)
 
 
+def batching(examples: Sequence[Example], train: bool, trainer: Trainer) -> tuple[Sequence[Any], Callable]:
+    """Windows of question + context as serve cuts them, each with its answer's token span."""
+    return span_features(examples, trainer.windows), SpanCollate(trainer.windows)
+
+
+class SpanLoss(nn.Module):
+    """Mean of the start and end cross-entropies over a window's tokens ((batch, tokens, 2) logits,
+    (batch, 2) target positions)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cross_entropy = nn.functional.cross_entropy
+        return (cross_entropy(logits[..., 0], target[:, 0]) + cross_entropy(logits[..., 1], target[:, 1])) / 2
+
+
+def criterion(config: FinetuneConfig) -> nn.Module:
+    return SpanLoss()
+
+
 def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
     """Exact match and F1 against every reference answer; the loss is per window."""
     from torchmetrics.functional.text import squad
 
     from serve.qa import answer
-    from zoo.loaders import span_target
 
     predictions, targets, loss, windows = [], [], 0.0, 0
     for index, example in enumerate(trainer.dataset.val):

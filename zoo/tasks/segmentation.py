@@ -4,15 +4,16 @@ mean IoU and pixel accuracy over the validation images, each at its own size."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
-from zoo.data import Dataset, load_segmentation
-from zoo.evaluation import predicted_and_target
+from zoo.data import IGNORE_INDEX, Dataset, Example, load_segmentation
+from zoo.evaluation import logits_and_targets
+from zoo.loaders import SegmentationExamples, segmentation_collate, segmentation_transform
 from zoo.metrics import segmentation_metrics
 from zoo.preprocess import preprocess_images
 from zoo.reference import asset_path, synthetic_images
@@ -27,9 +28,19 @@ def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Da
     return load_segmentation(path, config.val_fraction, config.seed)
 
 
+def batching(examples: Sequence[Example], train: bool, trainer: Trainer) -> tuple[Sequence[Any], Callable]:
+    """Images with their masks, transformed together; a batch padded to its largest image."""
+    return SegmentationExamples(examples, segmentation_transform(trainer.entry.input, train)), segmentation_collate
+
+
+def criterion(config: FinetuneConfig) -> nn.Module:
+    """Per-pixel cross-entropy; pixels marked IGNORE_INDEX (255: borders, padding) count in no loss."""
+    return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=config.label_smoothing)
+
+
 def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
-    loss, predicted, target = predicted_and_target(trainer, model)
-    metrics = segmentation_metrics(torch.cat([p.flatten() for p in predicted]),
+    loss, logits, target = logits_and_targets(trainer, model)
+    metrics = segmentation_metrics(torch.cat([batch.argmax(dim=1).flatten() for batch in logits]),
                                    torch.cat([t.flatten() for t in target]), len(trainer.dataset.labels))
     return {"loss": loss, **metrics}
 

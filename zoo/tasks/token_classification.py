@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
-from zoo.data import Dataset, load_token_tags
-from zoo.evaluation import predicted_and_target
+from zoo.data import Dataset, Example, load_token_tags
+from zoo.evaluation import logits_and_targets
 from zoo.heads import IGNORE_TOKEN
+from zoo.loaders import TokenCollate
 from zoo.metrics import entity_metrics
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ExportIO, ParityCase, text_cases, text_io, text_reference_cases
@@ -26,13 +28,33 @@ def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Da
     return load_token_tags(path, config.val_fraction, config.seed)
 
 
+def batching(examples: Sequence[Example], train: bool, trainer: Trainer) -> tuple[Sequence[Any], Callable]:
+    """Sentences tokenised per batch, each word's tag on its first sub-word (zoo.loaders.TokenCollate)."""
+    return list(examples), TokenCollate(trainer.tokenizer)  # a list is a map-style dataset
+
+
+class TokenLoss(nn.Module):
+    """Cross-entropy over every labelled token of a (batch, tokens, labels) output."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.loss = nn.CrossEntropyLoss(ignore_index=IGNORE_TOKEN, label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def criterion(config: FinetuneConfig) -> nn.Module:
+    return TokenLoss(config.label_smoothing)
+
+
 def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
     """One tag per word (its first sub-word); words cut off by max_length are not scored."""
-    loss, predicted, target = predicted_and_target(trainer, model)
+    loss, logits, target = logits_and_targets(trainer, model)
     names = trainer.dataset.labels
     predicted_tags, target_tags = [], []
-    for batch_predicted, batch_target in zip(predicted, target):
-        for row_predicted, row_target in zip(batch_predicted, batch_target):
+    for batch_logits, batch_target in zip(logits, target):
+        for row_predicted, row_target in zip(batch_logits.argmax(dim=-1), batch_target):
             keep = row_target != IGNORE_TOKEN
             predicted_tags.append([names[i] for i in row_predicted[keep].tolist()])
             target_tags.append([names[i] for i in row_target[keep].tolist()])
