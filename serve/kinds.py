@@ -72,6 +72,7 @@ KIND_CLASSES = {
     "detection": "serve.detection:Detection",
     "token-classification": "serve.entities:TokenClassification",
     "question-answering": "serve.qa:QuestionAnswering",
+    "multi-label": "serve.multi_label:MultiLabel",
 }
 
 

@@ -152,7 +152,7 @@ def test_finetune_options_are_the_configs_choices_and_defaults() -> None:
     assert checked >= 25, checked
     assert set(options["metric"].type.choices) == {"auto", "macro_f1", "accuracy", "miou", "pixel_accuracy", "map50", "map",
                                                    "entity_f1", "entity_precision", "entity_recall", "squad_f1",
-                                                   "exact_match", "loss"}
+                                                   "exact_match", "mean_ap", "micro_f1", "loss"}
     code = "import sys, zoo_cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 

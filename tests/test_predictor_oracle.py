@@ -654,6 +654,6 @@ def test_every_manifest_kind_has_its_output_kind_and_options_name_their_owners()
     from serve.manifest import POSTPROCESSING_KINDS
 
     assert set(kinds()) == set(POSTPROCESSING_KINDS)
-    assert kinds_taking("min_score") == ["detection"] and kinds_taking("aggregation") == ["token-classification"]
+    assert kinds_taking("min_score") == ["detection", "multi-label"] and kinds_taking("aggregation") == ["token-classification"]
     assert kinds_taking("question") == ["question-answering"] and kinds_taking("masks") == ["segmentation"]
     assert [name for name, kind in kinds().items() if kind.one_image_per_run] == ["detection"]

@@ -54,7 +54,8 @@ CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
 # How a run's log names each task's metrics (a name means one thing in every task)
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy",
                 "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "entity_f1": "entity F1", "entity_precision": "entity precision",
-                "entity_recall": "entity recall", "squad_f1": "SQuAD F1", "exact_match": "exact match"}
+                "entity_recall": "entity recall", "squad_f1": "SQuAD F1", "exact_match": "exact match",
+                "mean_ap": "mean AP", "micro_f1": "micro-F1"}
 # Measured with onnx2tf 1.29.24 at a fixed 1x3x240x320 input: SSDlite stops at a constant anchor tensor
 # ("Output tensors of a Functional model must be the output of a TensorFlow Layer"), Faster R-CNN inside
 # a Mul of its box decoding (ValueError in tf.math.multiply).
@@ -64,7 +65,10 @@ _EMBEDDING_TARGETS = ("text-classification", "token-classification", "question-a
 
 TASKS: dict[str, Task] = {task.name: task for task in (
     Task("image-classification", "classification", "logits", CLASSIFICATION_METRICS, ("multiclass", "binary"),
-         head_rule="the multiclass or the binary head", linear_head=True, finetunes_into=("image-classification",)),
+         head_rule="the multiclass or the binary head", linear_head=True,
+         finetunes_into=("image-classification", "multi-label-image-classification")),
+    Task("multi-label-image-classification", "multi_label", "logits", ("mean_ap", "micro_f1", "macro_f1", "loss"),
+         ("multiclass", "multilabel"), head="multilabel", head_rule="one sigmoid logit per label"),
     Task("text-classification", "classification", "logits", CLASSIFICATION_METRICS, ("multiclass", "binary"),
          head_rule="the multiclass or the binary head", linear_head=True),
     Task("semantic-segmentation", "segmentation", "segmentation", ("miou", "pixel_accuracy", "loss"),
