@@ -190,3 +190,23 @@ def test_http_predict_lists_the_same_labels(run_and_bundle, data: Path) -> None:
         p["label"] for p in serve.load(bundle).predict([str(photo)], min_score=0.0)[0]["labels"]]
     assert len(lowered.json()[0]["labels"]) == len(SHAPES)
     assert wrong.status_code == 400 and "detection and multi-label" in wrong.json()["error"]
+
+
+def test_exports_are_judged_by_the_label_sets() -> None:
+    """A multi-label output agrees when every label of a row falls on the same side of the threshold: a
+    row whose top label is unchanged but whose second label crosses 0.5 disagrees (top-1 would pass it)."""
+    from zoo.reference import compare_outputs
+
+    entry = resolve_run_entry()
+    expected = np.array([[3.0, 0.2, -2.0], [1.0, -1.0, -3.0]])
+    crossed = expected + np.array([[0.0, -0.3, 0.0], [0.0, 0.0, 0.0]])
+    result = compare_outputs(entry, "case", crossed, expected, atol=1.0)
+    assert result.agreement_name == "label-set agreement" and result.top1_agreement == 0.5 and not result.ok
+    assert compare_outputs(entry, "case", expected + 0.05, expected, atol=0.1).ok
+
+
+def resolve_run_entry():
+    """efficientnet_lite0 as a multi-label run's entry (its task decides the comparison)."""
+    import dataclasses
+
+    return dataclasses.replace(get_model("efficientnet_lite0"), task=TASK)

@@ -23,9 +23,12 @@ from zoo.reference import (
 from zoo.registry import get_model
 
 
-def with_kind(name: str, kind: str):
+def with_task(name: str, task: str):
+    """Registry model `name` as a run fine-tuned for `task` (its task decides how outputs are compared)."""
+    from zoo.tasks import TASKS
+
     entry = get_model(name)
-    return dataclasses.replace(entry, output=dataclasses.replace(entry.output, kind=kind))
+    return dataclasses.replace(entry, task=task, output=dataclasses.replace(entry.output, kind=TASKS[task].output_kind))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,7 +107,7 @@ def test_comparison_record_is_the_reports_schema() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# compare_outputs: each output kind's decision
+# compare_outputs: each task's decision
 
 
 def test_segmentation_agreement_is_per_pixel() -> None:
@@ -119,7 +122,7 @@ def test_segmentation_agreement_is_per_pixel() -> None:
 
 
 def test_span_logits_agreement_is_the_start_and_end() -> None:
-    entry = with_kind("all-minilm-l6-v2", "span-logits")
+    entry = with_task("all-minilm-l6-v2", "question-answering")
     expected = np.zeros((1, 4, 2))  # (batch, tokens, start/end)
     expected[0, 1, 0] = expected[0, 2, 1] = 5.0  # answer: tokens 1..2
     actual = expected.copy()
@@ -132,7 +135,7 @@ def test_token_logits_agreement_is_per_token_and_embeddings_have_none() -> None:
     expected = np.array([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]])
     actual = expected.copy()
     actual[0, 2] = [0.0, 3.0]
-    result = compare_outputs(with_kind("all-minilm-l6-v2", "token-logits"), "case", actual, expected, atol=10.0)
+    result = compare_outputs(with_task("all-minilm-l6-v2", "token-classification"), "case", actual, expected, atol=10.0)
     assert result.top1_agreement == pytest.approx(2 / 3) and not result.ok
     embedding = compare_outputs(get_model("all-minilm-l6-v2"), "case", actual, expected, atol=10.0)
     assert embedding.top1_agreement is None and embedding.ok

@@ -22,7 +22,7 @@ def test_every_registry_task_is_a_task_and_every_trainable_one_has_its_module() 
         assert TASKS[name].metrics and TASKS[name].heads and TASKS[name].head_rule
         assert set(TASKS[name].metrics) - {"loss"} <= set(METRIC_NAMES), name  # the run's log names each
     for task in TASKS.values():  # every task's export is checked on its own inputs and says what serve makes of it
-        assert callable(implementation(task).parity_cases), task.name
+        assert callable(implementation(task).parity_cases) and callable(implementation(task).compare), task.name
     for entry in load_registry().values():
         post = implementation(get_task(entry.task)).bundle_postprocessing(entry)
         assert post.kind == {"embedding": "embedding", "logits": "classification"}.get(entry.output.kind, entry.output.kind)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -91,40 +92,33 @@ class Check:
 
 
 def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, classifier: bool,
-            cosine_floor: float | None = None, top1_required: bool = True) -> Comparison:
+            cosine_floor: float | None = None, top1_required: bool = True,
+            decide: Callable[[np.ndarray], np.ndarray] | None = None, agreement_name: str = "top-1 agreement") -> Comparison:
+    """max |diff|, min cosine per row, and for classifiers the share of rows whose decision agrees: the
+    argmax, a single logit's sign, or `decide`'s (when it keeps the last axis, all of a row's must agree)."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
         return Comparison(f"{label} (shape {actual.shape} != expected {expected.shape})", math.inf, atol, None,
-                          cosine_floor=cosine_floor, top1_required=top1_required)
+                          cosine_floor=cosine_floor, top1_required=top1_required, agreement_name=agreement_name)
     diff = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
     if not np.all(np.isfinite(actual)):
         diff = math.inf
     top1 = None
     if classifier:  # one logit (binary head): agreement of the sign; else of the argmax
-        decide = (lambda x: x[..., 0] > 0) if actual.shape[-1] == 1 else (lambda x: x.argmax(-1))
-        top1 = float(np.mean(decide(actual) == decide(expected)))
-    return Comparison(label, diff, atol, top1, min_cosine(actual, expected), cosine_floor, top1_required)
+        decide = decide or ((lambda x: x[..., 0] > 0) if actual.shape[-1] == 1 else (lambda x: x.argmax(-1)))
+        same = decide(actual) == decide(expected)
+        top1 = float(np.mean(same.all(axis=-1) if same.ndim == actual.ndim else same))
+    return Comparison(label, diff, atol, top1, min_cosine(actual, expected), cosine_floor, top1_required, agreement_name)
 
 
 def compare_outputs(entry: ModelEntry, label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None,
                     cosine_floor: float | None = None, scale: float | None = None) -> Comparison:
-    """`compare` with the entry's decision: top-1 per row for classifiers, per pixel for segmentation
-    (its class axis moved last, so agreement and cosine are per pixel), per token for NER, the start
-    and end positions for question answering, `compare_detections` for detectors (`scale`: the input
-    image's longer side)."""
-    kind = entry.output.kind
-    if kind == "detection":  # rows of x1 y1 x2 y2 score label; boxes judged relative to the image
-        return compare_detections(label, actual, expected, atol, scale or 1.0)
-    if kind == "segmentation" and actual.ndim == 4 and expected.ndim == 4:
-        actual, expected = actual.transpose(0, 2, 3, 1), expected.transpose(0, 2, 3, 1)
-    if kind == "span-logits" and actual.ndim == 3 and expected.ndim == 3:
-        # rows become each text's start and end logits over its tokens: agreement is of the answer's start
-        # and end positions, cosine of those two distributions (a token's (start, end) pair is no direction)
-        actual, expected = actual.transpose(0, 2, 1), expected.transpose(0, 2, 1)
-    classifier = kind in ("logits", "segmentation", "token-logits", "span-logits")
-    return compare(label, actual, expected, atol, classifier=classifier,
-                   cosine_floor=cosine_floor, top1_required=kind != "segmentation")
+    """The exported (or stored) outputs against torch's, judged as the entry's task decides (zoo.tasks:
+    `compare`); `scale`: the input image's longer side (detectors' boxes are judged relative to it)."""
+    from zoo.tasks import get_task, implementation
+
+    return implementation(get_task(entry.task)).compare(label, actual, expected, atol, cosine_floor, scale)
 
 
 def compare_detections(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, scale: float) -> Comparison:

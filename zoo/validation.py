@@ -16,6 +16,7 @@ from zoo.cache import fetch
 from zoo.preprocess import image_pixels, load_tokenizer, preprocess_images, tokenize
 from zoo.reference import Check, Comparison, asset_path, compare_outputs, synthetic_images, synthetic_pixels
 from zoo.schema import ModelEntry, SourceSpec
+from zoo.tasks import get_task
 
 
 @dataclass
@@ -44,8 +45,8 @@ def case_inputs(entry: ModelEntry, kind: str, batch: int = 1, texts: Sequence[st
                 tokenizer=None) -> dict[str, torch.Tensor]:
     """The exact model inputs of a reference case: `kind` "synthetic" (`batch` images at the entry's
     size) or "synthetic:HxW" (at that size), "asset:<file>", or "texts" (`texts` through `tokenizer`).
-    Detectors take one image of pixels in [0, 1] at its own size."""
-    if entry.output.kind == "detection":
+    A model whose graph takes raw pixels (detectors, zoo.tasks) gets one image in [0, 1] at its own size."""
+    if get_task(entry.task).raw_pixels:
         if kind.startswith("asset:"):
             return {"image": image_pixels(asset_path(kind.split(":", 1)[1]))}
         height, width = (int(side) for side in kind.split(":", 1)[1].split("x")) if ":" in kind else entry.input.size

@@ -19,12 +19,14 @@ from zoo.errors import InputError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import numpy as np
     from torch import nn
 
     from serve.manifest import Postprocessing
 
     from zoo.config import FinetuneConfig
     from zoo.data import Dataset, Example
+    from zoo.reference import Comparison
     from zoo.schema import ModelEntry
     from zoo.tasks.inputs import ExportIO, ParityCase
     from zoo.trainer import Trainer
@@ -118,7 +120,7 @@ def finetune_task(entry: ModelEntry, requested: str | None) -> Task:
 
 class TaskImplementation(Protocol):
     """The torch side of a task, one module each (zoo.tasks.classification, ...); tasks nothing is
-    fine-tuned for (zoo.tasks.embedding) have the export side only (parity_cases,
+    fine-tuned for (zoo.tasks.embedding) have the export side only (parity_cases, compare,
     bundle_postprocessing, export_io)."""
 
     def load_data(self, path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Dataset:
@@ -143,6 +145,11 @@ class TaskImplementation(Protocol):
 
     def parity_cases(self, entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
         """The inputs an export of `entry` is compared with torch on (every task, trainable or not)."""
+
+    def compare(self, label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None,
+                cosine_floor: float | None = None, scale: float | None = None) -> Comparison:
+        """An export's (or a stored reference's) outputs against torch's, judged as this task decides: max
+        |diff| within `atol` (or each row's cosine above `cosine_floor`) and the agreement of its decisions."""
 
     def bundle_postprocessing(self, entry: ModelEntry) -> Postprocessing:
         """The manifest's postprocessing: what serve makes of the outputs (serve.kinds)."""

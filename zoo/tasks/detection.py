@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import numpy as np
 from torch import nn
 
 from serve.manifest import Postprocessing
@@ -15,7 +16,7 @@ from zoo.data import Dataset, Example, load_detection
 from zoo.loaders import DetectionExamples, detection_collate, detection_transform
 from zoo.metrics import detection_metrics
 from zoo.preprocess import image_pixels
-from zoo.reference import asset_path, synthetic_pixels
+from zoo.reference import Comparison, asset_path, compare_detections, synthetic_pixels
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ExportIO, ParityCase
 
@@ -71,6 +72,13 @@ def summary(dataset: Dataset) -> dict[str, Any]:
     count = lambda examples: dict(Counter(dataset.labels[o[0]] for e in examples for o in e.objects))  # noqa: E731
     return {"images": {"train": len(dataset.train), "val": len(dataset.val)}, "train": count(dataset.train),
             "val": count(dataset.val)}
+
+
+def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, cosine_floor: float | None = None,
+            scale: float | None = None) -> Comparison:
+    """Rows of x1 y1 x2 y2 score label, compared as sets of detections, boxes relative to the image's
+    longer side `scale` (zoo.reference.compare_detections)."""
+    return compare_detections(label, actual, expected, atol, scale or 1.0)
 
 
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
@@ -23,6 +24,8 @@ from zoo.errors import InputError
 from zoo.evaluation import logits_and_targets
 from zoo.loaders import train_image_transform
 from zoo.preprocess import image_transform, open_image
+from zoo import reference
+from zoo.reference import Comparison
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ExportIO, ParityCase, image_io, modality_cases
 
@@ -176,6 +179,14 @@ def summary(dataset: Dataset) -> dict[str, Any]:
         return {**dict(sorted(counts.items())), "(none)": sum(not e.target for e in examples)}
 
     return {"train": count(dataset.train), "val": count(dataset.val)}
+
+
+def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, cosine_floor: float | None = None,
+            scale: float | None = None) -> Comparison:
+    """Each row's label set at THRESHOLD must agree (every label's logit on the same side of its logit)."""
+    cut = float(np.log(THRESHOLD / (1 - THRESHOLD)))
+    return reference.compare(label, actual, expected, atol, classifier=True, cosine_floor=cosine_floor,
+                             decide=lambda logits: logits >= cut, agreement_name="label-set agreement")
 
 
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:

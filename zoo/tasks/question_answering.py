@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,7 +14,8 @@ from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset, Example, load_squad
 from zoo.loaders import SpanCollate, span_features, span_target
-from zoo.reference import SENTENCES
+from zoo import reference
+from zoo.reference import SENTENCES, Comparison
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ExportIO, ParityCase, text_io, text_reference_cases
 
@@ -93,6 +95,15 @@ def summary(dataset: Dataset) -> dict[str, Any]:
     contexts = lambda examples: len({e.item for e in examples})  # noqa: E731
     return {"train": {"questions": len(dataset.train), "contexts": contexts(dataset.train)},
             "val": {"questions": len(dataset.val), "contexts": contexts(dataset.val)}}
+
+
+def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, cosine_floor: float | None = None,
+            scale: float | None = None) -> Comparison:
+    """Rows become each window's start and end logits over its tokens: agreement is of the answer's start
+    and end positions, cosine of those two distributions (a token's (start, end) pair is no direction)."""
+    if actual.ndim == 3 and expected.ndim == 3:
+        actual, expected = actual.transpose(0, 2, 1), expected.transpose(0, 2, 1)
+    return reference.compare(label, actual, expected, atol, classifier=True, cosine_floor=cosine_floor)
 
 
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +17,8 @@ from zoo.evaluation import logits_and_targets
 from zoo.loaders import SegmentationExamples, segmentation_collate, segmentation_transform
 from zoo.metrics import segmentation_metrics
 from zoo.preprocess import preprocess_images
-from zoo.reference import asset_path, synthetic_images
+from zoo import reference
+from zoo.reference import Comparison, asset_path, synthetic_images
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ExportIO, ParityCase, image_io
 
@@ -65,6 +67,16 @@ def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
 def summary(dataset: Dataset) -> dict[str, Any]:
     """Images per split."""
     return {"train": len(dataset.train), "val": len(dataset.val)}
+
+
+def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, cosine_floor: float | None = None,
+            scale: float | None = None) -> Comparison:
+    """Per pixel (the class axis moved last): agreement and cosine of each pixel's class scores; a pixel's
+    class at a boundary may flip, so agreement is reported, not required."""
+    if actual.ndim == 4 and expected.ndim == 4:
+        actual, expected = actual.transpose(0, 2, 3, 1), expected.transpose(0, 2, 3, 1)
+    return reference.compare(label, actual, expected, atol, classifier=True, cosine_floor=cosine_floor,
+                             top1_required=False)
 
 
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +18,8 @@ from zoo.evaluation import logits_and_targets
 from zoo.heads import IGNORE_TOKEN
 from zoo.loaders import TokenCollate
 from zoo.metrics import entity_metrics
+from zoo import reference
+from zoo.reference import Comparison
 from zoo.schema import ModelEntry
 from zoo.tasks.inputs import ExportIO, ParityCase, text_cases, text_io, text_reference_cases
 
@@ -75,6 +78,12 @@ def summary(dataset: Dataset) -> dict[str, Any]:
                                           if dataset.labels[t].startswith("B-")))
     return {"sentences": {"train": len(dataset.train), "val": len(dataset.val)}, "train": count(dataset.train),
             "val": count(dataset.val)}
+
+
+def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, cosine_floor: float | None = None,
+            scale: float | None = None) -> Comparison:
+    """Each token's tag must agree."""
+    return reference.compare(label, actual, expected, atol, classifier=True, cosine_floor=cosine_floor)
 
 
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
