@@ -1,14 +1,14 @@
 """The bundle manifest: the one format shared by the exporter (writes it) and the runtime
-(reads it). Versioned; parsing names the exact field that is wrong."""
+(reads it). Versioned, and described by manifest.schema.json; parsing names the exact field that is wrong."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from serve.entities import AGGREGATIONS
 from serve.errors import BundleError
 from serve.files import sha256_file, write_text_atomic
 from serve.kinds import KIND_CLASSES
@@ -98,136 +98,67 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
     return path
 
 
-class _Reader:
-    """Typed access to a JSON object that reports `manifest.json: <path>: expected ..., found ...`."""
-
-    def __init__(self, data: Any, path: str):
-        self.data, self.path = data, path
-        if not isinstance(data, dict):
-            self.fail("", f"expected an object, found {type(data).__name__}")
-
-    def fail(self, key: str, message: str) -> None:
-        where = f"{self.path}.{key}" if key else self.path
-        raise BundleError(f"{MANIFEST_NAME}: {where.lstrip('.') or '<top>'}: {message}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        if key not in self.data:
-            if default is not ...:
-                return default
-            self.fail(key, "missing field")
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            self.fail(key, f"expected {names}, found {type(value).__name__} {value!r:.40}")
-        return value
-
-    def items(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> list[Any]:
-        """A list field whose every item has type `kind` (bool never counts as a number)."""
-        values = self.get(key, list, default)
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        for index, value in enumerate(values):
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                self.fail(f"{key}[{index}]", f"expected {' or '.join(k.__name__ for k in kinds)}, found {value!r:.40}")
-        return list(values)
-
-    def child(self, key: str) -> "_Reader":
-        return _Reader(self.get(key, dict), f"{self.path}.{key}")
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")  # ships in the wheel (package data)
 
 
-DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
+@functools.lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text("utf-8")))
 
 
-def _tensors(reader: _Reader, key: str) -> list[TensorSpec]:
-    items = reader.get(key, list)
-    specs = []
-    for index, item in enumerate(items):
-        r = _Reader(item, f"{reader.path}.{key}[{index}]")
-        spec = TensorSpec(r.get("name", str), r.get("dtype", str), r.items("shape", (int, str)))
-        if spec.dtype not in DTYPES:
-            r.fail("dtype", f"expected one of {', '.join(DTYPES)}, found {spec.dtype!r}")
-        if not spec.shape or any(isinstance(d, int) and d < 1 for d in spec.shape):
-            r.fail("shape", f"expected at least one axis, each a positive size or a name, found {spec.shape}")
-        specs.append(spec)
-    if not specs:
-        reader.fail(key, "expected at least one tensor")
-    return specs
+def _where(path) -> str:
+    """`inputs[0].dtype` for the JSON path ("inputs", 0, "dtype")."""
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
+    return text.lstrip(".") or "<top>"
+
+
+def _fail(where: str, message: str) -> None:
+    raise BundleError(f"{MANIFEST_NAME}: {where}: {message}")
 
 
 def parse_manifest(data: Any) -> Manifest:
-    """A Manifest from parsed JSON; BundleError names the first wrong field."""
-    top = _Reader(data, "")
-    if top.get("bundle_format", str) != BUNDLE_FORMAT:
-        top.fail("bundle_format", f"expected {BUNDLE_FORMAT!r}; this folder was not written by zoo export")
-    version = top.get("format_version", int)
-    if version != FORMAT_VERSION:
-        top.fail("format_version", f"version {version} is not supported (this runtime reads {FORMAT_VERSION}); "
-                                   "re-export the bundle or upgrade serve")
-    pre = top.child("preprocessing")
-    modality = top.get("modality", str)
-    if modality not in ("image", "text"):
-        top.fail("modality", f"expected 'image' or 'text', found {modality!r}")
-    if pre.get("kind", str) != modality:
-        pre.fail("kind", f"expected {modality!r} to match the bundle's modality")
-    if modality == "image":
+    """A Manifest from parsed JSON, checked against manifest.schema.json (jsonschema) and the cross-field
+    rules a schema cannot state; BundleError names the first wrong field."""
+    import jsonschema
+
+    if not isinstance(data, dict):
+        _fail("<top>", f"expected an object, found {type(data).__name__}")
+    if data.get("bundle_format") != BUNDLE_FORMAT:
+        _fail("bundle_format", f"expected {BUNDLE_FORMAT!r}; this folder was not written by zoo export")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        _fail("format_version", f"version {version!r} is not supported (this runtime reads {FORMAT_VERSION}); "
+                                "re-export the bundle or upgrade serve")
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        _fail(_where(error.absolute_path), error.message[:200])
+    pre, post = data["preprocessing"], data["postprocessing"]
+    if pre["kind"] != data["modality"]:
+        _fail("preprocessing.kind", f"expected {data['modality']!r} to match the bundle's modality")
+    if post["kind"] not in POSTPROCESSING_KINDS:
+        _fail("postprocessing.kind", f"expected one of {', '.join(map(repr, POSTPROCESSING_KINDS))}, found {post['kind']!r}")
+    for name, variant in data.get("variants", {}).items():
+        if variant["file"] not in data["files"]:
+            _fail(f"variants.{name}.file", f"{variant['file']!r} is not one of the bundle's files")
+    if data["modality"] == "image":
         preprocessing: ImagePreprocessing | TextPreprocessing = ImagePreprocessing(
-            resize=pre.get("resize", (int, type(None))), crop=pre.get("crop", (int, type(None))), interpolation=pre.get("interpolation", str),
-            mean=[float(v) for v in pre.items("mean", (int, float))], std=[float(v) for v in pre.items("std", (int, float))])
-        if preprocessing.interpolation not in ("bilinear", "bicubic"):
-            pre.fail("interpolation", f"expected 'bilinear' or 'bicubic', found {preprocessing.interpolation!r}")
-        if len(preprocessing.mean) != 3 or len(preprocessing.std) != 3 or min(preprocessing.std) <= 0:
-            pre.fail("mean", "expected three means and three positive stds")
-        for key in ("resize", "crop"):
-            if getattr(preprocessing, key) is not None and getattr(preprocessing, key) < 1:
-                pre.fail(key, f"expected a positive size in pixels or null, found {getattr(preprocessing, key)}")
+            resize=pre["resize"], crop=pre["crop"], interpolation=pre["interpolation"],
+            mean=[float(v) for v in pre["mean"]], std=[float(v) for v in pre["std"]])
     else:
-        preprocessing = TextPreprocessing(tokenizer=pre.get("tokenizer", str), max_length=pre.get("max_length", int),
-                                          pad_token=pre.get("pad_token", str), pad_id=pre.get("pad_id", int))
-        if preprocessing.max_length < 1:
-            pre.fail("max_length", f"expected a positive number of tokens, found {preprocessing.max_length}")
-        if preprocessing.pad_id < 0:
-            pre.fail("pad_id", f"expected a token id (>= 0), found {preprocessing.pad_id}")
-    post = top.child("postprocessing")
-    kind = post.get("kind", str)
-    if kind not in POSTPROCESSING_KINDS:
-        post.fail("kind", f"expected one of {', '.join(map(repr, POSTPROCESSING_KINDS))}, found {kind!r}")
-    aggregation = post.get("aggregation", (str, type(None)), None)
-    if aggregation is not None and aggregation not in AGGREGATIONS:
-        post.fail("aggregation", f"expected {' or '.join(map(repr, AGGREGATIONS))}, found {aggregation!r}")
-    activation = post.get("activation", str, "softmax")
-    if activation not in ("softmax", "sigmoid"):
-        post.fail("activation", f"expected 'softmax' or 'sigmoid', found {activation!r}")
-    postprocessing = Postprocessing(kind=kind, labels=post.items("labels", str, []), activation=activation,
-                                    pooling=post.get("pooling", (str, type(None)), None),
-                                    normalized=post.get("normalized", bool, False),
-                                    dim=post.get("dim", (int, type(None)), None),
-                                    score_threshold=post.get("score_threshold", (int, float, type(None)), None),
-                                    aggregation=aggregation, stride=post.get("stride", (int, type(None)), None),
-                                    max_answer_tokens=post.get("max_answer_tokens", (int, type(None)), None))
-    if kind == "question-answering" and (not postprocessing.stride or not postprocessing.max_answer_tokens):
-        post.fail("stride", "a question-answering bundle needs a positive stride and max_answer_tokens")
-    files = top.get("files", dict)
-    for name, digest in files.items():
-        if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
-            top.fail(f"files.{name}", "expected a sha256 hex digest")
+        preprocessing = TextPreprocessing(tokenizer=pre["tokenizer"], max_length=pre["max_length"],
+                                          pad_token=pre["pad_token"], pad_id=pre["pad_id"])
+    postprocessing = Postprocessing(kind=post["kind"], labels=list(post.get("labels", [])),
+                                    **{f.name: post[f.name] for f in fields(Postprocessing)
+                                       if f.name not in ("kind", "labels") and f.name in post})
+    tensors = lambda key: [TensorSpec(t["name"], t["dtype"], list(t["shape"])) for t in data[key]]  # noqa: E731
     return Manifest(
-        model_id=top.get("model_id", str), task=top.get("task", str), modality=modality,
-        model_file=top.get("model_file", str), opset=top.get("opset", int),
-        inputs=_tensors(top, "inputs"), outputs=_tensors(top, "outputs"),
-        preprocessing=preprocessing, postprocessing=postprocessing, files=dict(files),
-        source=top.get("source", dict), producer=top.get("producer", dict), variants=_variants(top),
-        tensorflow=top.get("tensorflow", dict, {}),
+        model_id=data["model_id"], task=data["task"], modality=data["modality"], model_file=data["model_file"],
+        opset=data["opset"], inputs=tensors("inputs"), outputs=tensors("outputs"), preprocessing=preprocessing,
+        postprocessing=postprocessing, files=dict(data["files"]), source=data["source"], producer=data["producer"],
+        variants=dict(data.get("variants", {})), tensorflow=data.get("tensorflow", {}),
     )
-
-
-def _variants(top: _Reader) -> dict[str, dict[str, Any]]:
-    variants = top.get("variants", dict, {})
-    for name, variant in variants.items():
-        entry = _Reader(variant, f"variants.{name}")
-        file = entry.get("file", str)
-        if file not in top.data.get("files", {}):
-            entry.fail("file", f"{file!r} is not one of the bundle's files")
-    return dict(variants)
 
 
 def read_manifest(directory: Path, verify: bool = True) -> Manifest:

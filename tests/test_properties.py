@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,20 @@ def test_random_bytes_are_rejected_cleanly(data: bytes) -> None:
         preprocess_image(SPEC, data)
     except InputError as exc:
         assert "image" in str(exc)
+
+
+def test_manifest_schema_agrees_with_the_runtime_and_every_written_manifest_passes(tmp_path) -> None:
+    """manifest.schema.json is package data next to serve.manifest, names the aggregations serve.entities
+    decodes, and accepts the manifest a Manifest writes (the round trip is exact)."""
+    import tomllib
+
+    from serve.entities import AGGREGATIONS
+    from serve.manifest import SCHEMA_FILE, write_manifest
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert SCHEMA_FILE.name in pyproject["tool"]["setuptools"]["package-data"]["serve"]
+    assert set(schema["properties"]["postprocessing"]["properties"]["aggregation"]["enum"]) == {*AGGREGATIONS, None}
+    manifest = parse_manifest(MANIFEST)
+    written = json.loads(write_manifest(tmp_path, manifest).read_text())
+    assert parse_manifest(written) == manifest
