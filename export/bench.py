@@ -99,7 +99,7 @@ def _savedmodel(bundle: Path, threads: int) -> Callable[[dict[str, np.ndarray]],
     from serve.manifest import read_manifest
 
     manifest = read_manifest(bundle, verify=False)
-    described = manifest.tensorflow.get("savedmodel")
+    described = manifest.artifacts.get("savedmodel")
     if described is None or find_spec("tensorflow") is None:
         return None
     import tensorflow as tf

@@ -197,7 +197,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             shutil.copyfile(fetched.files[name], staging / name)
         rows = [report_row("onnx", ONNX_FILE, staging, results)]
         context = DerivedContext(staging, torch_model, entry, cases, output_name, inputs, outputs, options, pad_id)
-        sections, extra_files = derived_formats(formats, context, rows)
+        artifacts, extra_files = derived_formats(formats, context, rows)
         (staging / "report.json").write_text(json.dumps(rows, indent=1) + "\n")
         (staging / "report.md").write_text("\n".join(format_table(rows)) + "\n")
         files = {name: sha256_file(staging / name)
@@ -209,8 +209,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
             preprocessing=preprocessing, postprocessing=implementation(get_task(entry.task)).bundle_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
                     "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
-            producer=_versions(traced), variants=sections.get("variants", {}),
-            tensorflow=sections.get("tensorflow", {}),
+            producer=_versions(traced), artifacts=artifacts,
         )
         write_manifest(staging, manifest)
         os.chmod(staging, 0o755)

@@ -15,7 +15,7 @@ from serve.kinds import KIND_CLASSES
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "zoo-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every derived format in one `artifacts` section (1: `variants` + `tensorflow`, still read)
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,18 @@ class Manifest:
     files: dict[str, str]  # every other bundle file -> sha256
     source: dict[str, Any]  # upstream model: id, origin, licence, file hashes
     producer: dict[str, str]  # package versions that made the bundle
-    # Other precisions of the same model: {"fp16": {"file": ..., "max_abs_diff": ..., "top1_agreement": ...}}
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # TensorFlow exports (not loaded by serve): {"savedmodel": {directory, signature, inputs, outputs, ...},
-    # "tf_serving": {model_base_path, model_name, version}}
-    tensorflow: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Every format the bundle holds beside the fp32 model, by its `zoo export --format` name, as that format
+    # describes itself: {"onnx-fp16": {"variant": "fp16", "file": ..., "max_abs_diff": ...}, "savedmodel":
+    # {"directory", "signature", ...}, "tf-serving": {...}, "triton": {...}}. A record with a `variant` is a
+    # precision of the same ONNX model that serve loads (`variant=`).
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     bundle_format: str = BUNDLE_FORMAT
     format_version: int = FORMAT_VERSION
+
+    @property
+    def variants(self) -> dict[str, dict[str, Any]]:
+        """The other precisions serve can load, by name: {"fp16": record, "int8": record}."""
+        return {record["variant"]: record for record in self.artifacts.values() if "variant" in record}
 
     def to_json(self) -> str:
         document = asdict(self)
@@ -128,9 +133,11 @@ def parse_manifest(data: Any) -> Manifest:
     if data.get("bundle_format") != BUNDLE_FORMAT:
         _fail("bundle_format", f"expected {BUNDLE_FORMAT!r}; this folder was not written by zoo export")
     version = data.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        _fail("format_version", f"version {version!r} is not supported (this runtime reads {FORMAT_VERSION}); "
+    if version not in (1, FORMAT_VERSION) or isinstance(version, bool):
+        _fail("format_version", f"version {version!r} is not supported (this runtime reads 1 and {FORMAT_VERSION}); "
                                 "re-export the bundle or upgrade serve")
+    if version == 1:
+        data = _from_version_1(data)
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
         _fail(_where(error.absolute_path), error.message[:200])
@@ -139,9 +146,9 @@ def parse_manifest(data: Any) -> Manifest:
         _fail("preprocessing.kind", f"expected {data['modality']!r} to match the bundle's modality")
     if post["kind"] not in POSTPROCESSING_KINDS:
         _fail("postprocessing.kind", f"expected one of {', '.join(map(repr, POSTPROCESSING_KINDS))}, found {post['kind']!r}")
-    for name, variant in data.get("variants", {}).items():
-        if variant["file"] not in data["files"]:
-            _fail(f"variants.{name}.file", f"{variant['file']!r} is not one of the bundle's files")
+    for name, record in data.get("artifacts", {}).items():
+        if "file" in record and record["file"] not in data["files"]:
+            _fail(f"artifacts.{name}.file", f"{record['file']!r} is not one of the bundle's files")
     if data["modality"] == "image":
         preprocessing: ImagePreprocessing | TextPreprocessing = ImagePreprocessing(
             resize=pre["resize"], crop=pre["crop"], interpolation=pre["interpolation"],
@@ -157,8 +164,32 @@ def parse_manifest(data: Any) -> Manifest:
         model_id=data["model_id"], task=data["task"], modality=data["modality"], model_file=data["model_file"],
         opset=data["opset"], inputs=tensors("inputs"), outputs=tensors("outputs"), preprocessing=preprocessing,
         postprocessing=postprocessing, files=dict(data["files"]), source=data["source"], producer=data["producer"],
-        variants=dict(data.get("variants", {})), tensorflow=data.get("tensorflow", {}),
+        artifacts=dict(data.get("artifacts", {})),
     )
+
+
+# Version 1's sections and the export formats their records came from
+_VERSION_1 = {("variants", "fp16"): "onnx-fp16", ("variants", "int8"): "onnx-int8",
+              ("tensorflow", "savedmodel"): "savedmodel", ("tensorflow", "tf_serving"): "tf-serving"}
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 document as version 2: `variants` and `tensorflow` records moved into `artifacts` under
+    their format's name (a variant's name kept in the record)."""
+    upgraded = {key: value for key, value in data.items() if key not in ("variants", "tensorflow")}
+    artifacts: dict[str, Any] = {}
+    for section in ("variants", "tensorflow"):
+        records = data.get(section, {})
+        if not isinstance(records, dict):
+            _fail(section, f"expected an object, found {type(records).__name__}")
+        for name, record in records.items():
+            if not isinstance(record, dict):
+                _fail(f"{section}.{name}", f"expected an object, found {type(record).__name__}")
+            if section == "variants" and not isinstance(record.get("file"), str):
+                _fail(f"{section}.{name}.file", "expected the variant's file name")
+            extra = {"variant": name} if section == "variants" else {}
+            artifacts[_VERSION_1.get((section, name), name)] = {**record, **extra}
+    return {**upgraded, "format_version": FORMAT_VERSION, "artifacts": artifacts}
 
 
 def read_manifest(directory: Path, verify: bool = True) -> Manifest:

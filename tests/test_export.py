@@ -265,7 +265,7 @@ def test_static_shape_bundles_run_any_batch(all_formats, tmp_path: Path) -> None
                           formats=("onnx", "onnx-int8", "savedmodel", "triton"))
     assert all(row["status"] == "ok" for row in image.formats)
     assert image.manifest.inputs[0].shape == [2, 3, 224, 224]
-    assert image.manifest.tensorflow["savedmodel"]["inputs"][0]["shape"] == [2, 3, 224, 224]
+    assert image.manifest.artifacts["savedmodel"]["inputs"][0]["shape"] == [2, 3, 224, 224]
     config = parse_triton_config((image.directory / "triton" / "efficientnet_lite0" / "config.pbtxt").read_text())
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [2, 3, 224, 224]
     dynamic, fixed = serve.load(all_formats["efficientnet_lite0"]), serve.load(image.directory)

@@ -149,8 +149,8 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
     assert set(manifest.variants) == {v for v in ("fp16", "int8") if f"onnx-{v}" in formats and f"onnx-{v}" not in failing}
     assert rows["onnx"]["max_abs_diff"] <= (DETECTION_ATOL if detector else 1e-4)
     assert detector or rows["onnx-fp16"]["max_abs_diff"] <= 0.1
-    if "savedmodel" in manifest.tensorflow:
-        assert manifest.tensorflow["savedmodel"]["max_abs_diff"] <= 1e-4
+    if "savedmodel" in manifest.artifacts:
+        assert manifest.artifacts["savedmodel"]["max_abs_diff"] <= 1e-4
     assert os.path.isfile(bundle / "triton" / name / "config.pbtxt")
     predictor = serve.load(bundle)  # the model is not constant (a zero head would make every check vacuous)
     if detector:  # boxes inside the photo, several labels

@@ -128,7 +128,7 @@ def test_exported_entities_match_torch(run_and_bundle) -> None:
         logits = model(ids, torch.tensor([e.attention_mask for e in encodings])).numpy()
     manifest = serve.load(bundle).manifest
     assert manifest.postprocessing.kind == "token-classification" and manifest.postprocessing.aggregation == "first"
-    assert "savedmodel" in manifest.tensorflow and "int8" in manifest.variants
+    assert "savedmodel" in manifest.artifacts and "int8" in manifest.variants
     for variant in ("fp32", "int8"):
         predictor = serve.load(bundle, variant=variant)
         for strategy in ("first", "simple"):

@@ -144,3 +144,22 @@ def test_manifest_schema_agrees_with_the_runtime_and_every_written_manifest_pass
     manifest = parse_manifest(MANIFEST)
     written = json.loads(write_manifest(tmp_path, manifest).read_text())
     assert parse_manifest(written) == manifest
+
+
+def test_version_1_manifests_are_read_as_version_2() -> None:
+    """Bundles written before the artifacts section still load: their variants and TensorFlow records move
+    under their formats' names, a variant keeping its name; what is written again is version 2."""
+    old = {**MANIFEST, "files": {"model.onnx": "0" * 64, "model.fp16.onnx": "1" * 64},
+           "variants": {"fp16": {"file": "model.fp16.onnx", "max_abs_diff": 0.01}},
+           "tensorflow": {"savedmodel": {"directory": "savedmodel"}, "tf_serving": {"model_name": "m", "version": 1}}}
+    manifest = parse_manifest(old)
+    assert manifest.format_version == 2 and set(manifest.artifacts) == {"onnx-fp16", "savedmodel", "tf-serving"}
+    assert manifest.variants == {"fp16": {"file": "model.fp16.onnx", "max_abs_diff": 0.01, "variant": "fp16"}}
+    document = json.loads(manifest.to_json())
+    assert "variants" not in document and "tensorflow" not in document and parse_manifest(document) == manifest
+    with pytest.raises(BundleError, match=r"variants.fp16.file: expected the variant's file name"):
+        parse_manifest({**old, "variants": {"fp16": {}}})
+    with pytest.raises(BundleError, match=r"artifacts.onnx-int8.file: 'model.int8.onnx' is not one of the bundle's files"):
+        parse_manifest({**document, "artifacts": {"onnx-int8": {"variant": "int8", "file": "model.int8.onnx"}}})
+    with pytest.raises(BundleError, match=r"version 3 is not supported \(this runtime reads 1 and 2\)"):
+        parse_manifest({**document, "format_version": 3})

@@ -38,7 +38,7 @@ def _run_savedmodel(directory: Path, inputs: dict[str, np.ndarray], output: str,
 def test_image_savedmodel_has_a_dynamic_nchw_batch(all_formats, tmp_path: Path) -> None:
     bundle = all_formats["efficientnet_lite0"]
     manifest = read_manifest(bundle)
-    savedmodel = manifest.tensorflow["savedmodel"]
+    savedmodel = manifest.artifacts["savedmodel"]
     assert savedmodel["signature"] == "serving_default" and savedmodel["max_abs_diff"] <= 1e-4
     assert savedmodel["inputs"] == [{"name": "pixel_values", "dtype": "float32", "shape": [None, 3, 224, 224],
                                      "layout": "NCHW"}]
@@ -53,7 +53,7 @@ def test_text_savedmodel_runs_at_its_declared_fixed_shape(all_formats, tmp_path:
     from zoo.preprocess import load_tokenizer
 
     bundle = all_formats["all-minilm-l6-v2"]
-    savedmodel = read_manifest(bundle).tensorflow["savedmodel"]
+    savedmodel = read_manifest(bundle).artifacts["savedmodel"]
     shape = savedmodel["inputs"][0]["shape"]
     assert shape == [1, 256] and [i["name"] for i in savedmodel["inputs"]] == ["input_ids", "attention_mask"]
     tokenizer = load_tokenizer(bundle / "tokenizer.json", get_model("all-minilm-l6-v2").input)
@@ -69,7 +69,7 @@ def test_text_savedmodel_runs_at_its_declared_fixed_shape(all_formats, tmp_path:
 def test_tf_serving_layout_is_listed_and_hashed(all_formats, name: str) -> None:
     bundle = all_formats[name]
     manifest = read_manifest(bundle)  # verifies every listed file's sha256
-    serving = manifest.tensorflow["tf_serving"]
+    serving = manifest.artifacts["tf-serving"]
     assert serving == {"model_base_path": f"tf_serving/{name}", "model_name": name, "version": 1}
     version = bundle / "tf_serving" / name / "1"
     assert (version / "saved_model.pb").samefile(bundle / "savedmodel" / "saved_model.pb")  # hard-linked
@@ -86,7 +86,7 @@ def test_a_conversion_that_fails_leaves_no_savedmodel(tmp_path: Path, monkeypatc
     assert rows["savedmodel"].startswith("failed: the SavedModel conversion did not finish")
     assert rows["tf-serving"].startswith("failed: tf-serving lays out the SavedModel, which was not written")
     assert not (tmp_path / "b" / "savedmodel").exists() and not (tmp_path / "b" / "tf_serving").exists()
-    assert not list(tmp_path.glob("b/.savedmodel*")) and read_manifest(tmp_path / "b").tensorflow == {}
+    assert not list(tmp_path.glob("b/.savedmodel*")) and read_manifest(tmp_path / "b").artifacts == {}
 
 
 def test_missing_tensorflow_and_bad_static_shape_fail_before_exporting(tmp_path: Path, monkeypatch, capsys) -> None:

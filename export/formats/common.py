@@ -18,7 +18,7 @@ from zoo.schema import ModelEntry
 from export.formats import FP16_FILE, FORMATS, FormatOptions, builder
 from export.parity import ParityCase, check_parity
 
-Built = tuple[dict, dict, list]  # (report row, manifest sections, files written)
+Built = tuple[dict, dict, list]  # (report row, its record in the manifest's artifacts, files written)
 
 
 def format_table(rows: list[dict]) -> list[str]:
@@ -65,24 +65,24 @@ class DerivedContext:
 
 def derived_formats(formats: Sequence[str], context: DerivedContext, rows: list[dict]) -> tuple[dict, list[str]]:
     """Every requested format beside fp32, each checked; a failing one leaves no file and a failed row.
-    Returns the manifest sections they add ({"variants": ..., "tensorflow": ...}) and their files."""
-    sections: dict[str, dict] = {}
+    Returns the manifest's artifacts (each built format's record, by its name) and their files."""
+    artifacts: dict[str, dict] = {}
     files: list[str] = []
     for fmt in FORMATS.values():
         if fmt.name not in formats or fmt.module is None:
             continue
         try:
-            row, section, written = builder(fmt)(context)
+            row, record, written = builder(fmt)(context)
         except ExportError as exc:
             for name in fmt.outputs:
                 target = context.staging / name
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-            row, section, written = report_row(fmt.name, fmt.outputs[0], context.staging, status=f"failed: {exc}"), {}, []
+            row, record, written = report_row(fmt.name, fmt.outputs[0], context.staging, status=f"failed: {exc}"), None, []
         rows.append(row)
         files += written
-        for key, value in section.items():
-            sections.setdefault(key, {}).update(value)
-    return sections, files
+        if record is not None:
+            artifacts[fmt.name] = record
+    return artifacts, files
 
 
 def cpu_session(path: Path):

@@ -46,6 +46,6 @@ def build(context: DerivedContext) -> Built:
         checked_on.append("CUDAExecutionProvider")
     data = external_data_file(path)
     row = report_row("onnx-fp16", FP16_FILE, context.staging, results)
-    variant = {"file": FP16_FILE, "max_abs_diff": row["max_abs_diff"], "top1_agreement": row["top1_agreement"],
-               "atol": EXPORT_ATOL["float16"], "checked_on": checked_on}
-    return row, {"variants": {"fp16": variant}}, [FP16_FILE, *([data.name] if data else [])]
+    record = {"variant": "fp16", "file": FP16_FILE, "max_abs_diff": row["max_abs_diff"],
+              "top1_agreement": row["top1_agreement"], "atol": EXPORT_ATOL["float16"], "checked_on": checked_on}
+    return row, record, [FP16_FILE, *([data.name] if data else [])]

@@ -42,7 +42,7 @@ def build(context: DerivedContext) -> Built:
     else:  # static int8 is judged on photographs: synthetic patterns lie outside any calibration set
         results = checked(context, target, None, INT8_MIN_COSINE, [c for c in context.cases if c.real], [held_out])
     row = report_row("onnx-int8", INT8_FILE, context.staging, results, held_out=held_out)
-    variant = {"file": INT8_FILE, "quantization": method, "max_abs_diff": row["max_abs_diff"],
-               "min_cosine": row["min_cosine"], "top1_agreement": row["top1_agreement"], "top1_on": row["top1_on"]}
+    record = {"variant": "int8", "file": INT8_FILE, "quantization": method, "max_abs_diff": row["max_abs_diff"],
+              "min_cosine": row["min_cosine"], "top1_agreement": row["top1_agreement"], "top1_on": row["top1_on"]}
     data = external_data_file(target)
-    return row, {"variants": {"int8": variant}}, [INT8_FILE, *([data.name] if data else [])]
+    return row, record, [INT8_FILE, *([data.name] if data else [])]

@@ -19,8 +19,7 @@ def build(context: DerivedContext) -> Built:
     row = report_row("savedmodel", f"{SAVEDMODEL_DIR}/saved_model.pb", context.staging, result.results,
                status="ok" if not result.note else f"ok ({result.note.split(':')[0]})")
     row["size_mb"] = sum((context.staging / f).stat().st_size for f in files) / 1e6
-    section = {"savedmodel": {"directory": SAVEDMODEL_DIR, "signature": "serving_default", "inputs": result.inputs,
-                              "outputs": result.outputs, "max_abs_diff": row["max_abs_diff"],
-                              "atol": EXPORT_ATOL["float32"], "converter": "onnx2tf",
-                              "seconds": round(result.seconds, 1), "note": result.note}}
-    return row, {"tensorflow": section}, files
+    record = {"directory": SAVEDMODEL_DIR, "signature": "serving_default", "inputs": result.inputs,
+              "outputs": result.outputs, "max_abs_diff": row["max_abs_diff"], "atol": EXPORT_ATOL["float32"],
+              "converter": "onnx2tf", "seconds": round(result.seconds, 1), "note": result.note}
+    return row, record, files

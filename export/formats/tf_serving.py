@@ -11,6 +11,5 @@ def build(context: DerivedContext) -> Built:
     files = write_tf_serving(context.staging, context.entry.id)
     row = report_row("tf-serving", f"{TF_SERVING_DIR}/{context.entry.id}/1/", context.staging)
     row["size_mb"] = sum((context.staging / f).stat().st_size for f in files) / 1e6
-    section = {"tf_serving": {"model_base_path": f"{TF_SERVING_DIR}/{context.entry.id}", "model_name": context.entry.id,
-                              "version": 1}}
-    return row, {"tensorflow": section}, files
+    record = {"model_base_path": f"{TF_SERVING_DIR}/{context.entry.id}", "model_name": context.entry.id, "version": 1}
+    return row, record, files

@@ -9,4 +9,5 @@ from export.variants import write_triton
 
 def build(context: DerivedContext) -> Built:
     written = write_triton(context.staging, context.entry.id, ONNX_FILE, context.inputs, context.outputs)
-    return report_row("triton", written[0], context.staging), {}, written
+    record = {"repository": "triton", "model_name": context.entry.id, "version": 1}
+    return report_row("triton", written[0], context.staging), record, written
