@@ -40,7 +40,7 @@ from zoo.preprocess import load_tokenizer
 from zoo.provenance import package_versions
 from zoo.schema import ModelEntry, SourceSpec
 from zoo.tasks import get_task, implementation
-from zoo.tolerances import DETECTION_ATOL, EXPORT_ATOL
+from zoo.tolerances import EXPORT_ATOL
 
 from export.calibration import calibration_files
 from export.random_weights import informative_random_weights
@@ -160,7 +160,8 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
     else:
         fetched = None
     torch.manual_seed(0)
-    traced = entry.output.kind == "detection"  # TorchScript exporter: see export.onnx_export
+    task = get_task(entry.task)
+    traced = task.torchscript_export  # see export.onnx_export
     torch_model = build(entry, pretrained=pretrained, extra_sources=extra_sources)
     example, dynamic_axes, output_names, preprocessing, tokenizer = _io(entry, fetched)
     output_name = output_names[0]
@@ -172,8 +173,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         cases = at_static_shape(cases, options.static_shape, pad_id)
     if not pretrained:
         informative_random_weights(torch_model, entry, cases)
-    default_atol = DETECTION_ATOL if entry.output.kind == "detection" else EXPORT_ATOL["float32"]
-    tolerance = default_atol if atol is None else atol
+    tolerance = atol if atol is not None else task.export_atol or EXPORT_ATOL["float32"]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:

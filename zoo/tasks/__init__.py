@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from zoo.errors import InputError
+from zoo.tolerances import DETECTION_ATOL
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,6 +51,10 @@ class Task:
     raw_pixels: bool = False  # the exported graph takes pixels in [0, 1] and resizes and normalises itself
     evaluated_per_image: bool = False  # validation runs one image at a time, at its own size, as serve does
     new_decoder: bool = False  # new layers beyond one linear head (a decoder): they learn the data's BatchNorm statistics
+    # ONNX export: the TorchScript exporter (the dynamo one cannot export the graph; export.onnx_export), and
+    # the tolerance of the export's parity with torch when it is not EXPORT_ATOL's float32 one
+    torchscript_export: bool = False
+    export_atol: float | None = None
 
 
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "loss")
@@ -84,7 +89,7 @@ TASKS: dict[str, Task] = {task.name: task for task in (
                                         "supported; export onnx"),
                           ("savedmodel", _DETECTION_SAVEDMODEL), ("tf-serving", _DETECTION_SAVEDMODEL)),
          static_shape="exported for one image of any size", raw_pixels=True, evaluated_per_image=True,
-         new_decoder=True),
+         new_decoder=True, torchscript_export=True, export_atol=DETECTION_ATOL),
     Task("token-classification", "token_classification", "token-logits",
          ("entity_f1", "entity_precision", "entity_recall", "loss"), ("multiclass", "token"), head="token",
          head_rule="one multiclass label per token"),
