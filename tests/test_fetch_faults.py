@@ -22,7 +22,7 @@ import pytest
 
 from zoo.cache import fetch, model_cache_dir
 from zoo.errors import FetchError
-from zoo.registry import default_registry_path, get_model
+from zoo.registry import get_model, shipped_registry_path
 from zoo.schema import FileSpec, SourceSpec
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -188,7 +188,7 @@ def test_redirect_loop_is_not_retried(server: FaultServer) -> None:
 
 
 def _registry_with(tmp_path: Path, base: str) -> Path:
-    document = json.loads(default_registry_path().read_text())
+    document = json.loads(shipped_registry_path().read_text())
     model = copy.deepcopy(next(m for m in document["models"] if m["id"] == "resnet18"))
     model.update(id="served", files=[{"name": "weights.bin", "role": "weights", "sha256": DIGEST}],
                  sources=[{"kind": "url", "base_url": base}])

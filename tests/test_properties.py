@@ -20,14 +20,14 @@ from serve.limits import DEFAULT_LIMITS
 from serve.manifest import ImagePreprocessing, parse_manifest
 from serve.preprocess import preprocess_image
 from zoo.errors import RegistryError
-from zoo.registry import default_registry_path, validate_document
+from zoo.registry import shipped_registry_path, validate_document
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
-REGISTRY = json.loads(default_registry_path().read_text())
+REGISTRY = json.loads(shipped_registry_path().read_text())
 SMALL_REGISTRY = {**REGISTRY, "models": REGISTRY["models"][:3]}
 MANIFEST = {
     "bundle_format": "zoo-bundle", "format_version": 1, "model_id": "m", "task": "image-classification",

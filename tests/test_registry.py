@@ -10,10 +10,10 @@ from importlib import metadata
 import pytest
 
 from zoo.errors import RegistryError, UnknownModelError
-from zoo.registry import default_registry_path, get_model, list_models, load_registry, validate_document
+from zoo.registry import get_model, list_models, load_registry, registry_origins, shipped_registry_path, validate_document
 
 REGISTRY = load_registry()
-DOCUMENT = json.loads(default_registry_path().read_text())
+DOCUMENT = json.loads(shipped_registry_path().read_text())
 TORCHVISION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision"]
 SEGMENTATION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision_segmentation"]
 DETECTION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision_detection"]
@@ -243,3 +243,47 @@ def test_detection_state_dict_has_upstream_keys_and_forward(name: str) -> None:
         ours, theirs = model(image), upstream([image[0]])[0]
     for got, key in zip(ours, ("boxes", "scores", "labels")):
         assert torch.equal(got, theirs[key])
+
+
+def _user_registry(path, *models, label_sets=None) -> str:
+    path.write_text(json.dumps({"format_version": 1, "label_sets": label_sets or {}, "models": list(models)}))
+    return str(path)
+
+
+def _model(name: str, base: str = "resnet18", **changes) -> dict:
+    model = copy.deepcopy(DOCUMENT["models"][_index(base)])
+    return {**model, "id": name, **changes}
+
+
+def test_user_registries_extend_the_shipped_one_and_later_files_win(tmp_path, monkeypatch, capsys) -> None:
+    """$ZOO_REGISTRY files add to the shipped registry, in order; an id defined again is replaced by the later
+    file, and `zoo list` / `zoo info` say which file won. A user file may name the shipped label sets."""
+    from zoo_cli import main
+
+    first = _user_registry(tmp_path / "a.json", _model("my-resnet"), _model("resnet18", description="first"))
+    second = _user_registry(tmp_path / "b.json", _model("resnet18", description="second"),
+                            _model("tiny-labels", output={**DOCUMENT["models"][_index("resnet18")]["output"],
+                                                          "labels": "mine"}), label_sets={"mine": ["a", "b"]})
+    monkeypatch.setenv("ZOO_REGISTRY", f"{first}:{second}")
+    entries = load_registry()
+    assert set(REGISTRY) < set(entries) and {"my-resnet", "tiny-labels"} <= set(entries)
+    assert entries["resnet18"].description == "second" and entries["my-resnet"].output.labels == REGISTRY["resnet18"].output.labels
+    assert entries["tiny-labels"].output.labels == ("a", "b")
+    assert registry_origins()["resnet18"] == (str(shipped_registry_path()), first, second)
+    assert registry_origins()["my-resnet"] == (first,)
+    assert main(["list", "resnet*", "my-*"]) == 0
+    captured = capsys.readouterr()
+    assert "my-resnet" in captured.out and "resnet50" in captured.out
+    assert captured.err.strip() == f"note: resnet18: the entry of {second} replaces that of {shipped_registry_path()}, {first}"
+    assert main(["info", "my-resnet"]) == 0 and capsys.readouterr().err == ""
+
+
+def test_a_broken_user_registry_is_named(tmp_path, monkeypatch) -> None:
+    broken = _user_registry(tmp_path / "c.json", _model("x", output={**DOCUMENT["models"][_index("resnet18")]["output"],
+                                                                     "labels": "nowhere"}))
+    monkeypatch.setenv("ZOO_REGISTRY", broken)
+    with pytest.raises(RegistryError, match=r"c.json: models\[0\] \('x'\).output.labels: unknown label set 'nowhere'"):
+        load_registry()
+    monkeypatch.setenv("ZOO_REGISTRY", str(tmp_path / "missing.json"))
+    with pytest.raises(RegistryError, match=r"missing.json does not exist; fix \$ZOO_REGISTRY"):
+        load_registry()

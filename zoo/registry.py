@@ -33,12 +33,15 @@ FORMAT_VERSION = 1
 REGISTRY_ENV = "ZOO_REGISTRY"
 
 
-def default_registry_path() -> Path:
-    """`$ZOO_REGISTRY` if set, else the registry shipped with the package."""
-    override = os.environ.get(REGISTRY_ENV)
-    if override:
-        return Path(override).expanduser()
+def shipped_registry_path() -> Path:
     return Path(str(resources.files("zoo") / "registry.json"))
+
+
+def registry_paths() -> list[Path]:
+    """The registry files, in the order they are layered: the shipped one, then each file `$ZOO_REGISTRY`
+    lists (separated by os.pathsep); a later file's entry replaces an earlier one with the same id."""
+    extra = os.environ.get(REGISTRY_ENV, "")
+    return [shipped_registry_path(), *(Path(p).expanduser() for p in extra.split(os.pathsep) if p.strip())]
 
 
 def _schema() -> dict[str, Any]:
@@ -61,8 +64,9 @@ def _location(document: dict[str, Any], path: Iterable[Any]) -> str:
     return "".join(parts) or "<document>"
 
 
-def validate_document(document: Any, origin: str = "registry") -> None:
-    """Raise RegistryError listing every schema violation with its exact location."""
+def validate_document(document: Any, origin: str = "registry", inherited_label_sets: Iterable[str] = ()) -> None:
+    """Raise RegistryError listing every schema violation with its exact location. `inherited_label_sets`:
+    the label sets of the registries this one extends, which its entries may name."""
     if not isinstance(document, dict):
         raise RegistryError(f"{origin}: expected a JSON object at the top level, found {type(document).__name__}")
     version = document.get("format_version")
@@ -77,7 +81,7 @@ def validate_document(document: Any, origin: str = "registry") -> None:
         lines = [f"  {_location(document, e.absolute_path)}: {_short(e)}" for e in errors[:20]]
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise RegistryError(f"{origin} does not match registry.schema.json:\n" + "\n".join(lines) + more)
-    _check_semantics(document, origin)
+    _check_semantics(document, origin, set(inherited_label_sets))
 
 
 def _short(error: jsonschema.ValidationError) -> str:
@@ -88,7 +92,7 @@ def _short(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
-def _check_semantics(document: dict[str, Any], origin: str) -> None:
+def _check_semantics(document: dict[str, Any], origin: str, inherited_label_sets: set[str]) -> None:
     seen: set[str] = set()
     for index, model in enumerate(document["models"]):
         where = f"{origin}: models[{index}] ({model['id']!r})"
@@ -114,10 +118,11 @@ def _check_semantics(document: dict[str, Any], origin: str) -> None:
         if spec["kind"] == "text" and spec["tokenizer"] not in names:
             raise RegistryError(f"{where}.input.tokenizer: {spec['tokenizer']!r} is not one of the entry's files {sorted(names)}")
         labels = model["output"].get("labels")
-        if labels is not None and labels not in document["label_sets"]:
+        known = set(document["label_sets"]) | inherited_label_sets
+        if labels is not None and labels not in known:
             raise RegistryError(
-                f"{where}.output.labels: unknown label set {labels!r}; the document's label_sets define "
-                f"{sorted(document['label_sets']) or 'none'}: add it there or name one of them"
+                f"{where}.output.labels: unknown label set {labels!r}; the document's label_sets (and those of the "
+                f"registries it extends) define {sorted(known) or 'none'}: add it there or name one of them"
             )
 
 
@@ -159,26 +164,56 @@ def _entry(model: dict[str, Any], label_sets: dict[str, list[str]]) -> ModelEntr
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int) -> dict[str, ModelEntry]:
+def _read(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(Path(path).read_text("utf-8"))
+        return json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
-        raise RegistryError(f"registry file {path} does not exist; unset ${REGISTRY_ENV} or point it at a registry.json") from None
+        raise RegistryError(f"registry file {path} does not exist; fix ${REGISTRY_ENV} (files separated by "
+                            f"{os.pathsep!r}) or point it at a registry.json") from None
     except json.JSONDecodeError as exc:
         raise RegistryError(f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    validate_document(document, origin=path)
-    return {m["id"]: _entry(m, document["label_sets"]) for m in document["models"]}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"registry file {path} cannot be read: {exc}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _load(layers: tuple[tuple[str, int], ...]) -> tuple[dict[str, ModelEntry], dict[str, tuple[str, ...]]]:
+    """Entries of the registry files `layers` ((path, mtime) each, mtime only for the cache key), each file
+    validated with the label sets of those before it; and for every id, the files that define it."""
+    entries: dict[str, ModelEntry] = {}
+    origins: dict[str, tuple[str, ...]] = {}
+    label_sets: dict[str, list[str]] = {}
+    for path, _ in layers:
+        document = _read(Path(path))
+        validate_document(document, origin=path, inherited_label_sets=label_sets)
+        label_sets = {**label_sets, **document["label_sets"]}
+        for model in document["models"]:
+            entries[model["id"]] = _entry(model, label_sets)
+            origins[model["id"]] = (*origins.get(model["id"], ()), path)
+    return entries, origins
+
+
+def _layers(paths: list[Path]) -> tuple[tuple[str, int], ...]:
+    def mtime(path: Path) -> int:
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    return tuple((str(path), mtime(path)) for path in paths)
 
 
 def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, ModelEntry]:
-    """All entries of a registry file, validated, keyed by id."""
-    resolved = Path(path) if path is not None else default_registry_path()
-    try:
-        mtime = resolved.stat().st_mtime_ns
-    except OSError:
-        mtime = 0
-    return _load(str(resolved), mtime)
+    """All entries, validated, keyed by id: of the registry file `path` alone, or else of every layer
+    (registry_paths: the shipped registry extended by $ZOO_REGISTRY's files)."""
+    paths = [Path(path)] if path is not None else registry_paths()
+    return _load(_layers(paths))[0]
+
+
+def registry_origins() -> dict[str, tuple[str, ...]]:
+    """For each id, the registry files that define it, in layer order: more than one is an override (the
+    last wins), which `zoo info` and `zoo list` report."""
+    return _load(_layers(registry_paths()))[1]
 
 
 def get_model(name: str, registry: dict[str, ModelEntry] | None = None) -> ModelEntry:

@@ -37,6 +37,17 @@ def list_command(patterns: tuple[str, ...], modality: str | None, task: str | No
     for entry in entries:
         ref = "reference" if entry.reference else ""
         click.echo(f"{entry.id:{width}}  {entry.modality:5} {entry.task:{tasks}} {entry.params / 1e6:7.1f}M  {ref}".rstrip())
+    for line in override_lines(names):
+        click.echo(line, err=True)
+
+
+def override_lines(names: list[str]) -> list[str]:
+    """One line per listed id that a later registry layer redefines ($ZOO_REGISTRY): which file wins."""
+    from zoo.registry import registry_origins
+
+    origins = registry_origins()
+    return [f"note: {name}: the entry of {files[-1]} replaces that of {', '.join(files[:-1])}"
+            for name in names if len(files := origins.get(name, ())) > 1]
 
 
 @click.command()
@@ -49,6 +60,8 @@ def info(name: str, as_json: bool) -> None:
 
     entry = resolve_name(name)
     click.echo(json.dumps(card_dict(entry), indent=1) if as_json else "\n".join(card_lines(entry)))
+    for line in override_lines([name]):
+        click.echo(line, err=True)
 
 
 @click.command()
