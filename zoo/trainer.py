@@ -41,8 +41,6 @@ class Trainer:
         seed_everything(config.seed)  # the new head's initialisation depends on the seed only
         self.task = get_task(dataset.task)
         self.implementation = implementation(self.task)
-        self.detection = dataset.task == "object-detection"
-        self.qa = dataset.task == "question-answering"
         self.model = attach_head(backbone, entry, config.head, len(dataset.labels))
         if entry.modality == "text":  # fused attention kernels while training; eager again in _finish
             from zoo.builders.hf_encoder import set_attention
@@ -51,18 +49,13 @@ class Trainer:
         self.head_prefix = head_prefix(self.model)
         self.blocks = backbone_blocks(self.model, self.head_prefix)
         self.policy = parse_policy(config.freeze, len(self.blocks))
-        self.tokenizer = self.windows = None
+        self.tokenizer = self.tokenizer_file = None
         if entry.modality == "text":
             from zoo.cache import fetch
 
-            tokenizer_file = fetch(entry).files[entry.input.tokenizer]
-            self.tokenizer = load_tokenizer(tokenizer_file, entry.input)
-            if self.qa:  # question + context windows, as serve cuts them
-                from serve.qa import WindowTokenizer, default_stride
-
-                length = entry.input.max_length
-                self.windows = WindowTokenizer(tokenizer_file, length, default_stride(length),
-                                               self.tokenizer.padding["pad_id"])
+            self.tokenizer_file = fetch(entry).files[entry.input.tokenizer]
+            self.tokenizer = load_tokenizer(self.tokenizer_file, entry.input)
+        self.task_state: dict[str, object] = {}  # what a task module keeps for this pass (zoo.tasks)
         self.criterion = self.implementation.criterion(config)  # None: the model computes its own (detection)
         self.head_layer = head_layer(self.model, self.head_prefix)  # None: no single linear head (segmentation, ...)
         self.probe = None
@@ -117,7 +110,7 @@ class Trainer:
         dtype = self.runtime.amp_dtype
         if dtype is None:
             return contextlib.nullcontext()
-        if self.detection:  # boxes in float32 (DetectionNet.mixed_precision)
+        if hasattr(self.model, "mixed_precision"):  # a model that keeps parts in float32 (detectors' boxes)
             return self.model.mixed_precision(self.runtime.device.type, dtype)
         return torch.autocast(self.runtime.device.type, dtype=dtype)
 
@@ -143,9 +136,8 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not self.runtime.distributed else model.no_sync()
             with sync:
                 with self.autocast():
-                    if self.detection:  # torchvision's own losses (classification + box regression)
-                        images, targets = self.detection_batch(inputs, labels)
-                        loss = sum(model(images, targets).values())
+                    if self.criterion is None:  # the model's own losses (detectors), as its task computes them
+                        loss = self.implementation.model_loss(self, model, inputs, labels)
                     else:
                         logits = model(*self.to_device(inputs))
                         loss = self.criterion(logits.float(), self.target(labels))
@@ -185,11 +177,6 @@ class Trainer:
                 f"diverged (lr {self.config.lr:g}). Lower --lr, or add --warmup-epochs / --clip-grad, and start again "
                 "(checkpoints of finished epochs are kept in the run's checkpoints/)")
         return total / max(1, examples)
-
-    def detection_batch(self, inputs, targets):
-        device = self.runtime.device
-        return ([image.to(device, non_blocking=True) for image in inputs["images"]],
-                [{k: v.to(device, non_blocking=True) for k, v in target.items()} for target in targets])
 
     def train_pairs(self, model: nn.Module) -> None:
         """The contrastive stage (zoo.pairs) on the training split: the text encoder under the head learns

@@ -137,7 +137,8 @@ class TaskImplementation(Protocol):
         makes its batches: ({input name: tensor}, target) for the model and `criterion`."""
 
     def criterion(self, config: FinetuneConfig) -> nn.Module | None:
-        """The training loss of (logits, target batch); None where the model computes its own (detectors)."""
+        """The training loss of (logits, target batch); None where the model computes its own (detectors),
+        which the module's model_loss(trainer, model, inputs, targets) then returns."""
 
     def evaluate(self, trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
         """The task's metrics on the validation split, and "loss" (None where the model has none in eval)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from serve.manifest import Postprocessing
@@ -37,15 +38,27 @@ def batching(examples: Sequence[Example], train: bool, trainer: Trainer) -> tupl
 
 
 def criterion(config: FinetuneConfig) -> None:
-    """None: torchvision's detectors compute their own losses (classification + box regression)."""
+    """None: torchvision's detectors compute their own losses (model_loss)."""
     return None
+
+
+def on_device(trainer: Trainer, inputs: dict, targets: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """A batch's images and their {"boxes", "labels"} targets on the run's device."""
+    device = trainer.runtime.device
+    return ([image.to(device, non_blocking=True) for image in inputs["images"]],
+            [{k: v.to(device, non_blocking=True) for k, v in target.items()} for target in targets])
+
+
+def model_loss(trainer: Trainer, model: nn.Module, inputs: dict, targets: list) -> torch.Tensor:
+    """torchvision's own losses in training mode: classification + box regression, summed."""
+    return sum(model(*on_device(trainer, inputs, targets)).values())
 
 
 def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
     """mAP of the model's detections; no loss (torchvision's detectors compute it in training mode only)."""
     detections, targets = [], []
     for inputs, labels in trainer.loader(False, 0):
-        images, moved = trainer.detection_batch(inputs, labels)
+        images, moved = on_device(trainer, inputs, labels)
         with trainer.autocast():
             detections += model.detect(images)
         targets += moved

@@ -27,9 +27,20 @@ def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Da
     return load_squad(path, config.val_fraction, config.seed)
 
 
+def windows(trainer: Trainer):
+    """The pass's question + context window tokenizer (serve.qa.WindowTokenizer): windows as serve cuts them."""
+    if "windows" not in trainer.task_state:
+        from serve.qa import WindowTokenizer, default_stride
+
+        length = trainer.entry.input.max_length
+        trainer.task_state["windows"] = WindowTokenizer(trainer.tokenizer_file, length, default_stride(length),
+                                                        trainer.tokenizer.padding["pad_id"])
+    return trainer.task_state["windows"]
+
+
 def batching(examples: Sequence[Example], train: bool, trainer: Trainer) -> tuple[Sequence[Any], Callable]:
     """Windows of question + context as serve cuts them, each with its answer's token span."""
-    return span_features(examples, trainer.windows), SpanCollate(trainer.windows)
+    return span_features(examples, windows(trainer)), SpanCollate(windows(trainer))
 
 
 class SpanLoss(nn.Module):
@@ -51,22 +62,23 @@ def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
 
     from serve.qa import answer
 
-    predictions, targets, loss, windows = [], [], 0.0, 0
+    predictions, targets, loss, count = [], [], 0.0, 0
+    cutter = windows(trainer)
     for index, example in enumerate(trainer.dataset.val):
-        encodings = trainer.windows.windows(example.question, example.item)
-        feeds = trainer.windows.pad(encodings)
+        encodings = cutter.windows(example.question, example.item)
+        feeds = cutter.pad(encodings)
         with trainer.autocast():
             logits = model(*[torch.from_numpy(feeds[name]).to(trainer.runtime.device)
                              for name in ("input_ids", "attention_mask")]).float()
         target = torch.tensor([span_target(e, *example.answers[0]) for e in encodings], device=logits.device)
         loss += float(trainer.criterion(logits, target)) * len(encodings)
-        windows += len(encodings)
+        count += len(encodings)
         found = answer(example.item, list(logits.cpu().numpy()), encodings)
         predictions.append({"prediction_text": found["answer"], "id": str(index)})
         targets.append({"id": str(index), "answers": {"answer_start": [a[0] for a in example.answers],
                                                       "text": [a[1] for a in example.answers]}})
     scores = squad(predictions, targets)
-    return {"loss": loss / max(1, windows), "squad_f1": float(scores["f1"]) / 100,
+    return {"loss": loss / max(1, count), "squad_f1": float(scores["f1"]) / 100,
             "exact_match": float(scores["exact_match"]) / 100}
 
 
@@ -80,11 +92,11 @@ def parity_cases(entry: ModelEntry, tokenizer: Any = None) -> list[ParityCase]:
     from serve.qa import WindowTokenizer, default_stride
 
     length = entry.input.max_length
-    windows = WindowTokenizer(tokenizer, length, default_stride(length), tokenizer.padding["pad_id"])
+    cutter = WindowTokenizer(tokenizer, length, default_stride(length), tokenizer.padding["pad_id"])
     cases = []
     for label, question, context in (("question + short context", "What do numbers do?", SENTENCES[2]),
                                      ("question + long context (windows)", "Who jumps?", " ".join(SENTENCES * 40))):
-        feeds = windows.pad(windows.windows(question, context))
+        feeds = cutter.pad(cutter.windows(question, context))
         shape = "x".join(map(str, feeds["input_ids"].shape))
         cases.append(ParityCase(f"{label}: {shape}", {k: torch.from_numpy(v) for k, v in feeds.items()}, real=True))
     return cases
