@@ -1,5 +1,5 @@
 """Regenerate registry.json: torchvision entries from torchvision's weight enums (URL, hash prefix,
-params, accuracy, GFLOPS, categories, transforms), the rest from the pinned upstream coordinates
+params, accuracy, GFLOPS, categories, transforms: zoo.specs.torchvision, as `torchvision:` specs), the rest from the pinned upstream coordinates
 below. Reference outputs already in the registry are kept (scripts/make_references.py writes them).
 
     python scripts/build_registry.py
@@ -15,6 +15,8 @@ from pathlib import Path
 
 from torchvision.models import get_model_weights
 
+from zoo.specs.torchvision import weights_record
+
 REGISTRY = Path(__file__).resolve().parents[1] / "zoo" / "registry.json"
 
 TORCHVISION = {
@@ -29,46 +31,10 @@ TORCHVISION = {
 }
 
 
-def _torchvision_weights(arch: str, paper: str):
-    """(weights enum, transform, the fields every torchvision entry shares: file, source, provenance, size)."""
-    weights = get_model_weights(arch).DEFAULT
-    file_name = weights.url.rsplit("/", 1)[1]
-    prefix = re.search(r"-([0-9a-f]{8,})\.pth$", file_name).group(1)
-    origin = f"torchvision {type(weights).__name__}.{weights.name}"
-    shared = {
-        "weights_format": "torch-state-dict",
-        "files": [{"name": file_name, "role": "weights", "sha256_prefix": prefix}],
-        "sources": [{"kind": "url", "base_url": weights.url.rsplit("/", 1)[0] + "/"}],
-        "provenance": {"license": "BSD-3-Clause", "origin": origin, "paper": paper},
-        "params": weights.meta["num_params"],
-        "gflops": weights.meta["_ops"],
-    }
-    return weights, weights.transforms(), shared
-
-
-def _image_input(transform, crop: int | None) -> dict:
-    side = crop if crop is not None else transform.resize_size[0]
-    return {"kind": "image", "size": [side, side], "resize": transform.resize_size[0], "crop": crop,
-            "interpolation": transform.interpolation.value, "mean": list(transform.mean), "std": list(transform.std)}
-
-
 def torchvision_entry(arch: str, paper: str) -> dict:
-    weights, transform, shared = _torchvision_weights(arch, paper)
-    origin = shared["provenance"]["origin"]
-    return {
-        "id": arch,
-        "description": f"torchvision {arch}, ImageNet-1k weights {weights.name}",
-        "modality": "image",
-        "task": "image-classification",
-        "architecture": arch,
-        "builder": "torchvision",
-        "builder_args": {"arch": arch, "num_classes": len(weights.meta["categories"])},
-        **shared,
-        "metrics": [{"name": f"imagenet-1k/{k}", "value": v, "source": origin}
-                    for k, v in weights.meta["_metrics"]["ImageNet-1K"].items()],
-        "input": _image_input(transform, transform.crop_size[0]),
-        "output": {"kind": "logits", "labels": "imagenet-1k"},
-    }
+    weights = get_model_weights(arch).DEFAULT
+    return weights_record(weights, arch, "classification", arch, "imagenet-1k", paper,
+                          f"torchvision {arch}, ImageNet-1k weights {weights.name}")
 
 
 SEGMENTATION = {
@@ -79,28 +45,10 @@ SEGMENTATION = {
 
 
 def segmentation_entry(arch: str, paper: str, name: str) -> dict:
-    """torchvision semantic segmentation: any input size (resize the shorter side, no crop), the 20
-    Pascal VOC categories + background; DeepLabV3's weights carry the auxiliary head (aux_loss)."""
-    weights, transform, shared = _torchvision_weights(arch, paper)
-    origin = shared["provenance"]["origin"]
-    args = {"arch": arch, "num_classes": len(weights.meta["categories"])}
-    if arch.startswith("deeplabv3"):
-        args["aux_loss"] = True
-    return {
-        "id": arch,
-        "description": f"torchvision {name} on a MobileNetV3-Large backbone, {weights.name} weights "
-                       "(COCO train2017 restricted to the 20 Pascal VOC categories + background)",
-        "modality": "image",
-        "task": "semantic-segmentation",
-        "architecture": arch,
-        "builder": "torchvision_segmentation",
-        "builder_args": args,
-        **shared,
-        "metrics": [{"name": f"coco-val2017-voc-labels/{k}", "value": v, "source": origin}
-                    for k, v in weights.meta["_metrics"]["COCO-val2017-VOC-labels"].items()],
-        "input": _image_input(transform, None),
-        "output": {"kind": "segmentation", "labels": "voc-21"},
-    }
+    weights = get_model_weights(arch).DEFAULT
+    return weights_record(weights, arch, "segmentation", arch, "voc-21", paper,
+                          f"torchvision {name} on a MobileNetV3-Large backbone, {weights.name} weights "
+                          "(COCO train2017 restricted to the 20 Pascal VOC categories + background)")
 
 
 DETECTION = {
@@ -112,33 +60,9 @@ DETECTION = {
 
 
 def detection_entry(arch: str, paper: str, name: str) -> dict:
-    """torchvision object detection: the model resizes and normalises inside (its GeneralizedRCNNTransform,
-    whose settings the input spec records), 91 COCO category slots (0 = background, some "N/A").
-    Faster R-CNN is built with frozen batch norms, as torchvision does whenever it loads trained weights."""
-    from torchvision.models import get_model
-
-    weights, _, shared = _torchvision_weights(arch, paper)
-    origin = shared["provenance"]["origin"]
-    transform = get_model(arch, weights=None, weights_backbone=None).transform
-    args = {"arch": arch, "num_classes": len(weights.meta["categories"])}
-    if arch.startswith("fasterrcnn"):
-        args["frozen_batchnorm"] = True
-    side = transform.min_size[-1]
-    return {
-        "id": arch,
-        "description": f"torchvision {name} on a MobileNetV3-Large backbone, {weights.name} weights (COCO train2017)",
-        "modality": "image",
-        "task": "object-detection",
-        "architecture": arch,
-        "builder": "torchvision_detection",
-        "builder_args": args,
-        **shared,
-        "metrics": [{"name": f"coco-val2017/{k}", "value": v, "source": origin}
-                    for k, v in weights.meta["_metrics"]["COCO-val2017"].items()],
-        "input": {"kind": "image", "size": [side, side], "resize": side, "crop": None, "interpolation": "bilinear",
-                  "mean": list(transform.image_mean), "std": list(transform.image_std)},
-        "output": {"kind": "detection", "labels": "coco-91"},
-    }
+    weights = get_model_weights(arch).DEFAULT
+    return weights_record(weights, arch, "detection", arch, "coco-91", paper,
+                          f"torchvision {name} on a MobileNetV3-Large backbone, {weights.name} weights (COCO train2017)")
 
 
 EFFICIENTNET_LITE0 = {

@@ -62,5 +62,5 @@ def card_lines(entry: ModelEntry) -> list[str]:
         lines.append(f"  reference     {len(entry.reference.cases)} case(s), atol {entry.reference.atol:g}, "
                      f"from {entry.reference.producer}")
     else:
-        lines.append("  reference     none (weights not reachable when the registry was made)")
+        lines.append("  reference     none stored (zoo validate has nothing to compare; zoo export still checks against torch)")
     return lines

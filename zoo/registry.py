@@ -216,6 +216,15 @@ def registry_origins() -> dict[str, tuple[str, ...]]:
     return _load(_layers(registry_paths()))[1]
 
 
+def entry_from_record(record: dict[str, Any], label_sets: dict[str, list[str]], origin: str) -> ModelEntry:
+    """The ModelEntry of one registry record made outside a registry file (a model spec, zoo.specs), checked
+    by the registry's schema and rules as a one-entry registry that may name the shipped label sets."""
+    shipped = json.loads(shipped_registry_path().read_text("utf-8"))["label_sets"]
+    validate_document({"format_version": FORMAT_VERSION, "label_sets": label_sets, "models": [record]}, origin,
+                      inherited_label_sets=shipped)
+    return _entry(record, {**shipped, **label_sets})
+
+
 def get_model(name: str, registry: dict[str, ModelEntry] | None = None) -> ModelEntry:
     """The entry called `name`; an unknown name raises with the closest known names."""
     entries = load_registry() if registry is None else registry

@@ -105,7 +105,11 @@ def _task_of_older_run(base: ModelEntry, head: str) -> str:
 
 
 def resolve_name(name: str) -> ModelEntry:
-    """A registry id, or the path of a finished run directory."""
+    """A registry id, a model spec (zoo.specs: torchvision:WEIGHTS_ENUM), or the path of a finished run directory."""
+    from zoo.specs import is_spec, resolve_spec
+
+    if is_spec(name):
+        return resolve_spec(name)
     if os.sep in name or name.startswith(".") or Path(name).is_dir():
         if is_run_dir(name):
             return load_run_entry(name)

@@ -68,11 +68,11 @@ def info(name: str, as_json: bool) -> None:
 @click.argument("name")
 @source_dir_option
 def fetch(name: str, source_dir: tuple[str, ...]) -> None:
-    """Download (or copy) NAME's files into the cache, verifying every sha256."""
+    """Download (or copy) NAME's files (a registry id or a model spec) into the cache, verifying every sha256."""
     from zoo.cache import fetch as fetch_files
-    from zoo.registry import get_model
+    from zoo.runs import resolve_name
 
-    fetched = fetch_files(get_model(name), sources(source_dir))
+    fetched = fetch_files(resolve_name(name), sources(source_dir))
     for file, digest in fetched.sha256.items():
         click.echo(f"✓ {file}  sha256 {digest}")
     click.echo(f"{name}: {len(fetched.files)} file(s) in {fetched.directory}")

@@ -1,0 +1,91 @@
+"""Model specs beyond the registry (zoo.specs): `torchvision:WEIGHTS_ENUM` resolves from the enum's own
+metadata to the entry the registry gives for the same weights (the shipped torchvision entries are
+written by the same code: scripts/build_registry.py), and runs through build, export and serve."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import serve
+from zoo.errors import FetchError, InputError
+from zoo.factory import build, resolve
+from zoo.registry import get_model
+from zoo_cli import main
+
+SAME_AS_SHIPPED = [
+    ("torchvision:ResNet18_Weights.IMAGENET1K_V1", "resnet18"),
+    ("torchvision:ConvNeXt_Tiny_Weights.DEFAULT", "convnext_tiny"),
+    ("torchvision:LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", "lraspp_mobilenet_v3_large"),
+    ("torchvision:DeepLabV3_MobileNet_V3_Large_Weights.DEFAULT", "deeplabv3_mobilenet_v3_large"),
+    ("torchvision:SSDLite320_MobileNet_V3_Large_Weights.DEFAULT", "ssdlite320_mobilenet_v3_large"),
+    ("torchvision:FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.DEFAULT", "fasterrcnn_mobilenet_v3_large_320_fpn"),
+]
+
+
+@pytest.mark.parametrize(("spec", "shipped"), SAME_AS_SHIPPED)
+def test_a_torchvision_spec_is_the_registry_entry_of_the_same_weights(spec: str, shipped: str) -> None:
+    entry, registry = resolve(spec), get_model(shipped)
+    weights = spec.split(".")[-1]
+    assert entry.id.startswith(f"{registry.architecture}.") and entry.id != registry.id
+    if weights != "DEFAULT":
+        assert entry.id == f"{registry.architecture}.{weights.lower()}"
+    different = {"id", "description", "provenance", "reference", "finetune"}
+    for field in dataclasses.fields(entry):
+        if field.name not in different:
+            assert getattr(entry, field.name) == getattr(registry, field.name), (spec, field.name)
+    assert entry.provenance.origin == registry.provenance.origin and entry.provenance.license == "BSD-3-Clause"
+
+
+def test_other_weights_of_a_model_get_their_own_metadata() -> None:
+    v2 = resolve("torchvision:ResNet50_Weights.IMAGENET1K_V2")
+    assert v2.id == "resnet50.imagenet1k_v2" and v2.input.resize == 232 and v2.input.crop == 224
+    assert v2.files[0].name == "resnet50-11ad3fa6.pth" and v2.files[0].sha256_prefix == "11ad3fa6"
+    assert {m.name: m.value for m in v2.metrics}["imagenet-1k/acc@1"] == 80.858
+    assert v2.output.label_set == "imagenet-1k" and len(v2.output.labels) == 1000
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("torchvision:ResNet50_Weights.IMAGENET9K", r"not a torchvision weights enum member .* e.g. torchvision:ResNet50"),
+    ("torchvision:R3D_18_Weights.DEFAULT", r"video models are not supported; zoo builds classification, segmentation"),
+    ("torchvision:FCN_ResNet50_Weights.DEFAULT", r"fcn_resnet50 is not supported yet; .* lraspp\*, deeplabv3\*"),
+    ("torchvision:KeypointRCNN_ResNet50_FPN_Weights.DEFAULT", r"keypointrcnn_resnet50_fpn is not supported yet"),
+    ("hf:distilbert/distilbert-base-uncased-finetuned-sst-2-english", r"hf: specs are not supported yet; supported: "
+                                                                      r"torchvision:WEIGHTS_ENUM"),
+])
+def test_specs_that_cannot_be_resolved_say_why(spec: str, message: str, capsys) -> None:
+    with pytest.raises(InputError, match=message):
+        resolve(spec)
+    assert main(["info", spec]) == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_spec_is_fetched_only_with_upstreams_hash(tmp_path: Path) -> None:
+    """The weights file is pinned by the sha256 prefix in torchvision's own file name: other bytes under that
+    name are refused, and nothing is left in the cache."""
+    from zoo.cache import fetch, model_cache_dir
+    from zoo.schema import SourceSpec
+
+    entry = resolve("torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1")
+    (tmp_path / entry.files[0].name).write_bytes(b"not the weights")
+    with pytest.raises(FetchError, match=r"sha256 prefix mismatch: expected 8b4bf6e7|could not fetch"):
+        fetch(entry, [SourceSpec(kind="path", path=str(tmp_path))])
+    assert not (model_cache_dir(entry) / entry.files[0].name).exists()
+
+
+def test_a_spec_exports_and_serves_like_a_registry_entry(tmp_path: Path) -> None:
+    """Random weights (the file is on download.pytorch.org, out of reach here): the spec's entry builds,
+    exports with parity against torch, and the bundle predicts with the enum's 1000 categories."""
+    import torch
+
+    from export.bundle import export_bundle
+
+    spec = "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    result = export_bundle(spec, tmp_path / "bundle", pretrained=False)
+    manifest = serve.load(result.directory).manifest
+    assert manifest.model_id == "mobilenet_v3_small.imagenet1k_v1" and len(manifest.postprocessing.labels) == 1000
+    top = serve.load(result.directory).predict([str(Path(__file__).resolve().parents[1] / "zoo" / "assets" / "flower.jpg")])
+    assert top[0]["top_k"][0]["label"] in manifest.postprocessing.labels
+    assert isinstance(build(spec, pretrained=False), torch.nn.Module)
+    assert result.formats[0]["status"] == "ok" and result.formats[0]["max_abs_diff"] <= 1e-4

@@ -1,0 +1,44 @@
+"""Model specs beyond the registry, accepted wherever a registry id is (`zoo info | fetch | validate |
+export | finetune | bench`, `zoo.build`): `torchvision:WEIGHTS_ENUM` (zoo.specs.torchvision). Each resolves
+to a registry record, validated by the registry's own schema, and so to the same ModelEntry a registry
+entry gives."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from zoo.errors import InputError
+from zoo.schema import ModelEntry
+
+SPEC_MODULES = {"torchvision": "zoo.specs.torchvision"}  # kind -> module with record(text) -> (record, label sets)
+PLANNED = ("hf", "timm")  # recognised, not resolved yet (issue 15)
+
+
+def is_spec(name: str) -> bool:
+    return name.split(":", 1)[0] in (*SPEC_MODULES, *PLANNED) and ":" in name
+
+
+def resolve_spec(name: str) -> ModelEntry:
+    """The ModelEntry of spec `name` (KIND:WHAT); InputError naming the supported kinds otherwise."""
+    from zoo.registry import entry_from_record
+
+    kind, what = name.split(":", 1)
+    if kind not in SPEC_MODULES:
+        raise InputError(f"{kind}: specs are not supported yet; supported: "
+                         + ", ".join(f"{k}:{_FORMS[k]}" for k in SPEC_MODULES))
+    record, label_sets = importlib.import_module(SPEC_MODULES[kind]).record(what, shipped_label_sets())
+    return entry_from_record(record, label_sets, origin=name)
+
+
+_FORMS = {"torchvision": "WEIGHTS_ENUM (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2)"}
+
+
+def shipped_label_sets() -> dict[str, list[str]]:
+    """The shipped registry's label sets by name (a spec's categories reuse one when they are equal)."""
+    import json
+
+    from zoo.registry import shipped_registry_path
+
+    document: dict[str, Any] = json.loads(shipped_registry_path().read_text("utf-8"))
+    return document["label_sets"]
