@@ -46,12 +46,15 @@ def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Calla
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test session starts from an empty zoo cache and an empty, offline Hugging Face cache."""
     root = tmp_path_factory.mktemp("cache")
-    saved = {k: os.environ.get(k) for k in ("ZOO_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "ZOO_OFFLINE", "ZOO_REGISTRY")}
+    saved = {k: os.environ.get(k) for k in ("ZOO_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "ZOO_OFFLINE", "ZOO_REGISTRY",
+                                            "ZOO_LOCK", "ZOO_REQUIRE_PINNED")}
     os.environ["ZOO_CACHE"] = str(root / "zoo")
     os.environ["HF_HOME"] = str(root / "hf")
     os.environ["HF_HUB_OFFLINE"] = "1"  # this machine has no Hub; nothing may try it
     os.environ.pop("ZOO_REGISTRY", None)
     os.environ.pop("ZOO_OFFLINE", None)
+    os.environ["ZOO_LOCK"] = str(root / "zoo.lock")  # never a project's ./zoo.lock
+    os.environ.pop("ZOO_REQUIRE_PINNED", None)
     yield root
     for key, value in saved.items():
         if value is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -127,7 +128,37 @@ def model_cache_dir(entry: ModelEntry) -> Path:
 
 
 def fetch(entry: ModelEntry, extra_sources: Sequence[SourceSpec] = ()) -> FetchedModel:
-    """Every file of `entry`, verified, in the cache. `extra_sources` are tried before the entry's own."""
+    """Every file of `entry`, verified, in the cache. `extra_sources` are tried before the entry's own. Files
+    the entry pins by less than a full sha256 are checked against the lock (zoo.lock), and recorded there
+    on their first fetch."""
+    from zoo import lock
+
+    pinned = lock.with_locked_digests(entry)
+    try:
+        fetched = _fetch(pinned, extra_sources)
+    except ChecksumError as exc:
+        raise ChecksumError(f"{exc}{_lock_note(entry, pinned)}") from None
+    except FetchError as exc:
+        raise FetchError(f"{exc}{_lock_note(entry, pinned)}") from None
+    try:
+        lock.record(pinned, fetched.sha256, entry.provenance.origin)
+    except OSError as exc:  # a read-only lock (a baked image): the files verified against what pins they have
+        warnings.warn(f"{entry.id}: full sha256s not recorded, the lock {lock.lock_path()} is not writable "
+                      f"({exc.strerror or exc})", stacklevel=2)
+    return fetched
+
+
+def _lock_note(entry: ModelEntry, pinned: ModelEntry) -> str:
+    from zoo.lock import lock_path
+
+    from_lock = [p.name for e, p in zip(entry.files, pinned.files) if p.sha256 and not e.sha256]
+    if not from_lock:
+        return ""
+    return (f"\nnote: {', '.join(from_lock)} pinned by the lock {lock_path()} since the first fetch: a mismatch means "
+            "the file changed upstream; delete its record there to accept the new file")
+
+
+def _fetch(entry: ModelEntry, extra_sources: Sequence[SourceSpec]) -> FetchedModel:
     directory = model_cache_dir(entry)
     paths = {spec.name: directory / spec.name for spec in entry.files}
     digests = _verified(entry, paths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from zoo.lock import lock_path, pin_state
 from zoo.schema import ModelEntry
 
 
@@ -17,6 +18,7 @@ def card_dict(entry: ModelEntry) -> dict[str, Any]:
         card["reference"] = {"producer": entry.reference.producer, "atol": entry.reference.atol,
                              "cases": [c.input for c in entry.reference.cases]}
     card["builder_args"].pop("config", None)
+    card["pinned"] = pin_state(entry)
     return card
 
 
@@ -57,6 +59,12 @@ def card_lines(entry: ModelEntry) -> list[str]:
     lines += [f"  metric        {m.name} = {m.value} ({m.source})" for m in entry.metrics]
     lines += [f"  file          {f.name} [{f.role}] sha256 {f.expected_digest}" + ("" if f.sha256 else " (prefix)")
               for f in entry.files]
+    state = pin_state(entry)
+    lines.append("  pinned        " + {
+        "registry": "by the entry (full sha256 of every file)",
+        "lock": f"by the lock {lock_path()} (full sha256 recorded on the first fetch)",
+        "not yet": "not yet (upstream's sha256 prefix only): the lock records every file's full sha256 on the "
+                   "first fetch"}[state])
     lines += [f"  source {i + 1}      {s.describe()}" for i, s in enumerate(entry.sources)]
     if entry.reference:
         lines.append(f"  reference     {len(entry.reference.cases)} case(s), atol {entry.reference.atol:g}, "

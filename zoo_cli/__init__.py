@@ -19,8 +19,17 @@ from zoo_cli.serving import predict, serve_command
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="zoo")
-def cli() -> None:
+@click.option("--require-pinned", is_flag=True,
+              help="Refuse to fetch any file not pinned by a full sha256 in its entry or the lock (production builds; "
+                   "also $ZOO_REQUIRE_PINNED=1).")
+def cli(require_pinned: bool) -> None:
     """Pretrained backbones: fetch, validate, export to ONNX, predict without torch."""
+    if require_pinned:
+        import os
+
+        from zoo.lock import REQUIRE_PINNED_ENV
+
+        os.environ[REQUIRE_PINNED_ENV] = "1"
 
 
 for command in (list_command, info, fetch, validate, export, predict, finetune, serve_command, bench):

@@ -19,6 +19,7 @@ from zoo_cli.options import source_dir_option, sources
 def list_command(patterns: tuple[str, ...], modality: str | None, task: str | None, exclude: tuple[str, ...],
                  as_json: bool) -> None:
     """List registry models whose id matches any PATTERN (fnmatch, default '*')."""
+    from zoo.lock import pin_state
     from zoo.registry import get_model, list_models, load_registry
 
     tasks = sorted({entry.task for entry in load_registry().values()})
@@ -36,7 +37,9 @@ def list_command(patterns: tuple[str, ...], modality: str | None, task: str | No
     tasks = max([len(entry.task) for entry in entries] + [4])
     for entry in entries:
         ref = "reference" if entry.reference else ""
-        click.echo(f"{entry.id:{width}}  {entry.modality:5} {entry.task:{tasks}} {entry.params / 1e6:7.1f}M  {ref}".rstrip())
+        pinned = {"registry": "pinned", "lock": "pinned (lock)", "not yet": "prefix only"}[pin_state(entry)]
+        click.echo(f"{entry.id:{width}}  {entry.modality:5} {entry.task:{tasks}} {entry.params / 1e6:7.1f}M  "
+                   f"{pinned:13} {ref}".rstrip())
     for line in override_lines(names):
         click.echo(line, err=True)
 
