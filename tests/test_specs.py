@@ -5,6 +5,7 @@ written by the same code: scripts/build_registry.py), and runs through build, ex
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,29 @@ def test_a_spec_exports_and_serves_like_a_registry_entry(tmp_path: Path) -> None
     assert top[0]["top_k"][0]["label"] in manifest.postprocessing.labels
     assert isinstance(build(spec, pretrained=False), torch.nn.Module)
     assert result.formats[0]["status"] == "ok" and result.formats[0]["max_abs_diff"] <= 1e-4
+
+
+def test_zoo_pin_writes_the_spec_as_a_registry_entry(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`zoo pin SPEC`: the spec's record in a registry file that $ZOO_REGISTRY can list; after a fetch
+    recorded the full digest in the lock, the written entry pins the file by it; pinning again replaces."""
+    from zoo.lock import record
+
+    monkeypatch.setenv("ZOO_LOCK", str(tmp_path / "zoo.lock"))
+    registry = tmp_path / "mine.json"
+    spec = "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    assert main(["pin", spec, "--registry", str(registry)]) == 0
+    first = json.loads(registry.read_text())["models"]
+    assert [m["id"] for m in first] == ["mobilenet_v3_small.imagenet1k_v1"] and "sha256_prefix" in first[0]["files"][0]
+    entry = resolve(spec)
+    digest = entry.files[0].sha256_prefix + "0" * 56  # as a fetch would have recorded it
+    record(entry, {entry.files[0].name: digest}, spec)
+    assert main(["pin", spec, "--registry", str(registry), "--name", "small-v1"]) == 0
+    assert main(["pin", spec, "--registry", str(registry), "--name", "small-v1"]) == 0  # replaced, not doubled
+    models = json.loads(registry.read_text())["models"]
+    assert [m["id"] for m in models] == ["mobilenet_v3_small.imagenet1k_v1", "small-v1"]
+    assert models[1]["files"] == [{"name": entry.files[0].name, "role": "weights", "sha256": digest}]
+    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
+    capsys.readouterr()
+    assert main(["info", "small-v1"]) == 0 and "pinned        by the entry" in capsys.readouterr().out
+    assert main(["pin", "resnet18", "--registry", str(registry)]) == 2
+    assert "not a model spec" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import click
 from zoo.errors import ZooError
 from zoo_cli.bundles import bench, export
 from zoo_cli.finetune import finetune
-from zoo_cli.models import fetch, info, list_command, validate
+from zoo_cli.models import fetch, info, list_command, pin, validate
 from zoo_cli.serving import predict, serve_command
 
 
@@ -32,7 +32,7 @@ def cli(require_pinned: bool) -> None:
         os.environ[REQUIRE_PINNED_ENV] = "1"
 
 
-for command in (list_command, info, fetch, validate, export, predict, finetune, serve_command, bench):
+for command in (list_command, info, fetch, pin, validate, export, predict, finetune, serve_command, bench):
     cli.add_command(command)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -92,3 +93,20 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
     report = run_validation(name, atol=atol, extra_sources=sources(source_dir))
     click.echo("\n".join(report.lines()))
     report.raise_for_failures()
+
+
+@click.command()
+@click.argument("spec")
+@click.option("--registry", "registry_file", type=click.Path(dir_okay=False, path_type=Path), default="registry.json",
+              show_default=True, help="The registry file to add the entry to (created when missing); list it in "
+                                      "$ZOO_REGISTRY to use it.")
+@click.option("--name", help="The entry's id (default: the spec's, e.g. resnet50.imagenet1k_v2).")
+def pin(spec: str, registry_file: Path, name: str | None) -> None:
+    """Write model SPEC (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2) as a registry entry; files the lock
+    recorded on a fetch are pinned by their full sha256."""
+    from zoo.pin import pin as pin_spec
+
+    record = pin_spec(spec, registry_file, name)
+    pins = ", ".join(f"{f['name']} sha256 {'prefix ' if 'sha256_prefix' in f else ''}"
+                     f"{f.get('sha256') or f.get('sha256_prefix')}" for f in record["files"])
+    click.echo(f"{record['id']} -> {registry_file} ({pins}); use it with ZOO_REGISTRY={registry_file}")

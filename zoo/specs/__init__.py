@@ -23,12 +23,19 @@ def resolve_spec(name: str) -> ModelEntry:
     """The ModelEntry of spec `name` (KIND:WHAT); InputError naming the supported kinds otherwise."""
     from zoo.registry import entry_from_record
 
+    record, label_sets = spec_record(name)
+    return entry_from_record(record, label_sets, origin=name)
+
+
+def spec_record(name: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The registry record of spec `name` and the label sets it names that the shipped registry lacks."""
     kind, what = name.split(":", 1)
     if kind not in SPEC_MODULES:
         raise InputError(f"{kind}: specs are not supported yet; supported: "
                          + ", ".join(f"{k}:{_FORMS[k]}" for k in SPEC_MODULES))
-    record, label_sets = importlib.import_module(SPEC_MODULES[kind]).record(what, shipped_label_sets())
-    return entry_from_record(record, label_sets, origin=name)
+    shipped = shipped_label_sets()
+    record, label_sets = importlib.import_module(SPEC_MODULES[kind]).record(what, shipped)
+    return record, {name: labels for name, labels in label_sets.items() if name not in shipped}
 
 
 _FORMS = {"torchvision": "WEIGHTS_ENUM (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2)"}
