@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torchvision.models import get_model_weights
 
+from zoo.specs import FINETUNE, finetune_family
 from zoo.specs.torchvision import weights_record
 
 REGISTRY = Path(__file__).resolve().parents[1] / "zoo" / "registry.json"
@@ -206,24 +207,6 @@ TEXT_ENTRIES = [
         description="RoBERTa base encoder; <s> hidden state as the sentence feature",
     ),
 ]
-
-
-# Fine-tuning defaults per family (zoo.recipe: full fine-tuning after a linear probe, AdamW), measured in
-# benchmarks/transfer.py. Segmentation and detection entries have none: their new heads start from
-# random weights and take the recipe's fallback.
-FINETUNE = {
-    "cnn": {"lr": 3e-4, "weight_decay": 0.01},
-    "vit": {"lr": 3e-5, "weight_decay": 0.05},
-    "text-encoder": {"lr": 5e-5, "weight_decay": 0.01},
-}
-
-
-def finetune_family(model: dict) -> str | None:
-    if model["builder"] == "hf_encoder":
-        return "text-encoder"
-    if model["task"] != "image-classification":
-        return None
-    return "vit" if model["architecture"].startswith("vit_") else "cnn"
 
 
 def dumps(document: dict) -> str:

@@ -116,3 +116,64 @@ def test_zoo_pin_writes_the_spec_as_a_registry_entry(tmp_path: Path, monkeypatch
     assert main(["info", "small-v1"]) == 0 and "pinned        by the entry" in capsys.readouterr().out
     assert main(["pin", "resnet18", "--registry", str(registry)]) == 2
     assert "not a model spec" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# timm:NAME[.TAG]
+
+TIMM = "timm:mobilenetv3_small_050.lamb_in1k"
+
+
+def test_a_timm_spec_takes_its_metadata_from_timms_pretrained_cfg() -> None:
+    import timm
+
+    entry = resolve(TIMM)
+    assert (entry.id, entry.builder, entry.architecture) == ("mobilenetv3_small_050.lamb_in1k", "timm", "mobilenetv3_small_050")
+    assert (entry.input.resize, entry.input.crop, entry.input.interpolation) == (256, 224, "bicubic")  # floor(224 / 0.875)
+    assert entry.output.label_set == "imagenet-1k" and entry.output.labels == get_model("resnet18").output.labels
+    assert entry.params == sum(p.numel() for p in timm.create_model("mobilenetv3_small_050").parameters())
+    assert [(s.kind, s.repo_id, s.revision) for s in entry.sources] == [("hf", "timm/mobilenetv3_small_050.lamb_in1k", "main")]
+    assert entry.files[0].sha256 is None and entry.files[0].sha256_prefix is None  # pinned by the lock
+    assert entry.finetune is not None and entry.finetune.lr == 3e-4
+    assert resolve("timm:mobilenetv3_small_050").id == "mobilenetv3_small_050.lamb_in1k"  # timm's default tag
+    assert resolve("timm:deit_tiny_patch16_224").finetune.lr == 3e-5  # a transformer: the ViT family's rate
+    with pytest.raises(InputError, match=r"timm:not_a_net: timm .* has no model 'not_a_net'"):
+        resolve("timm:not_a_net")
+
+
+def test_timm_weights_are_pinned_on_first_fetch_and_load_exactly(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Weights written here (the Hub is out of reach) as timm publishes them, one model.safetensors: the first
+    fetch records their digest in the lock, the built model is timm's to the last bit, the export serves,
+    and other bytes under that name are refused afterwards."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from export.bundle import export_bundle
+    from zoo.lock import pin_state
+    from zoo.schema import SourceSpec
+
+    monkeypatch.setenv("ZOO_LOCK", str(tmp_path / "zoo.lock"))
+    upstream = tmp_path / "hub"
+    upstream.mkdir()
+    torch.manual_seed(0)
+    reference = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(upstream / "model.safetensors"))
+    assert main(["fetch", TIMM, "--source-dir", str(upstream)]) == 0
+    entry = resolve(TIMM)
+    assert pin_state(entry) == "lock"
+    model = build(TIMM, extra_sources=[SourceSpec(kind="path", path=str(upstream))])
+    images = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(model(images), reference(images))
+    bundle = export_bundle(TIMM, tmp_path / "bundle", extra_sources=[SourceSpec(kind="path", path=str(upstream))])
+    assert bundle.formats[0]["status"] == "ok"
+    photo = str(Path(__file__).resolve().parents[1] / "zoo" / "assets" / "flower.jpg")
+    assert serve.load(bundle.directory).predict([photo])[0]["top_k"][0]["label"] in entry.output.labels
+    save_file({k: v + 1 for k, v in reference.state_dict().items() if v.is_floating_point()}, str(upstream / "model.safetensors"))
+    from zoo.cache import model_cache_dir
+
+    (model_cache_dir(entry) / "model.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["fetch", TIMM, "--source-dir", str(upstream)]) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err

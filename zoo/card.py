@@ -57,14 +57,14 @@ def card_lines(entry: ModelEntry) -> list[str]:
     if entry.provenance.paper:
         lines.append(f"  paper         {entry.provenance.paper}")
     lines += [f"  metric        {m.name} = {m.value} ({m.source})" for m in entry.metrics]
-    lines += [f"  file          {f.name} [{f.role}] sha256 {f.expected_digest}" + ("" if f.sha256 else " (prefix)")
-              for f in entry.files]
+    lines += [f"  file          {f.name} [{f.role}] " + (f"sha256 {f.sha256}" if f.sha256 else
+                                                         f"sha256 {f.sha256_prefix} (prefix)" if f.sha256_prefix else
+                                                         "no digest from upstream") for f in entry.files]
     state = pin_state(entry)
     lines.append("  pinned        " + {
         "registry": "by the entry (full sha256 of every file)",
         "lock": f"by the lock {lock_path()} (full sha256 recorded on the first fetch)",
-        "not yet": "not yet (upstream's sha256 prefix only): the lock records every file's full sha256 on the "
-                   "first fetch"}[state])
+        "not yet": "not yet: the lock records every file's full sha256 on the first fetch"}[state])
     lines += [f"  source {i + 1}      {s.describe()}" for i, s in enumerate(entry.sources)]
     if entry.reference:
         lines.append(f"  reference     {len(entry.reference.cases)} case(s), atol {entry.reference.atol:g}, "

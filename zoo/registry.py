@@ -102,6 +102,11 @@ def _check_semantics(document: dict[str, Any], origin: str, inherited_label_sets
         names = {f["name"] for f in model["files"]}
         if len(names) != len(model["files"]):
             raise RegistryError(f"{where}.files: duplicate file names")
+        floating = [s["repo_id"] for s in model["sources"] if s["kind"] == "hf" and s["revision"] == "main"]
+        digested = [f["name"] for f in model["files"] if "sha256" in f or "sha256_prefix" in f]
+        if floating and digested:
+            raise RegistryError(f"{where}.sources: {floating[0]}@main with pinned files ({', '.join(digested)}): pin "
+                                "the revision to a commit, or drop the digests and let the lock pin the files")
         if sum(f["role"] == "weights" for f in model["files"]) != 1:
             raise RegistryError(f"{where}.files: expected exactly one file with role 'weights'")
         spec = model["input"]

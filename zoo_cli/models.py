@@ -38,7 +38,8 @@ def list_command(patterns: tuple[str, ...], modality: str | None, task: str | No
     tasks = max([len(entry.task) for entry in entries] + [4])
     for entry in entries:
         ref = "reference" if entry.reference else ""
-        pinned = {"registry": "pinned", "lock": "pinned (lock)", "not yet": "prefix only"}[pin_state(entry)]
+        pinned = {"registry": "pinned", "lock": "pinned (lock)",
+                  "not yet": "prefix only" if all(f.sha256_prefix for f in entry.files) else "unpinned"}[pin_state(entry)]
         click.echo(f"{entry.id:{width}}  {entry.modality:5} {entry.task:{tasks}} {entry.params / 1e6:7.1f}M  "
                    f"{pinned:13} {ref}".rstrip())
     for line in override_lines(names):

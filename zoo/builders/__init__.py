@@ -33,6 +33,17 @@ def build_torchvision(entry: ModelEntry, weights: Path | None) -> nn.Module:
     return model
 
 
+def build_timm(entry: ModelEntry, weights: Path | None) -> nn.Module:
+    """timm.create_model(model) with the entry's classes, loaded strictly from its safetensors file."""
+    import timm
+
+    model = timm.create_model(entry.builder_args["model"], pretrained=False,
+                              num_classes=entry.builder_args["num_classes"])
+    if weights is not None:
+        load_state_dict_strict(model, read_state_dict(weights, entry.weights_format), entry.id)
+    return model
+
+
 def build_run(entry: ModelEntry, weights: Path | None) -> nn.Module:
     """A fine-tuned run: the base architecture with the run's head, loaded with the run's weights."""
     from zoo.heads import attach_head
@@ -49,6 +60,7 @@ def build_run(entry: ModelEntry, weights: Path | None) -> nn.Module:
 BUILDERS: dict[str, Callable[[ModelEntry, Path | None], nn.Module]] = {
     "efficientnet_lite": build_efficientnet_lite,
     "torchvision": build_torchvision,
+    "timm": build_timm,
     "torchvision_segmentation": build_torchvision_segmentation,
     "torchvision_detection": build_torchvision_detection,
     "hf_encoder": build_hf_encoder,

@@ -1,5 +1,6 @@
 """Model specs beyond the registry, accepted wherever a registry id is (`zoo info | fetch | validate |
-export | finetune | bench`, `zoo.build`): `torchvision:WEIGHTS_ENUM` (zoo.specs.torchvision). Each resolves
+export | finetune | bench`, `zoo.build`): `torchvision:WEIGHTS_ENUM` (zoo.specs.torchvision) and
+`timm:NAME[.TAG]` (zoo.specs.timm). Each resolves
 to a registry record, validated by the registry's own schema, and so to the same ModelEntry a registry
 entry gives."""
 
@@ -11,8 +12,18 @@ from typing import Any
 from zoo.errors import InputError
 from zoo.schema import ModelEntry
 
-SPEC_MODULES = {"torchvision": "zoo.specs.torchvision"}  # kind -> module with record(text) -> (record, label sets)
-PLANNED = ("hf", "timm")  # recognised, not resolved yet (issue 15)
+SPEC_MODULES = {"torchvision": "zoo.specs.torchvision", "timm": "zoo.specs.timm"}  # kind -> module with record()
+PLANNED = ("hf",)  # recognised, not resolved yet (issue 15)
+
+# Fine-tuning defaults per family (zoo.recipe: full fine-tuning after a linear probe, AdamW), measured in
+# benchmarks/transfer.py; registry entries and spec records of image classifiers and text encoders carry
+# them. Segmentation and detection have none: their new heads start from random weights (recipe fallback).
+FINETUNE = {
+    "cnn": {"lr": 3e-4, "weight_decay": 0.01},
+    "vit": {"lr": 3e-5, "weight_decay": 0.05},
+    "text-encoder": {"lr": 5e-5, "weight_decay": 0.01},
+}
+VIT_PREFIXES = ("vit_", "deit", "beit", "eva", "swin")  # transformer image classifiers: the "vit" family
 
 
 def is_spec(name: str) -> bool:
@@ -35,10 +46,25 @@ def spec_record(name: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
                          + ", ".join(f"{k}:{_FORMS[k]}" for k in SPEC_MODULES))
     shipped = shipped_label_sets()
     record, label_sets = importlib.import_module(SPEC_MODULES[kind]).record(what, shipped)
-    return record, {name: labels for name, labels in label_sets.items() if name not in shipped}
+    return with_finetune_defaults(record), {name: labels for name, labels in label_sets.items() if name not in shipped}
 
 
-_FORMS = {"torchvision": "WEIGHTS_ENUM (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2)"}
+_FORMS = {"torchvision": "WEIGHTS_ENUM (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2)",
+          "timm": "NAME[.TAG] (e.g. timm:convnext_tiny.fb_in1k)"}
+
+
+def finetune_family(model: dict[str, Any]) -> str | None:
+    """The FINETUNE family of a registry record, or None (segmentation, detection)."""
+    if model["builder"] == "hf_encoder":
+        return "text-encoder"
+    if model["task"] != "image-classification":
+        return None
+    return "vit" if model["architecture"].startswith(VIT_PREFIXES) else "cnn"
+
+
+def with_finetune_defaults(model: dict[str, Any]) -> dict[str, Any]:
+    family = finetune_family(model)
+    return {**model, "finetune": FINETUNE[family]} if family is not None else model
 
 
 def shipped_label_sets() -> dict[str, list[str]]:
