@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import serve
 from zoo.errors import FetchError, InputError
@@ -170,6 +171,15 @@ def test_timm_weights_are_pinned_on_first_fetch_and_load_exactly(tmp_path: Path,
     assert bundle.formats[0]["status"] == "ok"
     photo = str(Path(__file__).resolve().parents[1] / "zoo" / "assets" / "flower.jpg")
     assert serve.load(bundle.directory).predict([photo])[0]["top_k"][0]["label"] in entry.output.labels
+    # A run fine-tuned from the spec names it as its base, and loads, validates and exports through it
+    data = tmp_path / "photos"
+    for index in range(8):
+        (data / "ab"[index % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (200, 30, 30) if index % 2 else (30, 30, 200)).save(data / "ab"[index % 2] / f"{index}.png")
+    assert main(["finetune", TIMM, "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "card.json").read_text())["base_model"] == TIMM
+    assert main(["validate", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "run-bundle")]) == 0
     save_file({k: v + 1 for k, v in reference.state_dict().items() if v.is_floating_point()}, str(upstream / "model.safetensors"))
     from zoo.cache import model_cache_dir
 

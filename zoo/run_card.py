@@ -13,6 +13,7 @@ from torch import nn
 
 from serve.files import sha256_file
 from zoo.cache import fetch
+from zoo.specs import model_name
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset
 from zoo.evaluation import reference_cases
@@ -51,7 +52,7 @@ def finish_run(trainer: Trainer, model: nn.Module, entry: ModelEntry, dataset: D
     spec = entry.input
     card = {
         "format": "zoo-run", "format_version": 1,
-        "base_model": entry.id, "base_origin": entry.provenance.origin, "license": entry.provenance.license,
+        "base_model": model_name(entry), "base_origin": entry.provenance.origin, "license": entry.provenance.license,
         "labels": dataset.labels, "head": config.head,
         "positive_label": dataset.labels[1] if config.head == "binary" else None,
         "preprocessing": dataclasses.asdict(spec),

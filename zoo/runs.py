@@ -67,7 +67,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         raise InputError(f"{run_dir} is not a finished fine-tuning run (no {CARD}); "
                          f"resume it with `zoo finetune ... --resume` or start it again")
     card = json.loads(card_path.read_text())
-    base = get_model(card["base_model"])
+    base = resolve_name(card["base_model"])  # a registry id or a model spec
     task = get_task(card["hyperparameters"].get("task") or _task_of_older_run(base, card["head"]))
     tokens = task.output_kind in ("token-logits", "span-logits")  # per-token rows of the encoder's width
     files = tuple(FileSpec(name=name, role="weights" if name == RUN_WEIGHTS_FILE else "tokenizer", sha256=digest)
@@ -82,7 +82,7 @@ def load_run_entry(run_dir: str | Path) -> ModelEntry:
         description=f"{base.id} fine-tuned on {card['data']['source']} ({card['head']} head)",
         task=task.name,
         builder="run",
-        builder_args={"base": base.id, "head": card["head"], "num_labels": len(card["labels"]),
+        builder_args={"base": card["base_model"], "head": card["head"], "num_labels": len(card["labels"]),
                       "run_dir": str(run_dir)},
         weights_format="safetensors",
         files=files,

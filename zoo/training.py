@@ -35,6 +35,7 @@ from zoo.run_card import TRAINING_PACKAGES, finish_run
 from zoo.runs import RUN_CONFIG, STATE_FILE, load_weights, prepare_run_dir, save_weights, write_json_atomic, write_metrics
 from zoo.runtime import Runtime, agree, cuda_math, default_workers, on_main, seed_everything, start_runtime, state_sha256, sync_buffers
 from zoo.schema import ModelEntry
+from zoo.specs import model_name
 from zoo.tasks import METRIC_NAMES, finetune_task, implementation
 from zoo.trainer import Trainer
 
@@ -216,7 +217,7 @@ def _run(trainer: Trainer, entry: ModelEntry, dataset: Dataset, config: Finetune
     elif runtime.is_main:
         checkpoints.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / RUN_CONFIG, {
-            "base_model": entry.id, "config": dataclasses.asdict(config), "choices": choices, "labels": dataset.labels,
+            "base_model": model_name(entry), "config": dataclasses.asdict(config), "choices": choices, "labels": dataset.labels,
             "data": {**dataset.summary(), "fingerprint": fingerprint, "val_items": dataset.val_items()},
             "packages": package_versions(TRAINING_PACKAGES)})
     if runtime.distributed:

@@ -47,9 +47,9 @@ def build_timm(entry: ModelEntry, weights: Path | None) -> nn.Module:
 def build_run(entry: ModelEntry, weights: Path | None) -> nn.Module:
     """A fine-tuned run: the base architecture with the run's head, loaded with the run's weights."""
     from zoo.heads import attach_head
-    from zoo.registry import get_model
+    from zoo.runs import resolve_name
 
-    base = get_model(entry.builder_args["base"])
+    base = resolve_name(entry.builder_args["base"])  # a registry id or a model spec
     model = attach_head(BUILDERS[base.builder](base, None), base, entry.builder_args["head"],
                         entry.builder_args["num_labels"])
     if weights is not None:

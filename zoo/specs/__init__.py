@@ -34,8 +34,16 @@ def resolve_spec(name: str) -> ModelEntry:
     """The ModelEntry of spec `name` (KIND:WHAT); InputError naming the supported kinds otherwise."""
     from zoo.registry import entry_from_record
 
+    import dataclasses
+
     record, label_sets = spec_record(name)
-    return entry_from_record(record, label_sets, origin=name)
+    entry = entry_from_record(record, label_sets, origin=name)
+    return dataclasses.replace(entry, extra={**entry.extra, "spec": name})
+
+
+def model_name(entry: ModelEntry) -> str:
+    """What names `entry` again later (a run's base model): its spec when it came from one, else its id."""
+    return entry.extra.get("spec", entry.id)
 
 
 def spec_record(name: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
