@@ -31,7 +31,6 @@ TORCHVISION = {
     "vit_b_16": "https://arxiv.org/abs/2010.11929",
     # more of torchvision's ImageNet classifiers, in families the entries above already cover
     "resnet34": "https://arxiv.org/abs/1512.03385",
-    "resnet101": "https://arxiv.org/abs/1512.03385",
     "resnext50_32x4d": "https://arxiv.org/abs/1611.05431",
     "wide_resnet50_2": "https://arxiv.org/abs/1605.07146",
     "mobilenet_v3_small": "https://arxiv.org/abs/1905.02244",
@@ -39,7 +38,6 @@ TORCHVISION = {
     "efficientnet_b2": "https://arxiv.org/abs/1905.11946",
     "efficientnet_v2_s": "https://arxiv.org/abs/2104.00298",
     "convnext_small": "https://arxiv.org/abs/2201.03545",
-    "vit_b_32": "https://arxiv.org/abs/2010.11929",
     "vgg11_bn": "https://arxiv.org/abs/1409.1556",
 }
 
