@@ -1,8 +1,7 @@
 """Model specs beyond the registry, accepted wherever a registry id is (`zoo info | fetch | validate |
 export | finetune | bench`, `zoo.build`): `torchvision:WEIGHTS_ENUM` (zoo.specs.torchvision) and
-`timm:NAME[.TAG]` (zoo.specs.timm). Each resolves
-to a registry record, validated by the registry's own schema, and so to the same ModelEntry a registry
-entry gives."""
+`timm:NAME[.TAG]` (zoo.specs.timm). Each resolves to a registry record, validated by the registry's own
+schema, and so to the same ModelEntry a registry entry gives."""
 
 from __future__ import annotations
 
