@@ -34,7 +34,8 @@ def test_a_torchvision_spec_is_the_registry_entry_of_the_same_weights(spec: str,
     assert entry.id.startswith(f"{registry.architecture}.") and entry.id != registry.id
     if weights != "DEFAULT":
         assert entry.id == f"{registry.architecture}.{weights.lower()}"
-    different = {"id", "description", "provenance", "reference", "finetune"}
+    assert entry.extra == {"spec": spec}  # what a run fine-tuned from it names as its base
+    different = {"id", "description", "provenance", "reference", "finetune", "extra"}
     for field in dataclasses.fields(entry):
         if field.name not in different:
             assert getattr(entry, field.name) == getattr(registry, field.name), (spec, field.name)
