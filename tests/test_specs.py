@@ -139,6 +139,10 @@ def test_a_timm_spec_takes_its_metadata_from_timms_pretrained_cfg() -> None:
     assert entry.finetune is not None and entry.finetune.lr == 3e-4
     assert resolve("timm:mobilenetv3_small_050").id == "mobilenetv3_small_050.lamb_in1k"  # timm's default tag
     assert resolve("timm:deit_tiny_patch16_224").finetune.lr == 3e-5  # a transformer: the ViT family's rate
+    from zoo.freeze import backbone_blocks  # --freeze N, gradual:K and --lr-decay see timm's blocks
+
+    blocks = [b.name for b in backbone_blocks(build(TIMM, pretrained=False), "classifier.")]
+    assert blocks == ["stem", *(f"blocks.{i}" for i in range(6)), "top"]
     with pytest.raises(InputError, match=r"timm:not_a_net: timm .* has no model 'not_a_net'"):
         resolve("timm:not_a_net")
 

@@ -20,6 +20,7 @@ _BLOCK_PATTERNS = [
         r"^(net\.backbone\.(?:body|features\.0)\.\d+)\.",               # torchvision detection (MobileNetV3)
         r"^(encoder\.layers\.encoder_layer_\d+)\.",                 # torchvision ViT
         r"^((?:encoder\.)+(?:layer|transformer\.layer)\.\d+)\.",         # BERT/RoBERTa, DistilBERT
+        r"^((?:blocks|stages)\.\d+)\.",                              # timm (MobileNet, EfficientNet, ViT/DeiT, ConvNeXt)
     )
 ]
 
