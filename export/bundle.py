@@ -206,7 +206,7 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         manifest = Manifest(
             model_id=entry.id, task=entry.task, modality=entry.modality, model_file=ONNX_FILE, opset=opset,
             inputs=inputs, outputs=outputs,
-            preprocessing=preprocessing, postprocessing=implementation(get_task(entry.task)).bundle_postprocessing(entry), files=files,
+            preprocessing=preprocessing, postprocessing=implementation(task).bundle_postprocessing(entry), files=files,
             source={"id": entry.id, "origin": entry.provenance.origin, "license": entry.provenance.license,
                     "files": fetched.sha256 if pretrained else {}, "pretrained": pretrained},
             producer=_versions(traced), artifacts=artifacts,

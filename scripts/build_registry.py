@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torchvision.models import get_model_weights
 
-from zoo.specs import FINETUNE, finetune_family
+from zoo.specs import with_finetune_defaults
 from zoo.specs.torchvision import weights_record
 
 REGISTRY = Path(__file__).resolve().parents[1] / "zoo" / "registry.json"
@@ -229,8 +229,7 @@ def main() -> int:
     for model in models:
         if model["id"] in references:
             model["reference"] = references[model["id"]]
-        if (family := finetune_family(model)) is not None:
-            model["finetune"] = FINETUNE[family]
+    models = [with_finetune_defaults(model) for model in models]
     voc = get_model_weights("lraspp_mobilenet_v3_large").DEFAULT.meta["categories"]
     coco = get_model_weights("ssdlite320_mobilenet_v3_large").DEFAULT.meta["categories"]
     document = {"format_version": 1, "label_sets": {"imagenet-1k": categories, "voc-21": voc, "coco-91": coco},

@@ -136,10 +136,8 @@ def fetch(entry: ModelEntry, extra_sources: Sequence[SourceSpec] = ()) -> Fetche
     pinned = lock.with_locked_digests(entry)
     try:
         fetched = _fetch(pinned, extra_sources)
-    except ChecksumError as exc:
-        raise ChecksumError(f"{exc}{_lock_note(entry, pinned)}") from None
-    except FetchError as exc:
-        raise FetchError(f"{exc}{_lock_note(entry, pinned)}") from None
+    except FetchError as exc:  # ChecksumError too: the same type, with the lock's part said
+        raise type(exc)(f"{exc}{_lock_note(entry, pinned)}") from None
     try:
         lock.record(pinned, fetched.sha256, entry.provenance.origin)
     except OSError as exc:  # a read-only lock (a baked image): the files verified against what pins they have

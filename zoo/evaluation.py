@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.tasks import get_task, implementation
 
 if TYPE_CHECKING:
     from zoo.trainer import Trainer
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 def evaluate(trainer: Trainer, model: nn.Module) -> dict[str, float | None]:
     """The task's metrics on the validation split, and "loss"."""
     model.eval()
-    return implementation(get_task(trainer.dataset.task)).evaluate(trainer, model)
+    return trainer.implementation.evaluate(trainer, model)
 
 
 def logits_and_targets(trainer: Trainer, model: nn.Module) -> tuple[float, list[torch.Tensor], list[torch.Tensor]]:
@@ -40,7 +39,7 @@ def reference_cases(trainer: Trainer, model: nn.Module) -> list[dict[str, Any]]:
     from zoo.validation import case_inputs, run_model
 
     model.eval()
-    cases = implementation(get_task(trainer.dataset.task)).reference_cases(trainer.entry)
+    cases = trainer.implementation.reference_cases(trainer.entry)
     for case in cases:
         inputs = case_inputs(trainer.entry, case["input"], case.pop("batch"), case.get("texts", ()), trainer.tokenizer)
         output = run_model(model, inputs)  # 8 significant digits hold a float32 exactly enough

@@ -221,10 +221,16 @@ def registry_origins() -> dict[str, tuple[str, ...]]:
     return _load(_layers(registry_paths()))[1]
 
 
+@functools.lru_cache(maxsize=1)
+def shipped_label_sets() -> dict[str, list[str]]:
+    """The shipped registry's label sets by name, read once (package data; callers do not mutate it)."""
+    return json.loads(shipped_registry_path().read_text("utf-8"))["label_sets"]
+
+
 def entry_from_record(record: dict[str, Any], label_sets: dict[str, list[str]], origin: str) -> ModelEntry:
     """The ModelEntry of one registry record made outside a registry file (a model spec, zoo.specs), checked
     by the registry's schema and rules as a one-entry registry that may name the shipped label sets."""
-    shipped = json.loads(shipped_registry_path().read_text("utf-8"))["label_sets"]
+    shipped = shipped_label_sets()
     validate_document({"format_version": FORMAT_VERSION, "label_sets": label_sets, "models": [record]}, origin,
                       inherited_label_sets=shipped)
     return _entry(record, {**shipped, **label_sets})

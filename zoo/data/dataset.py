@@ -92,17 +92,23 @@ def readable_images(folder: Path, skipped: list[str]) -> list[str]:
     """Readable images under `folder`; unreadable or non-image files are skipped and counted."""
     found = []
     for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if file.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(f"{file}: not an image file type")
-            continue
-        try:
-            with Image.open(file) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError) as exc:
-            skipped.append(f"{file}: unreadable image ({exc})")
+        if (problem := image_problem(file)) is not None:
+            skipped.append(f"{file}: {problem}")
             continue
         found.append(str(file))
     return found
+
+
+def image_problem(file: Path) -> str | None:
+    """Why `file` is not a readable image (its type, or what decoding it said), or None when it is one."""
+    if file.suffix.lower() not in IMAGE_SUFFIXES:
+        return "not an image file type"
+    try:
+        with Image.open(file) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError) as exc:  # a missing file too
+        return f"unreadable image ({exc})"
+    return None
 
 
 def stratified_split(examples: Sequence[Example], fraction: float, seed: int,

@@ -5,6 +5,7 @@ schema, and so to the same ModelEntry a registry entry gives."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
@@ -31,11 +32,13 @@ def is_spec(name: str) -> bool:
 
 def resolve_spec(name: str) -> ModelEntry:
     """The ModelEntry of spec `name` (KIND:WHAT); InputError naming the supported kinds otherwise."""
+    return spec_entry(name, *spec_record(name))
+
+
+def spec_entry(name: str, record: dict[str, Any], label_sets: dict[str, list[str]]) -> ModelEntry:
+    """The ModelEntry of spec `name`'s record (spec_record), which names the spec for later (model_name)."""
     from zoo.registry import entry_from_record
 
-    import dataclasses
-
-    record, label_sets = spec_record(name)
     entry = entry_from_record(record, label_sets, origin=name)
     return dataclasses.replace(entry, extra={**entry.extra, "spec": name})
 
@@ -51,6 +54,8 @@ def spec_record(name: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
     if kind not in SPEC_MODULES:
         raise InputError(f"{kind}: specs are not supported yet; supported: "
                          + ", ".join(f"{k}:{_FORMS[k]}" for k in SPEC_MODULES))
+    from zoo.registry import shipped_label_sets
+
     shipped = shipped_label_sets()
     record, label_sets = importlib.import_module(SPEC_MODULES[kind]).record(what, shipped)
     return with_finetune_defaults(record), {name: labels for name, labels in label_sets.items() if name not in shipped}
@@ -72,13 +77,3 @@ def finetune_family(model: dict[str, Any]) -> str | None:
 def with_finetune_defaults(model: dict[str, Any]) -> dict[str, Any]:
     family = finetune_family(model)
     return {**model, "finetune": FINETUNE[family]} if family is not None else model
-
-
-def shipped_label_sets() -> dict[str, list[str]]:
-    """The shipped registry's label sets by name (a spec's categories reuse one when they are equal)."""
-    import json
-
-    from zoo.registry import shipped_registry_path
-
-    document: dict[str, Any] = json.loads(shipped_registry_path().read_text("utf-8"))
-    return document["label_sets"]

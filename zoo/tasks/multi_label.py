@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 
 from serve.manifest import Postprocessing
 from zoo.config import FinetuneConfig
 from zoo.data import Dataset, Example, random_split
-from zoo.data.dataset import IMAGE_SUFFIXES
+from zoo.data.dataset import image_problem
 from zoo.errors import InputError
 from zoo.evaluation import logits_and_targets
 from zoo.loaders import train_image_transform
@@ -59,7 +58,9 @@ def load_data(path: str | Path, entry: ModelEntry, config: FinetuneConfig) -> Da
     examples = {"train": [], "val": []}
     for row in rows:
         image = path.parent / row["image"]
-        if _readable(image, row["line"], path, skipped):
+        if (problem := image_problem(image)) is not None:
+            skipped.append(f"{path}:{row['line']}: {image}: {problem}")
+        else:
             target = tuple(sorted(names.index(label) for label in row["labels"]))
             examples[row.get("split") or "train"].append(Example(str(image), 0, target=target))
     train, val = examples["train"], examples["val"]
@@ -95,20 +96,6 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     if not rows:
         raise InputError(f"{path} has no rows")
     return rows
-
-
-def _readable(image: Path, line: int, source: Path, skipped: list[str]) -> bool:
-    """True for an image file that opens; anything else is skipped with its reason."""
-    if image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
-        skipped.append(f"{source}:{line}: {image}: not an image file")
-        return False
-    try:
-        with Image.open(image) as opened:
-            opened.verify()
-    except (UnidentifiedImageError, OSError) as exc:
-        skipped.append(f"{source}:{line}: {image}: unreadable ({exc})")
-        return False
-    return True
 
 
 class LabelledImages(TorchDataset):
