@@ -1,9 +1,9 @@
 """torch Datasets, collates and the DataLoader for fine-tuning (each task picks its dataset and collate:
-zoo.tasks `batching`): torchvision v2 transforms derived from the entry's input spec (train: random resized crop + flip; eval: exactly the bundle's preprocessing),
-the same jointly on image and mask for segmentation, images at their own size with their boxes for
-detection, and dynamic padding with the model's
-tokenizer for text (token classification: tags aligned to each word's first sub-word; question answering:
-windows of question + context with the answer's token span)."""
+zoo.tasks `batching`): torchvision v2 transforms derived from the entry's input spec (train: random
+resized crop + flip; eval: exactly the bundle's preprocessing), the same jointly on image and mask for
+segmentation, images at their own size with their boxes for detection, and dynamic padding with the
+model's tokenizer for text (token classification: tags aligned to each word's first sub-word; question
+answering: windows of question + context with the answer's token span)."""
 
 from __future__ import annotations
 

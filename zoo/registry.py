@@ -94,6 +94,7 @@ def _short(error: jsonschema.ValidationError) -> str:
 
 def _check_semantics(document: dict[str, Any], origin: str, inherited_label_sets: set[str]) -> None:
     seen: set[str] = set()
+    known = set(document["label_sets"]) | inherited_label_sets  # what an entry's labels may name
     for index, model in enumerate(document["models"]):
         where = f"{origin}: models[{index}] ({model['id']!r})"
         if model["id"] in seen:
@@ -123,7 +124,6 @@ def _check_semantics(document: dict[str, Any], origin: str, inherited_label_sets
         if spec["kind"] == "text" and spec["tokenizer"] not in names:
             raise RegistryError(f"{where}.input.tokenizer: {spec['tokenizer']!r} is not one of the entry's files {sorted(names)}")
         labels = model["output"].get("labels")
-        known = set(document["label_sets"]) | inherited_label_sets
         if labels is not None and labels not in known:
             raise RegistryError(
                 f"{where}.output.labels: unknown label set {labels!r}; the document's label_sets (and those of the "
