@@ -106,6 +106,24 @@ def test_discriminative_learning_rates() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize(("name", "head"), [
+    ("torchvision:Swin_T_Weights.DEFAULT", "head"),  # registered last, after stages whose blocks end in linear layers
+    ("timm:deit_tiny_patch16_224.fb_in1k", "head"),  # blocks.11.mlp.fc2 is the deepest linear layer, not the head
+    ("resnet18", "fc"),
+    ("mobilenet_v3_small", "classifier.3"),
+])
+def test_the_new_head_replaces_the_classifier_and_nothing_else(name: str, head: str) -> None:
+    from zoo.factory import resolve
+
+    entry = resolve(name)
+    model = zoo.build(entry, pretrained=False)
+    before = {key: value.shape for key, value in model.state_dict().items()}
+    model = attach_head(model, entry, "multiclass", 3)
+    after = {key: value.shape for key, value in model.state_dict().items()}
+    assert head_prefix(model) == f"{head}." and after[f"{head}.weight"][0] == 3
+    assert {key for key in before if before[key] != after[key]} == {f"{head}.weight", f"{head}.bias"}
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adagrad"])
 def test_each_optimizer_trains(images: Path, tmp_path: Path, optimizer: str) -> None:
     result = finetune("efficientnet_lite0", images, tmp_path / "run", optimizer=optimizer, freeze="12", lr=1e-3,

@@ -61,15 +61,20 @@ def head_outputs(kind: str, num_labels: int) -> int:
     return num_labels
 
 
-def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    found = None
-    for name, module in model.named_modules():
-        for child_name, child in module.named_children():
-            if isinstance(child, nn.Linear):
-                found = (module, child_name, child)
-    if found is None:
+def _last_linear_name(model: nn.Module) -> str:
+    """The path of the model's last linear layer in module order: the classifier. (The last one registered,
+    so a transformers model's `classifier`, a direct child registered after its encoder, and not the
+    encoder's last linear layer, which a walk over parents' children would see last.)"""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
         raise BuildError(f"{type(model).__name__} has no linear classifier layer to replace")
-    return found
+    return names[-1]
+
+
+def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    path = _last_linear_name(model)
+    parent, _, name = path.rpartition(".")
+    return model.get_submodule(parent), name, model.get_submodule(path)
 
 
 def attach_head(model: nn.Module, entry: ModelEntry, kind: str, num_labels: int) -> nn.Module:
@@ -138,8 +143,4 @@ def head_prefix(model: nn.Module) -> str:
         return "net.classifier."
     if isinstance(model, DetectionNet):
         return "net.roi_heads.box_predictor." if hasattr(model.net, "roi_heads") else "net.head.classification_head."
-    for name, module in model.named_modules():
-        for child_name, child in module.named_children():
-            if isinstance(child, nn.Linear):
-                last = f"{name}.{child_name}." if name else f"{child_name}."
-    return last
+    return f"{_last_linear_name(model)}."
