@@ -36,7 +36,7 @@ from serve.files import sha256_file
 from zoo.cache import FetchedModel, fetch
 from zoo.errors import ExportError, InputError
 from zoo.factory import build, resolve
-from zoo.preprocess import load_tokenizer
+from zoo.preprocess import BUNDLE_TOKENIZER, WORDPIECE_VOCAB, load_tokenizer, read_tokenizer
 from zoo.provenance import package_versions
 from zoo.schema import ModelEntry, SourceSpec
 from zoo.tasks import get_task, implementation
@@ -87,15 +87,20 @@ def _io(entry: ModelEntry, fetched: FetchedModel):
     tokenizer = load_tokenizer(fetched.files[spec.tokenizer], spec) if entry.modality == "text" else None
     example, axes, outputs = implementation(task).export_io(entry, tokenizer)
     if tokenizer is not None:
-        preprocessing = TextPreprocessing(tokenizer=spec.tokenizer, max_length=spec.max_length,
+        preprocessing = TextPreprocessing(tokenizer=_bundle_tokenizer_name(spec.tokenizer), max_length=spec.max_length,
                                           pad_token=tokenizer.padding["pad_token"], pad_id=tokenizer.padding["pad_id"])
     elif task.raw_pixels:
         preprocessing = ImagePreprocessing(resize=None, crop=None, interpolation=spec.interpolation,
                                            mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
     else:
         preprocessing = ImagePreprocessing(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation,
-                                           mean=list(spec.mean), std=list(spec.std))
+                                           mean=list(spec.mean), std=list(spec.std), warp=spec.warp)
     return example, axes, outputs, preprocessing, tokenizer
+
+
+def _bundle_tokenizer_name(name: str) -> str:
+    """The tokenizer file a bundle names: the entry's, or tokenizer.json built from its WordPiece vocabulary."""
+    return BUNDLE_TOKENIZER if name == WORDPIECE_VOCAB else name
 
 
 def _check_dynamic(session, dynamic_axes: dict[str, dict[int, str]]) -> None:
@@ -195,6 +200,10 @@ def export_bundle(model: str | ModelEntry, out: Path, opset: int = DEFAULT_OPSET
         copied = [spec.name for spec in entry.files if spec.role == "tokenizer"]
         for name in copied:
             shutil.copyfile(fetched.files[name], staging / name)
+        if entry.modality == "text" and _bundle_tokenizer_name(entry.input.tokenizer) not in copied:
+            # serve reads tokenizer.json only: a vocabulary's tokenizer is written as one
+            read_tokenizer(fetched.files[entry.input.tokenizer]).save(str(staging / BUNDLE_TOKENIZER))
+            copied.append(BUNDLE_TOKENIZER)
         rows = [report_row("onnx", ONNX_FILE, staging, results)]
         context = DerivedContext(staging, torch_model, entry, cases, output_name, inputs, outputs, options, pad_id)
         artifacts, extra_files = derived_formats(formats, context, rows)

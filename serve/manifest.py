@@ -33,6 +33,7 @@ class ImagePreprocessing:
     mean: list[float]
     std: list[float]
     kind: Literal["image"] = "image"
+    warp: bool = False  # resize both sides to `resize`, whatever the aspect ratio (Hugging Face's processors)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def parse_manifest(data: Any) -> Manifest:
     if data["modality"] == "image":
         preprocessing: ImagePreprocessing | TextPreprocessing = ImagePreprocessing(
             resize=pre["resize"], crop=pre["crop"], interpolation=pre["interpolation"],
-            mean=[float(v) for v in pre["mean"]], std=[float(v) for v in pre["std"]])
+            mean=[float(v) for v in pre["mean"]], std=[float(v) for v in pre["std"]], warp=pre.get("warp", False))
     else:
         preprocessing = TextPreprocessing(tokenizer=pre["tokenizer"], max_length=pre["max_length"],
                                           pad_token=pre["pad_token"], pad_id=pre["pad_id"])

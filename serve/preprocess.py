@@ -111,9 +111,12 @@ def _resize_shorter(image: Image.Image, size: int, interpolation: str) -> Image.
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    return image.resize((new_w, new_h), _resampling(interpolation))
+
+
+def _resampling(interpolation: str):
     resampling = pillow().Resampling
-    resample = {"bilinear": resampling.BILINEAR, "bicubic": resampling.BICUBIC}[interpolation]
-    return image.resize((new_w, new_h), resample)
+    return {"bilinear": resampling.BILINEAR, "bicubic": resampling.BICUBIC}[interpolation]
 
 
 def _center_crop(image: Image.Image, crop: int) -> Image.Image:
@@ -135,7 +138,9 @@ def preprocess_image_sized(spec: ImagePreprocessing, item: Any,
     """One CHW float32 array and the image's own (width, height), which a mask is mapped back to."""
     image = to_rgb_image(item, limits, resized=spec.resize is not None)
     size = image.size
-    if spec.resize is not None:  # None: detectors take the image as it is and resize inside the graph
+    if spec.resize is not None and spec.warp:  # both sides, whatever the aspect ratio
+        image = image.resize((spec.resize, spec.resize), _resampling(spec.interpolation))
+    elif spec.resize is not None:  # None: detectors take the image as it is and resize inside the graph
         image = _resize_shorter(image, spec.resize, spec.interpolation)
     if spec.crop is not None:
         image = _center_crop(image, spec.crop)

@@ -35,25 +35,29 @@ def photo(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Im
     return Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
 
 
-def torchvision_reference(image: Image.Image, resize: int | None, crop: int | None, interpolation: str) -> np.ndarray:
+def torchvision_reference(image: Image.Image, resize: int | None, crop: int | None, interpolation: str,
+                          warp: bool = False) -> np.ndarray:
     mode = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC}
-    steps = [transforms.Resize(resize, mode[interpolation], antialias=True)] if resize else []
+    size = (resize, resize) if warp else resize
+    steps = [transforms.Resize(size, mode[interpolation], antialias=True)] if resize else []
     steps += [transforms.CenterCrop(crop)] if crop else []
     steps += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
     return transforms.Compose(steps)(image.convert("RGB")).numpy()
 
 
-@pytest.mark.parametrize(("size", "resize", "crop", "interpolation"), [
-    ((301, 227), 256, 224, "bilinear"),  # landscape, odd margins: torchvision's rounding of the crop offset
-    ((227, 301), 256, 224, "bicubic"),  # portrait
-    ((256, 256), 256, 224, "bilinear"),  # already the resize size
-    ((97, 61), 64, None, "bilinear"),  # segmentation: no crop, any aspect ratio
-    ((41, 33), None, None, "bilinear"),  # detection: the image as it is
+@pytest.mark.parametrize(("size", "resize", "crop", "interpolation", "warp"), [
+    ((301, 227), 256, 224, "bilinear", False),  # landscape, odd margins: torchvision's rounding of the crop offset
+    ((227, 301), 256, 224, "bicubic", False),  # portrait
+    ((256, 256), 256, 224, "bilinear", False),  # already the resize size
+    ((97, 61), 64, None, "bilinear", False),  # segmentation: no crop, any aspect ratio
+    ((41, 33), None, None, "bilinear", False),  # detection: the image as it is
+    ((301, 227), 224, 224, "bilinear", True),  # Hugging Face's ViT processors: both sides, the aspect ratio lost
+    ((227, 301), 256, 224, "bicubic", True),  # DeiT's: a warp, then a center crop
 ])
-def test_images_match_torchvision(size, resize, crop, interpolation) -> None:
-    spec = ImagePreprocessing(resize=resize, crop=crop, interpolation=interpolation, mean=MEAN, std=STD)
+def test_images_match_torchvision(size, resize, crop, interpolation, warp) -> None:
+    spec = ImagePreprocessing(resize=resize, crop=crop, interpolation=interpolation, mean=MEAN, std=STD, warp=warp)
     image = photo(*size)
-    expected = torchvision_reference(image, resize, crop, interpolation)
+    expected = torchvision_reference(image, resize, crop, interpolation, warp)
     array, original = preprocess_image_sized(spec, image)
     assert original == size and array.dtype == np.float32 and array.shape == expected.shape
     np.testing.assert_allclose(array, expected, rtol=0, atol=2e-6)

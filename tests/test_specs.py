@@ -55,8 +55,9 @@ def test_other_weights_of_a_model_get_their_own_metadata() -> None:
     ("torchvision:R3D_18_Weights.DEFAULT", r"video models are not supported; zoo builds classification, segmentation"),
     ("torchvision:FCN_ResNet50_Weights.DEFAULT", r"fcn_resnet50 is not supported yet; .* lraspp\*, deeplabv3\*"),
     ("torchvision:KeypointRCNN_ResNet50_FPN_Weights.DEFAULT", r"keypointrcnn_resnet50_fpn is not supported yet"),
-    ("hf:distilbert/distilbert-base-uncased-finetuned-sst-2-english", r"hf: specs are not supported yet; supported: "
-                                                                      r"torchvision:WEIGHTS_ENUM"),
+    ("hf:distilbert/../etc", r"expected hf:ORG/NAME\[@REVISION\]"),
+    ("hf:dslim/bert-base-NER@", r"expected hf:ORG/NAME\[@REVISION\]"),
+    ("hub:dslim/bert-base-NER", r"hub: specs are not supported yet; supported: torchvision:.*timm:.*hf:ORG/NAME"),
 ])
 def test_specs_that_cannot_be_resolved_say_why(spec: str, message: str, capsys) -> None:
     with pytest.raises(InputError, match=message):

@@ -106,7 +106,9 @@ def _from_hf(source: SourceSpec, spec: FileSpec, dest: Path) -> None:
         raise FetchError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     dest.unlink()  # the temporary placeholder; link or copy takes its name
     try:
-        os.link(cached, dest)  # same filesystem: no second copy of the bytes
+        # same filesystem: no second copy of the bytes. The cache's snapshot entry is a relative symlink to
+        # its blob, which link() would copy as a symlink, dangling here: link the blob itself.
+        os.link(os.path.realpath(cached), dest)
     except OSError:
         shutil.copyfile(cached, dest)
 
@@ -181,6 +183,8 @@ def _verified(entry: ModelEntry, paths: dict[str, Path]) -> dict[str, str] | Non
     """Each file's digest when every one is present and matches its pin, else None."""
     digests = {}
     for spec in entry.files:
+        if not spec.expected_digest:  # pinned by nothing yet: only its source can say what the file is
+            return None
         try:
             digests[spec.name] = check_digest(paths[spec.name], spec)
         except (OSError, ChecksumError):
@@ -189,7 +193,7 @@ def _verified(entry: ModelEntry, paths: dict[str, Path]) -> dict[str, str] | Non
 
 
 def _fetch_file(entry: ModelEntry, spec: FileSpec, sources: Sequence[SourceSpec], target: Path) -> str:
-    if target.exists():  # present: used only if it still matches its pin (else it was changed: fetched again)
+    if target.exists() and spec.expected_digest:  # present: used only if it still matches its pin (else fetched again)
         try:
             return check_digest(target, spec)
         except ChecksumError:

@@ -26,7 +26,8 @@ def card_lines(entry: ModelEntry) -> list[str]:
     spec = entry.input
     if spec.kind == "image":
         crop = f"center crop {spec.crop}" if spec.crop is not None else "no crop (any aspect ratio)"
-        pre = (f"resize {spec.resize} ({spec.interpolation}) -> {crop}, "
+        resize = f"resize to {spec.resize}x{spec.resize}" if spec.warp else f"resize {spec.resize}"
+        pre = (f"{resize} ({spec.interpolation}) -> {crop}, "
                f"mean {[round(v, 4) for v in spec.mean]}, std {[round(v, 4) for v in spec.std]}")
     else:
         pre = f"tokenizer {spec.tokenizer}, max length {spec.max_length}"

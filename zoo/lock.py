@@ -1,6 +1,7 @@
 """Pinning on first fetch, like a package manager's lock: an entry whose files are pinned by less than a full
-sha256 (a torchvision:/registry entry with upstream's digest prefix) gets every file's full sha256 recorded
-in a lock file the first time it is fetched, and every later fetch is verified against it; a changed file
+sha256 (a torchvision:/registry entry with upstream's digest prefix, a timm: or hf: spec) gets every file's
+full sha256 recorded in a lock file the first time it is fetched (and for an hf: spec, the commit its
+revision resolved to, which later resolutions keep), and every later fetch is verified against it; a changed file
 is refused, naming it and both digests.
 
 The lock is `$ZOO_LOCK`, else `./zoo.lock` where a project keeps one, else `zoo.lock` in the cache.
@@ -62,6 +63,15 @@ def locked_files(entry: ModelEntry) -> dict[str, str]:
     return {name: digest for name, digest in files.items() if isinstance(digest, str) and len(digest) == 64}
 
 
+def locked_pin(entry_id: str, spec: str) -> tuple[str, list[str]] | None:
+    """(commit, file names) the lock recorded for Hub spec `spec` (entry `entry_id`) on its first fetch, or None."""
+    record = _read(lock_path())["models"].get(entry_id, {})
+    if isinstance(record, dict) and record.get("spec") == spec and isinstance(record.get("revision"), str) \
+            and isinstance(record.get("files"), dict):
+        return record["revision"], sorted(record["files"])
+    return None
+
+
 def pin_state(entry: ModelEntry) -> str:
     """"registry", "lock" or "not yet": where the full digests of the entry's files come from."""
     if pinned_by_entry(entry):
@@ -93,12 +103,15 @@ def record(entry: ModelEntry, digests: dict[str, str], origin: str) -> Path | No
         return None
     path = lock_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    spec = entry.extra.get("spec", "")
+    hub = [source.revision for source in entry.sources if source.kind == "hf"]
+    revision = {"spec": spec, "revision": hub[0]} if spec.startswith("hf:") and hub else {}
+    updated = {"origin": origin, **revision, "files": dict(sorted(digests.items()))}
     with FileLock(str(path) + ".lock"):
         document = _read(path)
-        current = document["models"].get(entry.id, {}).get("files", {})
-        if current == digests:
+        if document["models"].get(entry.id) == updated:
             return path
-        document["models"][entry.id] = {"origin": origin, "files": dict(sorted(digests.items()))}
+        document["models"][entry.id] = updated
         document["models"] = dict(sorted(document["models"].items()))
         write_text_atomic(path, json.dumps(document, indent=1) + "\n")
     return path

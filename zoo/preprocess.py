@@ -35,13 +35,14 @@ def open_image(source: ImageLike) -> Image.Image:
 
 
 def image_transform(spec: ImageInputSpec):
-    """Resize (shorter side) -> center crop (unless `crop` is None) -> float in [0, 1] -> normalise,
-    as torchvision v2."""
+    """Resize (shorter side, or both with `warp`) -> center crop (unless `crop` is None) -> float in [0, 1]
+    -> normalise, as torchvision v2."""
     from torchvision.transforms import InterpolationMode, v2
 
     crop = [] if spec.crop is None else [v2.CenterCrop(spec.crop)]
+    size = (spec.resize, spec.resize) if spec.warp else spec.resize
     return v2.Compose([
-        v2.Resize(spec.resize, interpolation=InterpolationMode(spec.interpolation), antialias=True),
+        v2.Resize(size, interpolation=InterpolationMode(spec.interpolation), antialias=True),
         *crop,
         v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),
@@ -68,12 +69,42 @@ def image_pixels(image: ImageLike) -> torch.Tensor:
     return (pil_to_tensor(open_image(image)).float() / 255.0)[None]
 
 
-def load_tokenizer(path: Path, spec: TextInputSpec):
-    """The entry's tokenizer, truncating at `max_length` and padding to the longest text of a batch.
-    Bundles store it configured like this, so the runtime applies exactly the same settings."""
+WORDPIECE_VOCAB = "vocab.txt"  # a BERT-family repository without tokenizer.json: its WordPiece vocabulary
+BUNDLE_TOKENIZER = "tokenizer.json"  # what a bundle stores when the entry's tokenizer is a vocabulary
+
+
+def read_tokenizer(path: Path):
+    """The `tokenizers` Tokenizer of a tokenizer.json, or of a WordPiece vocab.txt with the settings of the
+    tokenizer_config.json beside it (lower-casing, accents, CJK characters), built as transformers'
+    BertTokenizerFast builds it from the same files."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(path))
+    if path.name != WORDPIECE_VOCAB:
+        return Tokenizer.from_file(str(path))
+    import json
+
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    settings_file = path.parent / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text("utf-8")) if settings_file.is_file() else {}
+
+    def token(name: str, default: str) -> str:  # a plain string, or an AddedToken saved as {"content": ...}
+        value = settings.get(name) or default
+        return value["content"] if isinstance(value, dict) else value
+
+    built = BertWordPieceTokenizer(str(path), lowercase=settings.get("do_lower_case", True),
+                                   strip_accents=settings.get("strip_accents"),
+                                   handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+                                   **{name: token(name, default) for name, default in (
+                                       ("unk_token", "[UNK]"), ("sep_token", "[SEP]"), ("cls_token", "[CLS]"),
+                                       ("pad_token", "[PAD]"), ("mask_token", "[MASK]"))})
+    return Tokenizer.from_str(built.to_str())
+
+
+def load_tokenizer(path: Path, spec: TextInputSpec):
+    """The entry's tokenizer (read_tokenizer), truncating at `max_length` and padding to the longest text of
+    a batch. Bundles store it configured like this, so the runtime applies exactly the same settings."""
+    tokenizer = read_tokenizer(path)
     if tokenizer.padding:
         pad_token, pad_id = tokenizer.padding["pad_token"], tokenizer.padding["pad_id"]
     else:

@@ -137,6 +137,7 @@ def _entry(model: dict[str, Any], label_sets: dict[str, list[str]]) -> ModelEntr
         input_spec: ImageInputSpec | TextInputSpec = ImageInputSpec(
             size=tuple(spec["size"]), resize=spec["resize"], crop=spec["crop"],
             interpolation=spec["interpolation"], mean=tuple(spec["mean"]), std=tuple(spec["std"]),
+            warp=spec.get("warp", False),
         )
     else:
         input_spec = TextInputSpec(tokenizer=spec["tokenizer"], max_length=spec["max_length"])

@@ -105,11 +105,12 @@ def _task_of_older_run(base: ModelEntry, head: str) -> str:
 
 
 def resolve_name(name: str) -> ModelEntry:
-    """A registry id, a model spec (zoo.specs: torchvision:WEIGHTS_ENUM), or the path of a finished run directory."""
+    """A registry id, a model spec (zoo.specs: KIND:WHAT), or the path of a finished run directory."""
     from zoo.specs import is_spec, resolve_spec
 
-    if is_spec(name):
-        return resolve_spec(name)
+    kind = name.split(":", 1)[0]
+    if is_spec(name) or (":" in name and kind.isalpha() and len(kind) > 1 and not Path(name).exists()):
+        return resolve_spec(name)  # an unknown KIND: is refused naming the supported ones
     if os.sep in name or name.startswith(".") or Path(name).is_dir():
         if is_run_dir(name):
             return load_run_entry(name)

@@ -48,8 +48,9 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class ImageInputSpec:
-    """Resize the shorter side to `resize`, then center-crop to `crop`; `crop` None keeps the whole
-    resized image (segmentation: any aspect ratio). `size` is the example input's height and width.
+    """Resize the shorter side to `resize` (with `warp`, both sides: a `resize` x `resize` square whatever the
+    aspect ratio, as Hugging Face's image processors do), then center-crop to `crop`; `crop` None keeps the
+    whole resized image (segmentation: any aspect ratio). `size` is the example input's height and width.
     Detectors resize and normalise inside the model (the graph takes pixels in [0, 1]); their spec
     records what that does: the shorter side to `resize` and this mean/std."""
 
@@ -60,6 +61,7 @@ class ImageInputSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     kind: Literal["image"] = "image"
+    warp: bool = False
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,11 @@ class Trainer:
         self.head_prefix = head_prefix(self.model)
         self.blocks = backbone_blocks(self.model, self.head_prefix)
         self.policy = parse_policy(config.freeze, len(self.blocks))
-        self.tokenizer = self.tokenizer_file = None
+        self.tokenizer = None
         if entry.modality == "text":
             from zoo.cache import fetch
 
-            self.tokenizer_file = fetch(entry).files[entry.input.tokenizer]
-            self.tokenizer = load_tokenizer(self.tokenizer_file, entry.input)
+            self.tokenizer = load_tokenizer(fetch(entry).files[entry.input.tokenizer], entry.input)
         self.task_state: dict[str, object] = {}  # what a task module keeps for this pass (zoo.tasks)
         self.criterion = self.implementation.criterion(config)  # None: the model computes its own (detection)
         self.head_layer = head_layer(self.model, self.head_prefix)  # None: no single linear head (segmentation, ...)

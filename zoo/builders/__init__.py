@@ -10,6 +10,7 @@ from torch import nn
 from zoo.builders.detection import build_torchvision_detection
 from zoo.builders.efficientnet_lite import EfficientNetLite
 from zoo.builders.hf_encoder import build_hf_encoder
+from zoo.builders.hf_task import build_hf_task
 from zoo.builders.segmentation import build_torchvision_segmentation
 from zoo.builders.state_dict import load_state_dict_strict, read_state_dict
 from zoo.schema import ModelEntry
@@ -64,5 +65,6 @@ BUILDERS: dict[str, Callable[[ModelEntry, Path | None], nn.Module]] = {
     "torchvision_segmentation": build_torchvision_segmentation,
     "torchvision_detection": build_torchvision_detection,
     "hf_encoder": build_hf_encoder,
+    "hf_task": build_hf_task,
     "run": build_run,
 }

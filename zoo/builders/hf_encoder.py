@@ -3,6 +3,7 @@ normalisation on top, taking `(input_ids, attention_mask)` and returning one vec
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def set_attention(model: nn.Module, implementation: str) -> bool:
     return True
 
 
-def _model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+def model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     # eager: the exporters trace it into plain ONNX ops; training switches to SDPA (set_attention)
     kwargs: dict[str, Any] = {"attn_implementation": "eager"}
     if config["model_type"] in _HAS_POOLER:
@@ -64,30 +65,41 @@ def _model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 def build_hf_encoder(entry: ModelEntry, weights: Path | None) -> nn.Module:
     """Random init from the registry's config, or the verified files in `weights`' folder."""
     from transformers import AutoConfig, AutoModel
-    from transformers.utils import logging as hf_logging
 
     config = dict(entry.builder_args["config"])
-    kwargs = _model_kwargs(config)
+    kwargs = model_kwargs(config)
     if weights is None:
         model_type = config.pop("model_type")
         encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **config), **kwargs)
     else:
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # missing/unexpected keys are checked below, not just logged
-        hf_logging.disable_progress_bar()
-        try:
+        with quiet_transformers():
             encoder, info = AutoModel.from_pretrained(
                 str(weights.parent), use_safetensors=True, output_loading_info=True, local_files_only=True, **kwargs
             )
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
-        _check_loading_info(entry, info)
+        check_loading_info(entry, info)
     pooling = entry.output.pooling or "cls"
     return TextEncoder(encoder, pooling, entry.output.normalize)
 
 
-def _check_loading_info(entry: ModelEntry, info: dict[str, Any]) -> None:
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' warnings and progress bars off: missing and unexpected keys are checked by
+    check_loading_info, not just logged."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def check_loading_info(entry: ModelEntry, info: dict[str, Any]) -> None:
+    """BuildError unless the weights filled every parameter of the architecture, and nothing else (but the
+    entry's `ignore_unexpected` patterns)."""
     allowed = entry.builder_args.get("ignore_unexpected", [])
     unexpected = [k for k in info.get("unexpected_keys", []) if not any(fnmatch.fnmatch(k, p) for p in allowed)]
     missing = list(info.get("missing_keys", []))

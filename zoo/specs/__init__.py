@@ -1,7 +1,8 @@
 """Model specs beyond the registry, accepted wherever a registry id is (`zoo info | fetch | validate |
-export | finetune | bench`, `zoo.build`): `torchvision:WEIGHTS_ENUM` (zoo.specs.torchvision) and
-`timm:NAME[.TAG]` (zoo.specs.timm). Each resolves to a registry record, validated by the registry's own
-schema, and so to the same ModelEntry a registry entry gives."""
+export | finetune | bench`, `zoo.build`): `torchvision:WEIGHTS_ENUM` (zoo.specs.torchvision),
+`timm:NAME[.TAG]` (zoo.specs.timm) and `hf:ORG/NAME[@REVISION]` (zoo.specs.hf). Each resolves to a
+registry record, validated by the registry's own schema, and so to the same ModelEntry a registry entry
+gives."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Any
 from zoo.errors import InputError
 from zoo.schema import ModelEntry
 
-SPEC_MODULES = {"torchvision": "zoo.specs.torchvision", "timm": "zoo.specs.timm"}  # kind -> module with record()
-PLANNED = ("hf",)  # recognised, not resolved yet (issue 15)
+SPEC_MODULES = {"torchvision": "zoo.specs.torchvision", "timm": "zoo.specs.timm", "hf": "zoo.specs.hf"}  # kind -> module with record()
 
 # Fine-tuning defaults per family (zoo.recipe: full fine-tuning after a linear probe, AdamW), measured in
 # benchmarks/transfer.py; registry entries and spec records of image classifiers and text encoders carry
@@ -23,11 +23,12 @@ FINETUNE = {
     "vit": {"lr": 3e-5, "weight_decay": 0.05},
     "text-encoder": {"lr": 5e-5, "weight_decay": 0.01},
 }
-VIT_PREFIXES = ("vit_", "deit", "beit", "eva", "swin")  # transformer image classifiers: the "vit" family
+VIT_PREFIXES = ("vit_", "deit", "beit", "eva", "swin", "dinov2")  # transformer image classifiers: the "vit" family
+VIT_TYPES = ("vit",)  # Hugging Face model_type names of the family that no prefix above matches
 
 
 def is_spec(name: str) -> bool:
-    return name.split(":", 1)[0] in (*SPEC_MODULES, *PLANNED) and ":" in name
+    return name.split(":", 1)[0] in SPEC_MODULES and ":" in name
 
 
 def resolve_spec(name: str) -> ModelEntry:
@@ -62,7 +63,8 @@ def spec_record(name: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
 
 
 _FORMS = {"torchvision": "WEIGHTS_ENUM (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2)",
-          "timm": "NAME[.TAG] (e.g. timm:convnext_tiny.fb_in1k)"}
+          "timm": "NAME[.TAG] (e.g. timm:convnext_tiny.fb_in1k)",
+          "hf": "ORG/NAME[@REVISION] (e.g. hf:dslim/bert-base-NER)"}
 
 
 def finetune_family(model: dict[str, Any]) -> str | None:
@@ -71,7 +73,7 @@ def finetune_family(model: dict[str, Any]) -> str | None:
         return "text-encoder"
     if model["task"] != "image-classification":
         return None
-    return "vit" if model["architecture"].startswith(VIT_PREFIXES) else "cnn"
+    return "vit" if model["architecture"].startswith(VIT_PREFIXES) or model["architecture"] in VIT_TYPES else "cnn"
 
 
 def with_finetune_defaults(model: dict[str, Any]) -> dict[str, Any]:

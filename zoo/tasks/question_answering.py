@@ -33,7 +33,7 @@ def windows(trainer: Trainer):
         from serve.qa import WindowTokenizer, default_stride
 
         length = trainer.entry.input.max_length
-        trainer.task_state["windows"] = WindowTokenizer(trainer.tokenizer_file, length, default_stride(length),
+        trainer.task_state["windows"] = WindowTokenizer(trainer.tokenizer, length, default_stride(length),
                                                         trainer.tokenizer.padding["pad_id"])
     return trainer.task_state["windows"]
 
