@@ -291,7 +291,14 @@ def test_image_classifiers_take_the_repositorys_preprocessing(hub: FakeHub, tmp_
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["top_k"][0]["label"] in ("cat", "dog", "fox")
     if kind == "vit":  # fine-tuned from the spec (the ViT family's defaults), the run exports with the warp
+        from zoo.freeze import backbone_blocks
+        from zoo.heads import attach_head, head_prefix
+
         assert entry.finetune.lr == 3e-5
+        headed = attach_head(model, entry, "multiclass", 2)
+        assert head_prefix(headed) == "model.classifier."
+        assert [b.name for b in backbone_blocks(headed, "model.classifier.")] == [
+            "stem", "model.vit.layers.0", "model.vit.layers.1", "top"]
         data = tmp_path / "photos"
         for index in range(8):
             (data / "ab"[index % 2]).mkdir(parents=True, exist_ok=True)

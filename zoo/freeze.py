@@ -21,6 +21,7 @@ _BLOCK_PATTERNS = [
         r"^(encoder\.layers\.encoder_layer_\d+)\.",                 # torchvision ViT
         r"^((?:encoder\.)+(?:layer|transformer\.layer)\.\d+)\.",         # BERT/RoBERTa, DistilBERT
         r"^((?:blocks|stages)\.\d+)\.",                              # timm (MobileNet, EfficientNet, ViT/DeiT, ConvNeXt)
+        r"^(model\.\w+\.(?:encoder\.|transformer\.)?(?:layer|layers|stages)\.\d+)\.",  # hf_task (transformers)
     )
 ]
 
