@@ -105,6 +105,13 @@ def test_a_sequence_classifier_resolves_pins_exports_and_predicts(hub: FakeHub, 
     assert locked["revision"] == commit and locked["spec"] == f"hf:{SST2}"
     assert sorted(locked["files"]) == ["config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
     assert pin_state(resolve(f"hf:{SST2}")) == "lock"
+    # zoo pin writes it down as a registry entry: the commit and every file's sha256, the labels with it
+    registry = tmp_path / "mine.json"
+    assert main(["pin", f"hf:{SST2}", "--name", "sst2", "--registry", str(registry)]) == 0
+    written = json.loads(registry.read_text())
+    assert written["models"][0]["sources"][0]["revision"] == commit
+    assert {f["name"]: f["sha256"] for f in written["models"][0]["files"]} == locked["files"]
+    assert written["label_sets"]["acme--tiny-sst2"] == ["NEGATIVE", "POSITIVE"]
     # the model is transformers' own, to the bit; the tokenizer is what AutoTokenizer makes of the same files
     model = build(f"hf:{SST2}")
     upstream = transformers.AutoModelForSequenceClassification.from_pretrained(
