@@ -1,6 +1,9 @@
 """Regenerate registry.json: torchvision entries from torchvision's weight enums (URL, hash prefix,
-params, accuracy, GFLOPS, categories, transforms: zoo.specs.torchvision, as `torchvision:` specs), the rest from the pinned upstream coordinates
-below. Reference outputs already in the registry are kept (scripts/make_references.py writes them).
+params, accuracy, GFLOPS, categories, transforms: zoo.specs.torchvision, as `torchvision:` specs), timm
+entries from timm's pretrained_cfg (zoo.specs.timm, as `timm:` specs), the rest from the pinned upstream
+coordinates below. Entries whose upstream publishes no digest (timm's files, the Hub task models pinned by
+commit) get every file's sha256 in the lock on first fetch (zoo.lock). Reference outputs already in the
+registry are kept (scripts/make_references.py writes them).
 
     python scripts/build_registry.py
 """
@@ -16,6 +19,8 @@ from pathlib import Path
 from torchvision.models import get_model_weights
 
 from zoo.specs import with_finetune_defaults
+from zoo.specs import hf as hf_specs
+from zoo.specs import timm as timm_specs
 from zoo.specs.torchvision import weights_record
 
 REGISTRY = Path(__file__).resolve().parents[1] / "zoo" / "registry.json"
@@ -39,7 +44,30 @@ TORCHVISION = {
     "efficientnet_v2_s": "https://arxiv.org/abs/2104.00298",
     "convnext_small": "https://arxiv.org/abs/2201.03545",
     "vgg11_bn": "https://arxiv.org/abs/1409.1556",
+    "resnet101": "https://arxiv.org/abs/1512.03385",
+    "mobilenet_v2": "https://arxiv.org/abs/1801.04381",
+    "densenet121": "https://arxiv.org/abs/1608.06993",
+    "regnet_y_1_6gf": "https://arxiv.org/abs/2003.13678",
+    "swin_t": "https://arxiv.org/abs/2103.14030",
+    "shufflenet_v2_x1_0": "https://arxiv.org/abs/1807.11164",
 }
+
+# timm favourites, one or two per family: name.tag -> paper. Their ids are timm's names.
+TIMM = {
+    "convnext_tiny.in12k_ft_in1k": "https://arxiv.org/abs/2201.03545",
+    "efficientnet_b0.ra_in1k": "https://arxiv.org/abs/1905.11946",
+    "vit_base_patch16_224.augreg2_in21k_ft_in1k": "https://arxiv.org/abs/2106.10270",
+    "deit_small_patch16_224.fb_in1k": "https://arxiv.org/abs/2012.12877",
+    "mobilenetv4_conv_small.e2400_r224_in1k": "https://arxiv.org/abs/2404.10518",
+    "mobilenetv4_conv_medium.e500_r256_in1k": "https://arxiv.org/abs/2404.10518",
+    "regnety_016.tv2_in1k": "https://arxiv.org/abs/2003.13678",
+}
+
+
+def timm_entry(name: str, paper: str, label_sets: dict[str, list[str]]) -> dict:
+    record, _ = timm_specs.record(name, label_sets)
+    record["provenance"]["paper"] = paper
+    return record
 
 
 def torchvision_entry(arch: str, paper: str) -> dict:
@@ -207,6 +235,76 @@ TEXT_ENTRIES = [
 ]
 
 
+# Ready-made task models on the Hub, pinned by commit. The configs below hold what defines the architecture
+# (random initialisation, parameter counts); building from the fetched files loads the repository's own
+# config.json and checks that its id2label is the entry's labels (zoo.builders.hf_task).
+CASED_VOCAB = 28996
+TASK_LABEL_SETS = {
+    "sst-2": ["NEGATIVE", "POSITIVE"],
+    "conll2003-ner": ["O", "B-MISC", "I-MISC", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"],
+    hf_specs.SPAN_LABEL_SET: hf_specs.SPAN_LABELS,
+}
+DISTILBERT_CONFIG = {"model_type": "distilbert", "vocab_size": 30522, "dim": 768, "n_layers": 6, "n_heads": 12,
+                     "hidden_dim": 3072, "max_position_embeddings": 512, "pad_token_id": 0}
+
+
+def hf_task_entry(entry_id: str, repo_id: str, revision: str, config: dict, *, task: str, label_set: str,
+                  license: str, paper: str, metrics: list[dict], description: str) -> dict:
+    """A Hub task model read with a WordPiece vocab.txt and its tokenizer_config.json (all three repositories
+    have them; not all have a tokenizer.json)."""
+    from zoo.tasks import TASKS
+
+    labels = TASK_LABEL_SETS[label_set]
+    if task != "question-answering":
+        config = {**config, "id2label": {str(i): label for i, label in enumerate(labels)},
+                  "label2id": {label: i for i, label in enumerate(labels)}}
+    return {
+        "id": entry_id,
+        "description": description,
+        "modality": "text",
+        "task": task,
+        "architecture": config["model_type"],
+        "builder": "hf_task",
+        "builder_args": {"config": config},
+        "weights_format": "safetensors",
+        "files": [{"name": "model.safetensors", "role": "weights"}, {"name": "config.json", "role": "config"},
+                  {"name": "vocab.txt", "role": "tokenizer"}, {"name": "tokenizer_config.json", "role": "tokenizer"}],
+        "sources": [{"kind": "hf", "repo_id": repo_id, "revision": revision}],
+        "provenance": {"license": license, "origin": f"huggingface.co/{repo_id}@{revision}", "paper": paper},
+        "params": hf_specs.model_params(task, config),
+        "metrics": metrics,
+        "input": {"kind": "text", "tokenizer": "vocab.txt", "max_length": 512},
+        "output": {"kind": TASKS[task].output_kind, "labels": label_set},
+    }
+
+
+TASK_ENTRIES = [
+    hf_task_entry(
+        "distilbert-base-uncased-finetuned-sst-2-english", "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+        "714eb0fa89d2f80546fda750413ed43d93601a13", DISTILBERT_CONFIG, task="text-classification", label_set="sst-2",
+        license="apache-2.0", paper="https://arxiv.org/abs/1910.01108",
+        metrics=[{"name": "glue/sst-2/accuracy", "value": 91.3, "source": "model card (dev set)"}],
+        description="DistilBERT base uncased fine-tuned on SST-2: English sentiment, NEGATIVE or POSITIVE",
+    ),
+    hf_task_entry(
+        "distilbert-base-cased-distilled-squad", "distilbert/distilbert-base-cased-distilled-squad",
+        "564e9b582944a57a3e586bbb98fd6f0a4118db7f",
+        {**DISTILBERT_CONFIG, "vocab_size": CASED_VOCAB, "sinusoidal_pos_embds": True},
+        task="question-answering", label_set=hf_specs.SPAN_LABEL_SET, license="apache-2.0",
+        paper="https://arxiv.org/abs/1910.01108",
+        metrics=[{"name": "squad-v1.1/f1", "value": 87.1, "source": "model card (dev set)"}],
+        description="DistilBERT base cased distilled on SQuAD v1.1: extractive question answering",
+    ),
+    hf_task_entry(
+        "bert-base-ner", "dslim/bert-base-NER", "d1a3e8f13f8c3566299d95fcfc9a8d2382a9affc",
+        {**BERT_CONFIG, "vocab_size": CASED_VOCAB}, task="token-classification", label_set="conll2003-ner",
+        license="mit", paper="https://arxiv.org/abs/1810.04805",
+        metrics=[{"name": "conll2003/f1", "value": 91.3, "source": "model card (test set)"}],
+        description="BERT base cased fine-tuned on CoNLL-2003: named entities (PER, ORG, LOC, MISC), IOB2 tags",
+    ),
+]
+
+
 def dumps(document: dict) -> str:
     """Indented JSON with number arrays kept on one line (reference outputs stay readable)."""
     text = json.dumps(document, indent=1, ensure_ascii=False)
@@ -223,7 +321,9 @@ def main() -> int:
     references = {m["id"]: m["reference"] for m in old["models"] if "reference" in m}
     models = [EFFICIENTNET_LITE0, *TEXT_ENTRIES[:1]]
     models += [torchvision_entry(arch, paper) for arch, paper in TORCHVISION.items()]
+    models += [timm_entry(name, paper, {"imagenet-1k": categories}) for name, paper in TIMM.items()]
     models += TEXT_ENTRIES[1:]
+    models += TASK_ENTRIES
     models += [segmentation_entry(arch, paper, name) for arch, (paper, name) in SEGMENTATION.items()]
     models += [detection_entry(arch, paper, name) for arch, (paper, name) in DETECTION.items()]
     for model in models:
@@ -232,7 +332,8 @@ def main() -> int:
     models = [with_finetune_defaults(model) for model in models]
     voc = get_model_weights("lraspp_mobilenet_v3_large").DEFAULT.meta["categories"]
     coco = get_model_weights("ssdlite320_mobilenet_v3_large").DEFAULT.meta["categories"]
-    document = {"format_version": 1, "label_sets": {"imagenet-1k": categories, "voc-21": voc, "coco-91": coco},
+    document = {"format_version": 1, "label_sets": {"imagenet-1k": categories, "voc-21": voc, "coco-91": coco,
+                                                    **TASK_LABEL_SETS},
                 "models": models}
     registry.write_text(dumps(document))
     print(f"wrote {registry} with {len(models)} models", file=sys.stderr)

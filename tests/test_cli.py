@@ -25,11 +25,13 @@ def test_list_filters(capsys) -> None:
     code, out, _ = run(capsys, "list", "--modality", "text", "--json")
     assert code == 0
     cards = json.loads(out)  # the records `zoo info --json` gives, not bare ids
-    assert [c["id"] for c in cards] == ["all-minilm-l6-v2", "bert-base-uncased", "distilbert-base-uncased", "roberta-base"]
+    assert [c["id"] for c in cards] == ["all-minilm-l6-v2", "bert-base-ner", "bert-base-uncased",
+                                        "distilbert-base-cased-distilled-squad", "distilbert-base-uncased",
+                                        "distilbert-base-uncased-finetuned-sst-2-english", "roberta-base"]
     assert cards[0] == json.loads(run(capsys, "info", "all-minilm-l6-v2", "--json")[1])
     code, out, _ = run(capsys, "list", "res*", "--task", "image-classification")
-    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["resnet18", "resnet34", "resnet50",
-                                                                             "resnext50_32x4d"]
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["resnet101", "resnet18", "resnet34",
+                                                                             "resnet50", "resnext50_32x4d"]
     code, out, _ = run(capsys, "list")  # columns line up under the longest id
     rows = out.splitlines()
     assert len({row.index(" image ") if " image " in row else row.index(" text ") for row in rows}) == 1, out

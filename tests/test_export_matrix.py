@@ -28,6 +28,7 @@ import serve
 from export.bundle import export_bundle
 from export.formats import FORMAT_NAMES
 from serve.manifest import read_manifest
+from zoo.errors import ExportError
 from zoo.registry import REGISTRY_ENV, get_model, list_models
 from zoo.tolerances import DETECTION_ATOL
 
@@ -38,12 +39,23 @@ STAND_IN_TOKENIZER = "all-minilm-l6-v2"
 # longest parity case and their fixed-shape SavedModel); 256 is exercised on all-minilm-l6-v2.
 MATRIX_MAX_LENGTH = 128
 MATRIX_ENCODER_LAYERS = 2
+STAND_IN_VOCAB = 30522  # all-minilm-l6-v2's WordPiece vocabulary
 MATRIX_SEGMENTATION_SIZE = 256
 # (model, format) pairs that cannot be produced, each with the reason its row must give.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     # onnx2tf 1.29 mis-lays-out ViT's token sequence, with a dynamic or a fixed batch.
     ("vit_b_16", "savedmodel"): "could not convert vit_b_16",
     ("vit_b_16", "tf-serving"): "the SavedModel, which was not written",
+    ("vit_base_patch16_224.augreg2_in21k_ft_in1k", "savedmodel"): "could not convert vit_base_patch16_224",
+    ("vit_base_patch16_224.augreg2_in21k_ft_in1k", "tf-serving"): "the SavedModel, which was not written",
+    ("deit_small_patch16_224.fb_in1k", "savedmodel"): "could not convert deit_small_patch16_224",
+    ("deit_small_patch16_224.fb_in1k", "tf-serving"): "the SavedModel, which was not written",
+    # Random weights whose outputs static int8 cannot follow (min cosine 0.77-0.78 under the 0.8 floor) or
+    # whose logits are so nearly tied that fp16's rounding (max |diff| 0.037, within its atol) flips the
+    # top-1 class; the pretrained weights are not reachable here to say whether they quantize.
+    ("deit_small_patch16_224.fb_in1k", "onnx-int8"): "min cosine",
+    ("mobilenetv4_conv_medium.e500_r256_in1k", "onnx-int8"): "min cosine",
+    ("regnet_y_1_6gf", "onnx-fp16"): "top-1 agreement",
     # Random-weight decoders give per-pixel logits with no structure, which static int8 cannot follow
     # (min cosine 0.2-0.4); the check refuses to write those files. The pretrained weights are not
     # reachable here; a fine-tuned LR-ASPP run quantizes (tests/test_segmentation.py).
@@ -81,7 +93,21 @@ SAME_FAMILY_AS = {
     "efficientnet_v2_s": "efficientnet_b0",  # MBConv and Fused-MBConv (plain 3x3 convolutions) blocks
     "convnext_small": "convnext_tiny",
     "vgg11_bn": "resnet18",  # plain convolutions with batch norm, pooling, a linear classifier
+    "resnet101": "resnet18",
+    "regnet_y_1_6gf": "resnet18",  # residual stages of grouped convolutions (resnext50_32x4d) with SE (MobileNetV3)
+    "mobilenet_v2": "efficientnet_lite0",  # inverted residuals with ReLU6 and no SE, as EfficientNet-Lite
+    "swin_t": "vit_b_16",  # attention, LayerNorm and GELU (its windows are reshapes and rolls)
+    # timm favourites: the timm builder is exported by mobilenetv4_conv_small in CI
+    "convnext_tiny.in12k_ft_in1k": "convnext_tiny",
+    "efficientnet_b0.ra_in1k": "efficientnet_lite0",  # MBConv blocks, with SE and SiLU (as LR-ASPP's MobileNetV3)
+    "vit_base_patch16_224.augreg2_in21k_ft_in1k": "deit_small_patch16_224.fb_in1k",  # the same timm ViT, wider
+    "mobilenetv4_conv_medium.e500_r256_in1k": "mobilenetv4_conv_small.e2400_r224_in1k",
+    "regnety_016.tv2_in1k": "mobilenetv4_conv_small.e2400_r224_in1k",  # timm; its blocks as regnet_y_1_6gf's
 }
+# Random-weight entries whose exported graph misses torch's outputs by more than the float32 atol (1e-4), so
+# export_bundle refuses to write anything: resnet101's 101 random layers give logits whose float32 rounding
+# reaches 1.2e-4 on the photos (synthetic batches: 8.3e-5, 9.8e-5). Only ZOO_MATRIX=all attempts them.
+RANDOM_INIT_REFUSALS = {"resnet101": "exported model disagrees with torch"}
 # Left out of CI for its time only (the whole CI run must stay well under 20 minutes on 2 cores; these
 # five took 300 s of a 1193 s suite), each with what still covers it there:
 CI_TIME_SKIPS = {
@@ -91,10 +117,12 @@ CI_TIME_SKIPS = {
     "roberta-base": "62 s (its 50k-token embedding in every format); the hf_encoder path is exported by all-minilm-l6-v2",
     # also the only entry whose SavedModel takes the fixed-batch fallback: that path runs with ZOO_MATRIX=all only
     "convnext_tiny": "92 s; depthwise convolutions are exported by the MobileNets, LayerNorm and GELU by the text encoders",
+    "densenet121": "54 s; concatenations of convolution outputs are exported by the detectors' and segmentation heads",
+    "deit_small_patch16_224.fb_in1k": "53 s; the timm builder is exported by mobilenetv4_conv_small, attention by the text encoders",
 }
 FULL_MATRIX = os.environ.get("ZOO_MATRIX") == "all"
 # Image models whose dynamic-batch graph onnx2tf cannot convert: their SavedModel has a fixed batch of 1.
-FIXED_BATCH_SAVEDMODEL = {"convnext_tiny", "convnext_small"}
+FIXED_BATCH_SAVEDMODEL = {"convnext_tiny", "convnext_small", "convnext_tiny.in12k_ft_in1k", "swin_t"}
 # Segmentation graphs take any height and width, which onnx2tf cannot convert: a fixed square instead.
 FIXED_SIZE_SAVEDMODEL = {"lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"}
 
@@ -114,6 +142,8 @@ def matrix_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
             model["input"]["max_length"] = MATRIX_MAX_LENGTH
             config = model["builder_args"]["config"]
             config["n_layers" if config["model_type"] == "distilbert" else "num_hidden_layers"] = MATRIX_ENCODER_LAYERS
+            # the stand-in's uncased ids run past a cased vocabulary (28,996 tokens): its embedding grows to fit
+            config["vocab_size"] = max(config["vocab_size"], STAND_IN_VOCAB)
         if model["task"] == "semantic-segmentation":
             side = MATRIX_SEGMENTATION_SIZE
             model["input"].update(size=[side, side], resize=side)
@@ -138,6 +168,10 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
         bundle = all_formats[name]
     else:
         monkeypatch.setenv(REGISTRY_ENV, str(matrix_registry))
+        if name in RANDOM_INIT_REFUSALS:
+            with pytest.raises(ExportError, match=RANDOM_INIT_REFUSALS[name]):
+                export_bundle(name, tmp_path / name, formats=formats, pretrained=False)
+            return
         bundle = export_bundle(name, tmp_path / name, formats=formats, pretrained=False).directory
     rows = {r["format"]: r for r in json.loads((bundle / "report.json").read_text())}
     assert list(rows) == list(formats)
@@ -157,7 +191,7 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
     failing |= {"onnx-fp16"} if detector else set()
     assert set(manifest.variants) == {v for v in ("fp16", "int8") if f"onnx-{v}" in formats and f"onnx-{v}" not in failing}
     assert rows["onnx"]["max_abs_diff"] <= (DETECTION_ATOL if detector else 1e-4)
-    assert detector or rows["onnx-fp16"]["max_abs_diff"] <= 0.1
+    assert "onnx-fp16" in failing or rows["onnx-fp16"]["max_abs_diff"] <= 0.1
     if "savedmodel" in manifest.artifacts:
         assert manifest.artifacts["savedmodel"]["max_abs_diff"] <= 1e-4
     assert os.path.isfile(bundle / "triton" / name / "config.pbtxt")
@@ -171,5 +205,13 @@ def test_every_model_exports_to_every_format(name: str, all_formats, matrix_regi
     elif manifest.modality == "image":
         top = predictor.predict([str(ROOT / "zoo" / "assets" / "flower.jpg")])[0]["top_k"][0]["score"]
         assert top > 1.0001 / len(manifest.postprocessing.labels)
-    else:
+    elif manifest.postprocessing.kind == "embedding":
         assert np.std(predictor.predict(["a sentence"])[0]["embedding"]) > 0
+    elif manifest.task == "question-answering":  # a span of the context, scored
+        answer = predictor.predict([{"question": "Where does Dana live?", "context": "Dana lives in Berlin."}])[0]
+        assert answer["answer"] and 0 < answer["score"] <= 1
+    elif manifest.task == "token-classification":  # every tag scored, on the tokens of the text
+        assert "entities" in predictor.predict(["Dana lives in Berlin."])[0]
+    else:
+        top = predictor.predict(["a sentence"])[0]["top_k"][0]["score"]
+        assert top > 1.0001 / len(manifest.postprocessing.labels)

@@ -1,7 +1,8 @@
 """`hf:ORG/NAME[@REVISION]` specs against a Hub on 127.0.0.1 (tests/fake_hub.py) that huggingface_hub itself
 talks to: task inference from config.json, labels, tokenizers (tokenizer.json or a WordPiece vocab.txt),
 pinning of the commit and the files in the lock on the first fetch, refusal of changed files, offline use
-from the cache, and the way through build, export and `zoo predict` for every kind of repository."""
+from the cache, and the way through build, export and `zoo predict` for every kind of repository; and timm:
+specs, whose weights come through the same Hub."""
 
 from __future__ import annotations
 
@@ -357,3 +358,34 @@ def test_hub_errors_name_the_repository_and_the_revision(hub: FakeHub, tmp_path:
     hf._repository.cache_clear()
     with pytest.raises(FetchError, match="the Hub API cannot be reached"):
         resolve("hf:acme/unreachable")
+
+
+def test_timm_weights_come_through_the_hub_as_timm_fetches_them(hub: FakeHub, tmp_path: Path, capsys) -> None:
+    """timm:NAME.TAG fetches model.safetensors from the Hub repository timm names (huggingface_hub against the
+    fake Hub), pins it in the lock, builds exactly those weights, and refuses the file once it changed."""
+    import timm
+    import torch
+    from safetensors.torch import save
+
+    from zoo.cache import model_cache_dir
+    from zoo.lock import pin_state
+
+    torch.manual_seed(0)
+    reference = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
+    weights = save({k: v.contiguous() for k, v in reference.state_dict().items()})
+    hub.commit("timm/mobilenetv3_small_050.lamb_in1k", {"model.safetensors": weights})
+    spec = "timm:mobilenetv3_small_050.lamb_in1k"
+    assert main(["fetch", spec]) == 0
+    assert any("/timm/mobilenetv3_small_050.lamb_in1k/resolve/" in path for path in hub.requests)
+    entry = resolve(spec)
+    assert pin_state(entry) == "lock"
+    images = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(build(spec)(images), reference(images))
+    changed = save({k: v + 1 if v.is_floating_point() else v for k, v in reference.state_dict().items()})
+    hub.replace("timm/mobilenetv3_small_050.lamb_in1k", "model.safetensors", changed)
+    (model_cache_dir(entry) / "model.safetensors").unlink()
+    shutil.rmtree(Path(os.environ["HF_HOME"]) / "hub" / "models--timm--mobilenetv3_small_050.lamb_in1k")
+    capsys.readouterr()
+    assert main(["fetch", spec]) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err

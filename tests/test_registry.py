@@ -17,6 +17,7 @@ DOCUMENT = json.loads(shipped_registry_path().read_text())
 TORCHVISION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision"]
 SEGMENTATION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision_segmentation"]
 DETECTION_IDS = [name for name, e in REGISTRY.items() if e.builder == "torchvision_detection"]
+TIMM_IDS = [name for name, e in REGISTRY.items() if e.builder == "timm"]
 
 
 def test_registry_has_the_required_entries() -> None:
@@ -90,8 +91,11 @@ def test_registry_file_from_env_is_validated(tmp_path, monkeypatch) -> None:
 
 
 def test_list_models_filters_and_sorts() -> None:
-    assert list_models("resnet*") == ["resnet18", "resnet34", "resnet50"]
-    assert list_models(modality="text") == ["all-minilm-l6-v2", "bert-base-uncased", "distilbert-base-uncased", "roberta-base"]
+    assert list_models("resnet*") == ["resnet101", "resnet18", "resnet34", "resnet50"]
+    assert list_models(modality="text") == ["all-minilm-l6-v2", "bert-base-ner", "bert-base-uncased",
+                                            "distilbert-base-cased-distilled-squad", "distilbert-base-uncased",
+                                            "distilbert-base-uncased-finetuned-sst-2-english", "roberta-base"]
+    assert list_models(task="token-classification") == ["bert-base-ner"]
     assert list_models(task="sentence-embedding") == ["all-minilm-l6-v2"]
     assert "vgg16" not in list_models(exclude="vgg*")
     assert list_models() == sorted(REGISTRY)
@@ -113,7 +117,7 @@ def test_entry_metadata_matches_the_built_model(name: str) -> None:
     torch.manual_seed(0)
     model = zoo.build(name, pretrained=False)
     assert sum(p.numel() for p in model.parameters()) == entry.params
-    if entry.output.kind == "logits":
+    if entry.output.kind == "logits" and entry.modality == "image":
         assert model(torch.zeros(2, 3, *entry.input.size)).shape == (2, len(entry.output.labels))
     elif entry.output.kind == "segmentation":  # any height and width, logits at the input's resolution
         assert model(torch.zeros(2, 3, 97, 130)).shape == (2, len(entry.output.labels), 97, 130)
@@ -122,9 +126,26 @@ def test_entry_metadata_matches_the_built_model(name: str) -> None:
             boxes, scores, labels = model(torch.rand(1, 3, 97, 130))
         assert boxes.shape == (len(scores), 4) and labels.dtype == torch.int64
         assert entry.builder_args["num_classes"] == len(entry.output.labels)
-    else:
+    else:  # text: (batch, labels) logits, per-token logits, start and end per token, or an embedding
         ids = torch.ones(2, 5, dtype=torch.int64)
-        assert model(ids, torch.ones_like(ids)).shape == (2, entry.output.dim)
+        expected = {"logits": (2, len(entry.output.labels)), "token-logits": (2, 5, len(entry.output.labels)),
+                    "span-logits": (2, 5, 2)}.get(entry.output.kind, (2, entry.output.dim))
+        assert model(ids, torch.ones_like(ids)).shape == expected
+
+
+@pytest.mark.parametrize("name", TIMM_IDS)
+def test_timm_entries_are_the_records_of_their_timm_specs(name: str) -> None:
+    """The shipped timm entries are what `timm:NAME.TAG` resolves to with the installed timm (the paper aside)."""
+    import dataclasses
+
+    from zoo.factory import resolve
+
+    entry, spec = REGISTRY[name], resolve(f"timm:{name}")
+    assert len(TIMM_IDS) >= 7 and spec.id == name
+    for field in dataclasses.fields(entry):
+        if field.name not in ("provenance", "extra"):
+            assert getattr(spec, field.name) == getattr(entry, field.name), field.name
+    assert (spec.provenance.license, spec.provenance.origin) == (entry.provenance.license, entry.provenance.origin)
 
 
 @pytest.mark.parametrize("name", TORCHVISION_IDS + SEGMENTATION_IDS + DETECTION_IDS)
