@@ -86,7 +86,8 @@ def sentence_transformers_folder() -> dict[str, bytes]:
 SST2 = "acme/tiny-sst2"
 
 
-def test_a_sequence_classifier_resolves_pins_exports_and_predicts(hub: FakeHub, tmp_path: Path, capsys) -> None:
+def test_a_sequence_classifier_resolves_pins_exports_and_predicts(hub: FakeHub, tmp_path: Path, capsys,
+                                                                  monkeypatch) -> None:
     import torch
     import transformers
 
@@ -113,6 +114,16 @@ def test_a_sequence_classifier_resolves_pins_exports_and_predicts(hub: FakeHub, 
     assert written["models"][0]["sources"][0]["revision"] == commit
     assert {f["name"]: f["sha256"] for f in written["models"][0]["files"]} == locked["files"]
     assert written["label_sets"]["acme--tiny-sst2"] == ["NEGATIVE", "POSITIVE"]
+    # the weights were at hand: the entry carries their outputs, and zoo validate checks the model against them
+    cases = written["models"][0]["reference"]["cases"]
+    assert [c["input"] for c in cases] == ["texts"] and len(cases[0]["output"][0]) == 2
+    with monkeypatch.context() as patched:
+        patched.setenv("ZOO_REGISTRY", str(registry))
+        assert main(["validate", "sst2"]) == 0
+        document = json.loads(registry.read_text())
+        document["models"][0]["reference"]["cases"][0]["output"][0][0] += 0.01  # a drifted model is caught
+        registry.write_text(json.dumps(document))
+        assert main(["validate", "sst2"]) != 0
     # the model is transformers' own, to the bit; the tokenizer is what AutoTokenizer makes of the same files
     model = build(f"hf:{SST2}")
     upstream = transformers.AutoModelForSequenceClassification.from_pretrained(

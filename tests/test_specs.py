@@ -106,6 +106,7 @@ def test_zoo_pin_writes_the_spec_as_a_registry_entry(tmp_path: Path, monkeypatch
     assert main(["pin", spec, "--registry", str(registry)]) == 0
     first = json.loads(registry.read_text())["models"]
     assert [m["id"] for m in first] == ["mobilenet_v3_small.imagenet1k_v1"] and "sha256_prefix" in first[0]["files"][0]
+    assert "reference" not in first[0]  # its weights were never fetched: nothing to compute references from
     entry = resolve(spec)
     digest = entry.files[0].sha256_prefix + "0" * 56  # as a fetch would have recorded it
     record(entry, {entry.files[0].name: digest}, spec)

@@ -148,6 +148,20 @@ def fetch(entry: ModelEntry, extra_sources: Sequence[SourceSpec] = ()) -> Fetche
     return fetched
 
 
+def cached(entry: ModelEntry) -> FetchedModel | None:
+    """Every file of `entry` from the cache, when each is there and matches its pin (the entry's or the
+    lock's), without touching any source; else None."""
+    from zoo import lock
+
+    directory = model_cache_dir(entry)
+    paths = {spec.name: directory / spec.name for spec in entry.files}
+    try:
+        digests = _verified(lock.with_locked_digests(entry), paths)
+    except FetchError:  # unpinned under $ZOO_REQUIRE_PINNED: nothing in the cache counts
+        return None
+    return None if digests is None else FetchedModel(entry.id, directory, paths, digests)
+
+
 def _lock_note(entry: ModelEntry, pinned: ModelEntry) -> str:
     from zoo.lock import lock_path
 

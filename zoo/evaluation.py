@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,12 +35,6 @@ def logits_and_targets(trainer: Trainer, model: nn.Module) -> tuple[float, list[
 
 def reference_cases(trainer: Trainer, model: nn.Module) -> list[dict[str, Any]]:
     """The fine-tuned model's own outputs on the task's fixed inputs: what `zoo validate RUN_DIR` checks."""
-    from zoo.validation import case_inputs, run_model
+    from zoo.validation import reference_outputs
 
-    model.eval()
-    cases = trainer.implementation.reference_cases(trainer.entry)
-    for case in cases:
-        inputs = case_inputs(trainer.entry, case["input"], case.pop("batch"), case.get("texts", ()), trainer.tokenizer)
-        output = run_model(model, inputs)  # 8 significant digits hold a float32 exactly enough
-        case["output"] = np.array([float(f"{v:.8g}") for v in output.ravel()]).reshape(output.shape).tolist()
-    return cases
+    return reference_outputs(trainer.entry, model, trainer.implementation.reference_cases(trainer.entry), trainer.tokenizer)

@@ -61,6 +61,17 @@ def case_inputs(entry: ModelEntry, kind: str, batch: int = 1, texts: Sequence[st
     return tokenize(tokenizer, texts)
 
 
+def reference_outputs(entry: ModelEntry, model: nn.Module, cases: list[dict], tokenizer=None) -> list[dict]:
+    """`cases` (a task's reference_cases: {"input", "batch"[, "texts"]}) with the model's outputs filled in
+    ("batch" consumed), to 8 significant digits, which hold a float32 exactly enough."""
+    model.eval()
+    for case in cases:
+        inputs = case_inputs(entry, case["input"], case.pop("batch"), case.get("texts", ()), tokenizer)
+        output = run_model(model, inputs)
+        case["output"] = np.array([float(f"{v:.8g}") for v in output.ravel()]).reshape(output.shape).tolist()
+    return cases
+
+
 def run_model(model: nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
     """The output as one array; a detector's (boxes, scores, labels) as rows x1 y1 x2 y2 score label."""
     from zoo.builders.detection import detection_rows

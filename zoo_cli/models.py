@@ -104,10 +104,12 @@ def validate(name: str, atol: float | None, source_dir: tuple[str, ...]) -> None
 @click.option("--name", help="The entry's id (default: the spec's, e.g. resnet50.imagenet1k_v2).")
 def pin(spec: str, registry_file: Path, name: str | None) -> None:
     """Write model SPEC (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2) as a registry entry; files the lock
-    recorded on a fetch are pinned by their full sha256."""
+    recorded on a fetch are pinned by their full sha256, and fetched weights give reference outputs."""
     from zoo.pin import pin as pin_spec
 
     record = pin_spec(spec, registry_file, name)
     pins = ", ".join(f"{f['name']} sha256 {'prefix ' if 'sha256_prefix' in f else ''}"
                      f"{f.get('sha256') or f.get('sha256_prefix')}" for f in record["files"])
-    click.echo(f"{record['id']} -> {registry_file} ({pins}); use it with ZOO_REGISTRY={registry_file}")
+    references = ("with reference outputs of the cached weights" if "reference" in record else
+                  "no reference outputs (fetch it first to record them)")
+    click.echo(f"{record['id']} -> {registry_file} ({pins}; {references}); use it with ZOO_REGISTRY={registry_file}")
