@@ -19,6 +19,7 @@ from serve.files import atomic_path, sha256_file, write_text_atomic
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
+ENGINES = ("onnxruntime", "openvino")  # openvino: serve.openvino_engine (the `openvino` extra), CPU only
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 OPTIMIZED_SUFFIX = ".optimized.onnx"
 IO_BINDING = ("auto", "on", "off")
@@ -35,6 +36,7 @@ class SessionConfig:
     whether to save the optimised graph next to the bundle and reuse it on the next load."""
 
     device: str = "auto"
+    engine: str = "onnxruntime"
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
     optimization: str = "all"
@@ -60,6 +62,11 @@ class SessionConfig:
             raise ProviderError(f"io_binding {self.io_binding!r} is not one of {', '.join(IO_BINDING)}")
         if self.device not in DEVICES:
             raise ProviderError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.engine not in ENGINES:
+            raise ProviderError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.engine == "openvino" and self.device == "cuda":
+            raise ProviderError("engine 'openvino' runs on the CPU here; use device='cpu' or 'auto', or engine "
+                                "'onnxruntime' for CUDA")
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise ProviderError(f"optimization {self.optimization!r} is not one of {', '.join(OPTIMIZATION_LEVELS)}")
         if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
@@ -213,6 +220,14 @@ def create_session(model_path: Path, config: SessionConfig | None = None, model_
 
     config = config or SessionConfig()
     config.check()
+    if config.engine == "openvino":
+        from serve.openvino_engine import OPENVINO, create_openvino_session
+
+        if float16:
+            raise ProviderError("engine 'openvino' runs a bundle's fp32 file; its fp16 variant is checked on "
+                                "onnxruntime only")
+        session, line = create_openvino_session(model_path, config.intra_op_threads)
+        return SessionChoice(session, OPENVINO, line)
     ort.set_default_logger_severity(3)
     reason = f"CUDA: onnxruntime has no CUDAExecutionProvider; on a CUDA machine {GPU_INSTALL_FIX}"
     if config.device in ("auto", "cuda") and CUDA in ort.get_available_providers():

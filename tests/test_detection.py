@@ -339,3 +339,14 @@ def test_detection_matching_ignores_order_and_counts_what_differs() -> None:
     # The lowest-scoring detection (at the cut) may be present in one set only; a confident one may not.
     assert compare_detections("cut", expected[:2], expected, 1e-3, 100).ok
     assert not compare_detections("missing", expected[1:], expected, 1e-3, 100).ok
+
+
+def test_openvino_refuses_detectors_at_load(run_and_bundle) -> None:
+    """OpenVINO 2026.4's CPU plugin fails on the detectors' data-dependent Resize (it asked for 6e16 bytes):
+    refused at load with the reason, not at the first request."""
+    pytest.importorskip("openvino", reason="the `openvino` extra is not installed")
+    from serve.errors import BundleError
+    from serve.providers import SessionConfig
+
+    with pytest.raises(BundleError, match="engine 'openvino' cannot run detectors"):
+        serve.load(run_and_bundle[1], config=SessionConfig(device="cpu", engine="openvino"))

@@ -220,3 +220,9 @@ def test_the_task_comes_from_task_not_from_the_data_file(conll: Path, tmp_path: 
                  "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "efficientnet_lite0 (image-classification) can be fine-tuned for image-classification" in err
+
+
+def test_the_bundle_runs_on_openvino_as_on_onnxruntime(run_and_bundle) -> None:
+    from openvino_parity import assert_openvino_matches_onnxruntime
+
+    assert_openvino_matches_onnxruntime(run_and_bundle[1])

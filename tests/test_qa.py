@@ -223,3 +223,9 @@ def test_question_option_is_required_and_refused_where_it_does_not_apply(run_and
     assert "--question" in capsys.readouterr().err
     assert main(["predict", str(bundle), "Berlin.", "--question", "why " * 400]) == 2
     assert "leaves no room for the context" in capsys.readouterr().err
+
+
+def test_the_bundle_runs_on_openvino_as_on_onnxruntime(run_and_bundle) -> None:
+    from openvino_parity import assert_openvino_matches_onnxruntime
+
+    assert_openvino_matches_onnxruntime(run_and_bundle[1])

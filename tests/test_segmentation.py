@@ -220,3 +220,9 @@ def test_static_shape_is_refused_for_segmentation(tmp_path: Path, capsys) -> Non
     code = main(["export", "lraspp_mobilenet_v3_large", "--static-shape", "1", "--out", str(tmp_path / "b")])
     assert code == 2 and "exported for any image size" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_bundle_runs_on_openvino_as_on_onnxruntime(run_and_bundle) -> None:
+    from openvino_parity import assert_openvino_matches_onnxruntime
+
+    assert_openvino_matches_onnxruntime(run_and_bundle[1])

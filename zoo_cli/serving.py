@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from serve.limits import DEFAULT_LIMITS
-from serve.providers import DEVICES as SESSION_DEVICES, SessionConfig
+from serve.providers import DEVICES as SESSION_DEVICES, ENGINES, SessionConfig
 from serve.server_config import MIB, VARIANTS, server_default
 
 
@@ -29,14 +29,17 @@ from serve.server_config import MIB, VARIANTS, server_default
               help="Token classification (NER): word pieces into entities by each word's first piece, or token by "
                    "token (default: the bundle's, first).")
 @click.option("--question", help="Question answering: the question, asked of each INPUT (the contexts).")
+@click.option("--engine", type=click.Choice(ENGINES), default=SessionConfig.engine, show_default=True,
+              help="openvino: OpenVINO's CPU plugin at f32 on the fp32 model (the `openvino` extra).")
 def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int,
-            variant: str, masks: Path | None, min_score: float | None, aggregation: str | None, question: str | None) -> None:
+            variant: str, masks: Path | None, min_score: float | None, aggregation: str | None, question: str | None,
+            engine: str) -> None:
     """Run a bundle on INPUTS (image files, or texts for text bundles; contexts for --question) without torch."""
     import serve
     from serve.kinds import kinds_taking
     from serve.segmentation import jsonable, mask_image
 
-    predictor = serve.load(bundle, device=device, variant=variant)
+    predictor = serve.load(bundle, config=SessionConfig(device=device, engine=engine), variant=variant)
     kind = predictor.kind
     for option, value, flag in (("masks", masks, "--masks"), ("question", question, "--question"),
                                 ("aggregation", aggregation, "--aggregation"), ("min_score", min_score, "--min-score")):
@@ -71,7 +74,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes, each with a model.")
 @click.option("--name", help="Model name in the /v2/models/NAME routes (default: the bundle's model id).")
 @click.option("--device", type=click.Choice(SESSION_DEVICES), default=SessionConfig.device, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads per worker.")
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads per worker (onnxruntime's intra-op, "
+                                                             "OpenVINO's INFERENCE_NUM_THREADS).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=server_default("max_batch_size"), show_default=True)
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=server_default("max_wait_ms"), show_default=True)
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=server_default("max_body_bytes") / MIB,
@@ -95,10 +99,12 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=server_default("body_timeout_s"),
               show_default=True,
               help="Seconds a client may take to send its body before it gets 408.")
+@click.option("--engine", type=click.Choice(ENGINES), default=SessionConfig.engine, show_default=True,
+              help="openvino: OpenVINO's CPU plugin at f32 on the fp32 model (the `openvino` extra).")
 def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | None, device: str,
                   threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float, max_inputs: int,
                   max_image_pixels: int, max_aspect_ratio: float, max_text_chars: int, preprocess_workers: int,
-                  variant: str, inference_timeout: float, body_timeout: float) -> None:
+                  variant: str, inference_timeout: float, body_timeout: float, engine: str) -> None:
     """Serve BUNDLE over HTTP (KServe v2 + /v2/models/NAME/predict + /metrics)."""
     import socket
 
@@ -109,7 +115,7 @@ def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | 
 
     limits = Limits(max_inputs=max_inputs, max_image_pixels=max_image_pixels, max_aspect_ratio=max_aspect_ratio,
                     max_text_chars=max_text_chars)
-    session = SessionConfig(device=device, intra_op_threads=threads)
+    session = SessionConfig(device=device, engine=engine, intra_op_threads=threads)
     try:  # a port in use fails here, in one line, before anything loads
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
