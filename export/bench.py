@@ -1,7 +1,8 @@
 """`zoo bench`: latency percentiles and throughput of one model on every engine available, in one
 process, interleaved call by call so machine noise hits all engines alike, each as a ratio to torch
-eager: torch eager, raw onnxruntime (fp32 and any fp16/int8 files in the bundle), the bundle's
-TensorFlow SavedModel when it has one and TensorFlow is installed, the `serve` predictor on
+eager: torch eager, raw onnxruntime (fp32 and any fp16/int8 files in the bundle), OpenVINO's CPU plugin at
+f32 on the fp32 file when the `openvino` extra is installed, the bundle's TensorFlow SavedModel when it has
+one and TensorFlow is installed, the `serve` predictor on
 preprocessed input and end to end from raw inputs, and for text the Optimum ONNX Runtime pipeline
 when `optimum` is installed."""
 
@@ -60,6 +61,7 @@ class _Sessions:
                                                disabled_optimizers=disabled_optimizers("fp16" in name))
                     for name, file in {"onnxruntime fp32": "model.onnx", **QUANTIZED_FILES}.items()
                     if (bundle / file).is_file()}
+        self.openvino = _openvino(bundle, threads)
         self.optimum = _optimum_pipeline(entry, options) if entry.modality == "text" else None
         self.savedmodel = _savedmodel(bundle, threads)
 
@@ -81,6 +83,9 @@ class _Sessions:
         engines: dict[str, Callable[[], Any]] = {"torch eager": torch_eager}
         for name, session in self.raw.items():
             engines[name] = lambda session=session: session.run(None, feeds)
+        if self.openvino is not None:
+            names = [output.name for output in self.openvino.get_outputs()]
+            engines["openvino f32"] = lambda: self.openvino.run(names, feeds)
         if self.savedmodel is not None:
             engines.update(self.savedmodel(feeds))
         engines["serve run (preprocessed)"] = lambda: predictor.run(feeds)
@@ -88,6 +93,20 @@ class _Sessions:
         if self.optimum is not None:
             engines["optimum ORT pipeline (raw input)"] = lambda: self.optimum(raw_inputs)
         return engines
+
+
+def _openvino(bundle: Path, threads: int):
+    """OpenVINO's session on the bundle's fp32 file (serve.openvino_engine), when openvino is installed
+    and runs this kind of model (not detectors)."""
+    from importlib.util import find_spec
+
+    from serve.manifest import read_manifest
+    from serve.openvino_engine import create_openvino_session
+
+    manifest = read_manifest(bundle, verify=False)
+    if find_spec("openvino") is None or manifest.postprocessing.kind == "detection":
+        return None
+    return create_openvino_session(bundle / manifest.model_file, threads)[0]
 
 
 def _savedmodel(bundle: Path, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, Callable[[], Any]]] | None:

@@ -13,7 +13,8 @@ def test_bench_reports_every_engine(bundles) -> None:
     report = bench(str(bundles["efficientnet_lite0"]), batches=(2,), threads=1, warmup=1, min_repeats=3, seconds=0.1)
     assert report["schema"] == SCHEMA and report["model"] == "efficientnet_lite0" and report["pretrained_weights"]
     engines = [r["engine"] for r in report["results"]]
-    assert engines == ["torch eager", "onnxruntime fp32", "serve run (preprocessed)", "serve predict (raw input)"]
+    assert engines == ["torch eager", "onnxruntime fp32", "openvino f32", "serve run (preprocessed)",
+                       "serve predict (raw input)"]
     rows = {r["engine"]: r for r in report["results"]}
     assert rows["torch eager"]["ratio_to_torch"] == 1.0
     for row in report["results"]:
@@ -41,8 +42,8 @@ def test_bench_measures_every_format_in_the_bundle(all_formats) -> None:
     report = bench(str(all_formats["efficientnet_lite0"]), batches=(2,), threads=1, warmup=1, min_repeats=3,
                    seconds=0.1)
     assert [r["engine"] for r in report["results"]] == [
-        "torch eager", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8", "tensorflow savedmodel",
-        "serve run (preprocessed)", "serve predict (raw input)"]
+        "torch eager", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8", "openvino f32",
+        "tensorflow savedmodel", "serve run (preprocessed)", "serve predict (raw input)"]
     text = bench(str(all_formats["all-minilm-l6-v2"]), batches=(1, 2), threads=1, warmup=1, min_repeats=3,
                  seconds=0.1)
     savedmodel = [(r["engine"], r["batch"]) for r in text["results"] if r["engine"].startswith("tensorflow")]
