@@ -71,25 +71,26 @@ def record(text: str, label_sets: dict[str, list[str]]) -> tuple[dict[str, Any],
     if task is None and not encoder:
         raise InputError(f"{spec}: {architecture or 'no architecture in config.json'} is not supported; "
                          f"supported: {SUPPORTED}")
-    if task == "image-classification":
-        return _image_classifier(spec, repo, commit, names, config, identifier, architecture)
-    tokenizer_files = _tokenizer_files(spec, names, config["model_type"])
-    settings = _json(repo, "tokenizer_config.json", commit) if "tokenizer_config.json" in names else {}
-    files = [{"name": "model.safetensors", "role": "weights"}, {"name": "config.json", "role": "config"},
-             *({"name": name, "role": "tokenizer"} for name in tokenizer_files)]
-    model: dict[str, Any] = {
+    builder_config = {k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"}
+    model: dict[str, Any] = {  # what every kind of repository shares; the kind adds the rest
         "id": identifier,
         "description": f"{repo} ({architecture or config['model_type']}) from the Hugging Face Hub",
-        "modality": "text",
         "architecture": config["model_type"],
         "weights_format": "safetensors",
-        "files": files,
         "sources": [{"kind": "hf", "repo_id": repo, "revision": commit}],
         "provenance": {"license": _license(repo, commit, names), "origin": f"huggingface.co/{repo}@{commit}"},
-        "input": {"kind": "text", "tokenizer": tokenizer_files[0],
-                  "max_length": _max_length(config, settings, _sentence_settings(repo, commit, names))},
     }
-    builder_config = {k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"}
+    if task == "image-classification":
+        return _image_classifier(spec, repo, commit, names, config, builder_config, model)
+    tokenizer_files = _tokenizer_files(spec, names, config["model_type"])
+    settings = _json(repo, "tokenizer_config.json", commit) if "tokenizer_config.json" in names else {}
+    model.update(
+        modality="text",
+        files=[{"name": "model.safetensors", "role": "weights"}, {"name": "config.json", "role": "config"},
+               *({"name": name, "role": "tokenizer"} for name in tokenizer_files)],
+        input={"kind": "text", "tokenizer": tokenizer_files[0],
+               "max_length": _max_length(config, settings, _sentence_settings(repo, commit, names))},
+    )
     if task is not None:
         labels = SPAN_LABELS if task == "question-answering" else _labels(spec, config)
         label_set = SPAN_LABEL_SET if task == "question-answering" else identifier
@@ -107,31 +108,22 @@ def record(text: str, label_sets: dict[str, list[str]]) -> tuple[dict[str, Any],
     return model, {}
 
 
-def _image_classifier(spec: str, repo: str, commit: str, names: list[str], config: dict[str, Any], identifier: str,
-                      architecture: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """The record of a *ForImageClassification repository, its input spec from preprocessor_config.json."""
+def _image_classifier(spec: str, repo: str, commit: str, names: list[str], config: dict[str, Any],
+                      builder_config: dict[str, Any], model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """`model` completed as a *ForImageClassification repository's record, its input spec from
+    preprocessor_config.json."""
     if "preprocessor_config.json" not in names:
         raise InputError(f"{spec}: no preprocessor_config.json: its image preprocessing is unknown")
     labels = _labels(spec, config)
-    builder_config = {k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"}
-    model = {
-        "id": identifier,
-        "description": f"{repo} ({architecture}) from the Hugging Face Hub",
-        "modality": "image",
-        "task": "image-classification",
-        "architecture": config["model_type"],
-        "builder": "hf_task",
-        "builder_args": {"config": builder_config},
-        "weights_format": "safetensors",
-        "files": [{"name": "model.safetensors", "role": "weights"}, {"name": "config.json", "role": "config"},
-                  {"name": "preprocessor_config.json", "role": "config"}],
-        "sources": [{"kind": "hf", "repo_id": repo, "revision": commit}],
-        "provenance": {"license": _license(repo, commit, names), "origin": f"huggingface.co/{repo}@{commit}"},
-        "input": image_input(spec, _json(repo, "preprocessor_config.json", commit)),
-        "output": {"kind": "logits", "labels": identifier},
-        "params": model_params("image-classification", builder_config),
-    }
-    return model, {identifier: labels}
+    model.update(
+        modality="image", task="image-classification", builder="hf_task", builder_args={"config": builder_config},
+        files=[{"name": "model.safetensors", "role": "weights"}, {"name": "config.json", "role": "config"},
+               {"name": "preprocessor_config.json", "role": "config"}],
+        input=image_input(spec, _json(repo, "preprocessor_config.json", commit)),
+        output={"kind": "logits", "labels": model["id"]},
+        params=model_params("image-classification", builder_config),
+    )
+    return model, {model["id"]: labels}
 
 
 def image_input(spec: str, processor: Any) -> dict[str, Any]:
