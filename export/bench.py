@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from serve.manifest import Manifest
 from serve.providers import disabled_optimizers, session_options
 from zoo.errors import InputError
 from zoo.reference import SENTENCES, asset_path, synthetic_images
@@ -61,9 +62,9 @@ class _Sessions:
                                                disabled_optimizers=disabled_optimizers("fp16" in name))
                     for name, file in {"onnxruntime fp32": "model.onnx", **QUANTIZED_FILES}.items()
                     if (bundle / file).is_file()}
-        self.openvino = _openvino(bundle, threads)
+        self.openvino = _openvino(bundle, self.predictor.manifest, threads)
         self.optimum = _optimum_pipeline(entry, options) if entry.modality == "text" else None
-        self.savedmodel = _savedmodel(bundle, threads)
+        self.savedmodel = _savedmodel(bundle, self.predictor.manifest, threads)
 
     def engines(self, batch: int, torch_model: torch.nn.Module) -> dict[str, Callable[[], Any]]:
         """One callable per engine, all on the same batch."""
@@ -95,29 +96,24 @@ class _Sessions:
         return engines
 
 
-def _openvino(bundle: Path, threads: int):
+def _openvino(bundle: Path, manifest: Manifest, threads: int):
     """OpenVINO's session on the bundle's fp32 file (serve.openvino_engine), when openvino is installed
     and runs this kind of model (not detectors)."""
     from importlib.util import find_spec
 
-    from serve.manifest import read_manifest
-    from serve.openvino_engine import create_openvino_session
+    from serve.openvino_engine import UNSUPPORTED_KINDS, create_openvino_session
 
-    manifest = read_manifest(bundle, verify=False)
-    if find_spec("openvino") is None or manifest.postprocessing.kind == "detection":
+    if find_spec("openvino") is None or manifest.postprocessing.kind in UNSUPPORTED_KINDS:
         return None
     return create_openvino_session(bundle / manifest.model_file, threads)[0]
 
 
-def _savedmodel(bundle: Path, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, Callable[[], Any]]] | None:
+def _savedmodel(bundle: Path, manifest: Manifest, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, Callable[[], Any]]] | None:
     """The bundle's SavedModel signature, when both it and TensorFlow are there. TensorFlow is imported
     after torch (the other order segfaulted with triton-loading modules, see export.tf_worker). A
     fixed-shape (text) signature runs on the same texts padded to its shape, and says so in its name."""
     from importlib.util import find_spec
 
-    from serve.manifest import read_manifest
-
-    manifest = read_manifest(bundle, verify=False)
     described = manifest.artifacts.get("savedmodel")
     if described is None or find_spec("tensorflow") is None:
         return None

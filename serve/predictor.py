@@ -307,9 +307,12 @@ def load(directory: str | Path, device: str = "auto", threads: int | None = None
     if auto:  # fp16 only where it pays (GPU); on CPU onnxruntime runs fp16 graphs slower than fp32
         variant = "fp16" if ("fp16" in manifest.variants and config.device != "cpu" and config.engine == "onnxruntime"
                              and cuda_listed()) else "fp32"
-    if config.engine == "openvino" and manifest.postprocessing.kind == "detection":
-        raise BundleError("engine 'openvino' cannot run detectors: OpenVINO 2026.4's CPU plugin fails on their "
-                          "data-dependent Resize (it asks for petabytes); use engine 'onnxruntime'")
+    if config.engine == "openvino":
+        from serve.openvino_engine import UNSUPPORTED_KINDS
+
+        if manifest.postprocessing.kind in UNSUPPORTED_KINDS:
+            raise BundleError(f"engine 'openvino' cannot run {UNSUPPORTED_KINDS[manifest.postprocessing.kind]}; use "
+                              "engine 'onnxruntime'")
     if config.engine == "openvino" and variant != "fp32":  # the variants' checks ran on onnxruntime
         raise BundleError(f"engine 'openvino' runs the fp32 model; the {variant} variant was checked against torch "
                           "on onnxruntime only (use engine 'onnxruntime' for it)")
