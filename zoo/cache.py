@@ -153,12 +153,17 @@ def cached(entry: ModelEntry) -> FetchedModel | None:
     lock's), without touching any source; else None."""
     from zoo import lock
 
-    directory = model_cache_dir(entry)
-    paths = {spec.name: directory / spec.name for spec in entry.files}
     try:
-        digests = _verified(lock.with_locked_digests(entry), paths)
+        return _in_cache(lock.with_locked_digests(entry))
     except FetchError:  # unpinned under $ZOO_REQUIRE_PINNED: nothing in the cache counts
         return None
+
+
+def _in_cache(entry: ModelEntry) -> FetchedModel | None:
+    """The entry's files when every one is in the cache and matches its pin."""
+    directory = model_cache_dir(entry)
+    paths = {spec.name: directory / spec.name for spec in entry.files}
+    digests = _verified(entry, paths)
     return None if digests is None else FetchedModel(entry.id, directory, paths, digests)
 
 
@@ -173,11 +178,11 @@ def _lock_note(entry: ModelEntry, pinned: ModelEntry) -> str:
 
 
 def _fetch(entry: ModelEntry, extra_sources: Sequence[SourceSpec]) -> FetchedModel:
+    present = _in_cache(entry)
+    if present is not None:  # every file present and matching: nothing to write, no lock needed
+        return present
     directory = model_cache_dir(entry)
     paths = {spec.name: directory / spec.name for spec in entry.files}
-    digests = _verified(entry, paths)
-    if digests is not None:  # every file present and matching: nothing to write, no lock needed
-        return FetchedModel(entry.id, directory, paths, digests)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(directory / ".lock"))
