@@ -1,10 +1,11 @@
 """`zoo bench`: latency percentiles and throughput of one model on every engine available, in one
 process, interleaved call by call so machine noise hits all engines alike, each as a ratio to torch
-eager: torch eager, raw onnxruntime (fp32 and any fp16/int8 files in the bundle), OpenVINO's CPU plugin at
-f32 on the fp32 file when the `openvino` extra is installed, the bundle's TensorFlow SavedModel when it has
-one and TensorFlow is installed, the `serve` predictor on
-preprocessed input and end to end from raw inputs, and for text the Optimum ONNX Runtime pipeline
-when `optimum` is installed."""
+eager: torch eager, raw onnxruntime (fp32 and any fp16/int8 files in the bundle), OpenVINO's CPU plugin
+(fp32 and, on CPUs with bf16, bf16 on the fp32 file; the int8 file) when the `openvino` extra is installed,
+the bundle's TensorFlow SavedModel when it has one and TensorFlow is installed, the `serve` predictor as
+engine="auto" chooses it at each batch, on preprocessed input and end to end from raw inputs, and for text
+the Optimum ONNX Runtime pipeline when `optimum` is installed. For each batch it also runs serve on each
+pair auto may choose (`serve run (PAIR)`) and reports auto's run over the fastest of them (serve.engines)."""
 
 from __future__ import annotations
 
@@ -45,30 +46,56 @@ def _texts(batch: int) -> list[str]:
 
 
 class _Sessions:
-    """Everything loaded once per benchmark: the predictor, raw onnxruntime sessions (fp32 and any
-    fp16/int8 file in the bundle) and, for text, Optimum's pipeline when installed."""
+    """Everything loaded once per benchmark: raw onnxruntime sessions (fp32 and any fp16/int8 file in the
+    bundle), OpenVINO's (fp32 and bf16 on the fp32 file, the int8 file) when installed, serve's predictor as
+    `engine="auto"` chooses it for each batch, and, for text, Optimum's pipeline when installed."""
 
     def __init__(self, bundle: Path, entry, threads: int):
         import onnxruntime as ort
 
         import serve
+        from serve.manifest import read_manifest
 
         # No spinning anywhere: engines run interleaved, and one session's spinning threads would slow the next.
-        config = serve.SessionConfig(device="cpu", intra_op_threads=threads, allow_spinning=False)
-        self.entry = entry
-        self.predictor = serve.load(bundle, config=config)
-        options = session_options(config)
+        self.config = serve.SessionConfig(device="cpu", intra_op_threads=threads, allow_spinning=False)
+        self.bundle, self.entry = bundle, entry
+        self.manifest = read_manifest(bundle)
+        self.predictors: dict[int, serve.Predictor] = {}
+        self._pinned: dict[str, serve.Predictor] | None = None
+        options = session_options(self.config)
         self.raw = {name: ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"],
                                                disabled_optimizers=disabled_optimizers("fp16" in name))
                     for name, file in {"onnxruntime fp32": "model.onnx", **QUANTIZED_FILES}.items()
                     if (bundle / file).is_file()}
-        self.openvino = _openvino(bundle, self.predictor.manifest, threads)
+        self.raw.update(_openvino(bundle, self.manifest, threads))
         self.optimum = _optimum_pipeline(entry, options) if entry.modality == "text" else None
-        self.savedmodel = _savedmodel(bundle, self.predictor.manifest, threads)
+        self.savedmodel = _savedmodel(bundle, self.manifest, threads)
+
+    def predictor(self, batch: int):
+        """serve's predictor with engine and variant auto, chosen for `batch` rows."""
+        import serve
+
+        if batch not in self.predictors:
+            self.predictors[batch] = serve.load(self.bundle, config=self.config, batch_size=batch)
+        return self.predictors[batch]
+
+    def pinned(self) -> dict[str, Any]:
+        """serve's predictor on each pair auto may choose (fp32 and bf16 the bundle's gates allow), by pair."""
+        import dataclasses
+
+        import serve
+        from serve.engines import AUTO_VARIANTS, candidates, refusal
+
+        if self._pinned is None:
+            allowed = [pair for pair in candidates("auto", "auto") if pair.variant in AUTO_VARIANTS
+                       and refusal(self.manifest, pair) is None]
+            self._pinned = {str(pair): serve.load(self.bundle, config=dataclasses.replace(self.config, engine=pair.engine),
+                                                  variant=pair.variant) for pair in allowed}
+        return self._pinned
 
     def engines(self, batch: int, torch_model: torch.nn.Module) -> dict[str, Callable[[], Any]]:
         """One callable per engine, all on the same batch."""
-        predictor = self.predictor
+        predictor = self.predictor(batch)
         if self.entry.modality == "image":
             raw_inputs: list[Any] = [asset_path("flower.jpg").read_bytes()] * batch
             feeds = {"pixel_values": synthetic_images(self.entry.input, batch).numpy()}
@@ -82,30 +109,49 @@ class _Sessions:
                 return torch_model(*tensors)
 
         engines: dict[str, Callable[[], Any]] = {"torch eager": torch_eager}
+        names = [output.name for output in self.manifest.outputs]
         for name, session in self.raw.items():
-            engines[name] = lambda session=session: session.run(None, feeds)
-        if self.openvino is not None:
-            names = [output.name for output in self.openvino.get_outputs()]
-            engines["openvino f32"] = lambda: self.openvino.run(names, feeds)
+            engines[name] = lambda session=session: session.run(names, feeds)
         if self.savedmodel is not None:
             engines.update(self.savedmodel(feeds))
         engines["serve run (preprocessed)"] = lambda: predictor.run(feeds)
+        for pair, pinned in self.pinned().items():
+            engines[f"serve run ({pair})"] = lambda pinned=pinned: pinned.run(feeds)
         engines["serve predict (raw input)"] = lambda: predictor.predict(raw_inputs, batch_size=batch)
         if self.optimum is not None:
             engines["optimum ORT pipeline (raw input)"] = lambda: self.optimum(raw_inputs)
         return engines
 
 
-def _openvino(bundle: Path, manifest: Manifest, threads: int):
-    """OpenVINO's session on the bundle's fp32 file (serve.openvino_engine), when openvino is installed
-    and runs this kind of model (not detectors)."""
+def _openvino(bundle: Path, manifest: Manifest, threads: int) -> dict[str, Any]:
+    """OpenVINO's sessions (serve.openvino_engine) by row name, when openvino is installed and runs this kind
+    of model (not detectors): the fp32 file at f32 and, on a CPU with bf16, at bf16; the int8 file."""
     from importlib.util import find_spec
 
-    from serve.openvino_engine import UNSUPPORTED_KINDS, create_openvino_session
+    if find_spec("openvino") is None:
+        return {}
+    from serve.openvino_engine import HINTS, UNSUPPORTED_KINDS, bf16_hardware, create_openvino_session
 
-    if find_spec("openvino") is None or manifest.postprocessing.kind in UNSUPPORTED_KINDS:
-        return None
-    return create_openvino_session(bundle / manifest.model_file, threads)[0]
+    if manifest.postprocessing.kind in UNSUPPORTED_KINDS:
+        return {}
+    files = {"fp32": manifest.model_file, **({"bf16": manifest.model_file} if bf16_hardware() else {}),
+             **({"int8": manifest.variants["int8"]["file"]} if "int8" in manifest.variants else {})}
+    return {f"openvino {variant}": create_openvino_session(bundle / file, threads, HINTS[variant])[0]
+            for variant, file in files.items()}
+
+
+def auto_check(report_rows: list[Row], choices: dict[int, str]) -> list[dict[str, Any]]:
+    """Per batch: what auto chose, and serve's run with auto's choice over serve's run on the fastest pair
+    the bundle's gates allow (each pair's own `serve run (PAIR)` row): what choosing by a short timing costs."""
+    checks = []
+    for batch, choice in choices.items():
+        pinned = {r.engine[len("serve run ("):-1]: r.p50_ms for r in report_rows
+                  if r.batch == batch and r.engine.startswith("serve run (") and r.engine != "serve run (preprocessed)"}
+        auto = next(r.p50_ms for r in report_rows if r.batch == batch and r.engine == "serve run (preprocessed)")
+        fastest = min(pinned, key=pinned.get)
+        checks.append({"batch": batch, "choice": choice, "allowed": list(pinned), "fastest_allowed": fastest,
+                       "ratio_to_fastest_allowed": round(auto / pinned[fastest], 3)})
+    return checks
 
 
 def _savedmodel(bundle: Path, manifest: Manifest, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, Callable[[], Any]]] | None:
@@ -189,6 +235,8 @@ def bench(target: str, batches: tuple[int, ...] = (1, 8, 32), threads: int | Non
           min_repeats: int = 10, seconds: float = 2.0) -> dict[str, Any]:
     """Run the benchmark for a registry model (exported to a temporary bundle, random weights when
     the real ones are not reachable) or an existing bundle folder."""
+    from importlib.util import find_spec
+
     from export.bundle import export_bundle
     from serve.manifest import read_manifest
     from zoo.errors import FetchError
@@ -212,8 +260,9 @@ def bench(target: str, batches: tuple[int, ...] = (1, 8, 32), threads: int | Non
             torch_model, pretrained = build(entry), True
         except FetchError:  # weights not reachable here: speed does not depend on their values
             torch_model, pretrained = build(entry, pretrained=False), False
-        if bundle != path:
-            export_bundle(entry, bundle, pretrained=pretrained)
+        if bundle != path:  # with every pair serve's auto may choose, each checked
+            formats = ("onnx", "onnx-int8", *(("openvino",) if find_spec("openvino") else ()))
+            export_bundle(entry, bundle, pretrained=pretrained, formats=formats)
         sessions = _Sessions(bundle, entry, threads)
         rows: list[Row] = []
         for batch in batches:
@@ -225,9 +274,12 @@ def bench(target: str, batches: tuple[int, ...] = (1, 8, 32), threads: int | Non
                 rows.append(Row(engine, batch, round(p50, 3), round(float(np.percentile(ms, 90)), 3),
                                 round(float(np.percentile(ms, 99)), 3), round(batch / (p50 / 1000), 2),
                                 round(p50 / (torch_p50 * 1000), 4)))
+        choices = {batch: f"{sessions.predictor(batch).engine} {sessions.predictor(batch).variant}"
+                   for batch in batches}
+        auto = auto_check(rows, choices)
     return {"schema": SCHEMA, "model": entry.id, "pretrained_weights": pretrained, "threads": threads, "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "results": [asdict(r) for r in rows]}
+            "results": [asdict(r) for r in rows], "auto": auto}
 
 
 def table(report: dict[str, Any]) -> list[str]:
@@ -238,6 +290,9 @@ def table(report: dict[str, Any]) -> list[str]:
     for r in report["results"]:
         lines.append(f"{r['engine']:36} {r['batch']:>5} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
                      f"{r['items_per_s']:>9.1f} {r['ratio_to_torch']:>8.2f}x")
+    for check in report.get("auto", []):
+        lines.append(f"batch {check['batch']}: serve's auto chose {check['choice']} among {', '.join(check['allowed'])}; "
+                     f"serve run / fastest allowed ({check['fastest_allowed']}) = {check['ratio_to_fastest_allowed']:.2f}x")
     return lines
 
 

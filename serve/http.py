@@ -79,8 +79,8 @@ class _State:
     def load(self) -> None:
         self.lower_priority()
         try:
-            predictor = self.loaded or load(self.config.bundle, config=self.config.session,
-                                            variant=self.config.variant, limits=self.config.limits)
+            predictor = self.loaded or load(self.config.bundle, config=self.config.session, variant=self.config.variant,
+                                            limits=self.config.limits, batch_size=self.config.max_batch_size)
             self.loaded = None
             predictor.warm_up(self.config.max_batch_size)  # before reporting ready: no slow first requests
             self.batcher = MicroBatcher(predictor, self.config.max_batch_size, self.config.max_wait_ms,
@@ -178,7 +178,7 @@ def create_app(config: ServerConfig, predictor: Predictor | None = None) -> Star
     async def model_metadata(request: Request) -> Response:
         predictor = state.ready_predictor(request.path_params["name"])
         manifest = predictor.manifest
-        return JSONResponse({"name": state.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+        return JSONResponse({"name": state.name, "versions": ["1"], "platform": f"{predictor.engine}_onnx",
                              "inputs": tensor_metadata(manifest.inputs), "outputs": tensor_metadata(manifest.outputs)})
 
     @endpoint("model_ready")

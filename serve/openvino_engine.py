@@ -3,7 +3,7 @@
 
 The CPU plugin's own defaults are not left to chance: the precision hint is always set (f32 unless asked:
 on CPUs with AVX512_BF16 or AMX the plugin computes in bf16 by default, max |diff| 0.48 on
-EfficientNet-Lite0's logits, which no bundle check has approved), and so are the threads and the latency
+EfficientNet-Lite0's logits, which only a bundle's own check may approve), and so are the threads and the latency
 hint. Each call takes an infer request of its own from a pool (made when none is free, returned after), so
 concurrent calls share the compiled model safely without paying for a new request each time."""
 
@@ -18,9 +18,10 @@ from serve.errors import BundleError, ProviderError
 
 OPENVINO = "OpenVINO CPU"
 OPENVINO_FIX = "pip install 'zoo[openvino]'"
-# The precisions OpenVINO may run a bundle's fp32 ONNX file at: only f32 until a bundle's checks approve
-# another (bf16 moves logits by up to ~0.5 on this machine's CNNs).
-PRECISIONS = ("f32",)
+# The precision hints serve sets, by the variant they run: a bundle's fp32 file at f32 or bf16, its int8 file
+# with f32 for what is not quantized. bf16 runs only where the bundle's export checked it (serve.engines).
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+PRECISIONS = tuple(sorted(set(HINTS.values())))
 # Bundle kinds (postprocessing.kind) OpenVINO cannot run, and why: serve.load refuses them, zoo bench skips them.
 UNSUPPORTED_KINDS = {"detection": "detectors: OpenVINO 2026.4's CPU plugin fails on their data-dependent Resize "
                                   "(it asks for petabytes)"}
@@ -43,7 +44,8 @@ class OpenVinoSession:
 
     def __init__(self, compiled: Any):
         self.compiled = compiled
-        self._outputs = {port.get_any_name(): port for port in compiled.outputs}
+        # every name of every output (a graph output may carry several; get_any_name picks one of them)
+        self._outputs = {name: port for port in compiled.outputs for name in port.get_names()}
         self._requests: queue.SimpleQueue = queue.SimpleQueue()  # idle infer requests
 
     def run(self, names: list[str], feeds: dict[str, Any], run_options: Any = None) -> list[Any]:
@@ -61,13 +63,15 @@ class OpenVinoSession:
         return [_node(port) for port in self.compiled.inputs]
 
     def get_outputs(self) -> list[Node]:
-        return [_node(port) for port in self.compiled.outputs]
+        """One node per name of each output: the ONNX graph's output name may be one of several OpenVINO keeps
+        for a tensor (seen: DistilBERT's `logits` also named `linear_12`)."""
+        return [_node(port, name) for port in self.compiled.outputs for name in sorted(port.get_names())]
 
 
-def _node(port: Any) -> Node:
+def _node(port: Any, name: str | None = None) -> Node:
     shape = [int(d.get_length()) if d.is_static else f"dim{i}" for i, d in enumerate(port.get_partial_shape())]
     element = port.get_element_type().get_type_name()
-    return Node(port.get_any_name(), _TYPES.get(element, element), shape)
+    return Node(name or port.get_any_name(), _TYPES.get(element, element), shape)
 
 
 def openvino_version() -> str | None:
@@ -76,6 +80,23 @@ def openvino_version() -> str | None:
     except ImportError:
         return None
     return openvino.__version__.split("-")[0]
+
+
+def bf16_hardware() -> bool:
+    """This CPU computes bf16 natively (AVX512_BF16 or AMX, as OpenVINO's CPU plugin reports it); elsewhere the
+    plugin runs a bf16 hint at f32."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def save_ir(model_path: Path, xml_path: Path) -> None:
+    """The ONNX model at `model_path` as OpenVINO IR (`xml_path` and its .bin), weights kept in f32 (OpenVINO's
+    save_model compresses them to f16 unless told not to)."""
+    import openvino as ov
+
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.Core().read_model(str(model_path)), str(xml_path), compress_to_fp16=False)
 
 
 def create_openvino_session(model_path: Path, threads: int | None, precision: str = "f32") -> tuple[OpenVinoSession, str]:

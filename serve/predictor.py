@@ -12,11 +12,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from serve.engines import TIMING_TOKENS, Pair, choose
 from serve.errors import BundleError, InputError
 from serve.kinds import Options, OutputKind, kinds
 from serve.lengths import length_runs
 from serve.limits import DEFAULT_LIMITS, Limits
 from serve.manifest import ImagePreprocessing, Manifest, read_manifest
+from serve.openvino_engine import OPENVINO
 from serve.preprocess import TextEncoder, describe, pillow, preprocess_image_sized, preprocess_images
 from serve.providers import CUDA, SessionChoice, SessionConfig, create_session, cuda_listed
 
@@ -34,6 +36,16 @@ def _malloc_trim():
 _MALLOC_TRIM = _malloc_trim()
 
 
+def run_options(release_memory: bool):
+    """onnxruntime RunOptions for serve's runs: with `release_memory`, the CPU arena shrinks after each run."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    if release_memory:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -44,7 +56,8 @@ class Predictor:
     `{"question", "context"}` for question answering."""
 
     def __init__(self, directory: Path, manifest: Manifest, choice: SessionChoice, io_binding: str = "auto",
-                 variant: str = "fp32", limits: Limits = DEFAULT_LIMITS, release_memory: bool = True):
+                 variant: str = "fp32", limits: Limits = DEFAULT_LIMITS, release_memory: bool = True,
+                 trim_heap: bool = True):
         import onnxruntime as ort
 
         self.directory = directory
@@ -55,10 +68,8 @@ class Predictor:
         self.variant = variant
         self.io_binding = io_binding == "on" or (io_binding == "auto" and choice.provider == CUDA)
         self.provider_line = choice.line + f"; variant {variant}" + ("; IO binding" if self.io_binding else "")
-        self.release = release_memory
-        self.run_options = ort.RunOptions()
-        if release_memory:
-            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.trim_heap = trim_heap
+        self.run_options = run_options(release_memory)
         self.input_names = [spec.name for spec in manifest.inputs]
         self.output_name = manifest.outputs[0].name
         # A bundle exported with a static shape: a fixed batch (run() splits and pads to it) and, for
@@ -75,6 +86,11 @@ class Predictor:
             self._text = TextEncoder(directory / manifest.preprocessing.tokenizer, manifest.preprocessing,
                                      self.fixed_length, limits)
         self.kind: OutputKind = kind(self)  # what the outputs mean: serve.kinds
+
+    @property
+    def engine(self) -> str:
+        """The engine that runs the model: "openvino" or "onnxruntime"."""
+        return "openvino" if self.provider == OPENVINO else "onnxruntime"
 
     def run_texts(self, texts: Sequence[Any]) -> list[Any]:
         """One output row per text (per question for question answering), as the kind runs them."""
@@ -153,9 +169,9 @@ class Predictor:
 
     def release_memory(self) -> None:
         """Give the C heap's free pages back to the OS (glibc's malloc_trim; a few ms). Tokenising 64 long
-        texts leaves ~200 MB of freed but held heap otherwise. Servers call it when their queue is idle;
-        a no-op with `release_memory=False` or off glibc."""
-        if self.release and _MALLOC_TRIM is not None:
+        texts (or decoding a 40 MP photo) leaves ~200 MB of freed but held heap otherwise. Servers call it
+        when their queue is idle; a no-op with `SessionConfig(release_memory=False)` or off glibc."""
+        if self.trim_heap and _MALLOC_TRIM is not None:
             _MALLOC_TRIM(0)
 
     def run_by_shape(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -293,45 +309,79 @@ def check_graph(manifest: Manifest, session: Any, model_file: str) -> None:
 
 
 def load(directory: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True,
-         config: SessionConfig | None = None, variant: str = "auto", limits: Limits | None = None) -> Predictor:
+         config: SessionConfig | None = None, variant: str = "auto", limits: Limits | None = None,
+         batch_size: int = 1) -> Predictor:
     """A Predictor for the bundle in `directory`. Every bundle file is checked against the manifest's
-    sha256 first (`verify=False` skips that, for development only). `config` sets every session
-    option; `device` and `threads` are shorthands for its common fields; `variant` picks a precision
-    the bundle holds ("fp32", "fp16", "int8"); "auto" takes fp16 when the session runs on CUDA and the
-    bundle has it (checked against torch at export), else fp32. `limits` bound what one input may cost
-    (serve.limits; safe defaults)."""
+    sha256 first (`verify=False` skips that, for development only). `config` sets every session option
+    (engine included); `device` and `threads` are shorthands for its common fields. `variant` picks a
+    precision: "fp32", "fp16", "int8" (files the bundle holds), "bf16" (the fp32 file computed in bf16 by
+    OpenVINO), or "auto": on a working CUDA session fp16 when the bundle has it, else fp32; on the CPU the
+    fastest of the pairs (engine, fp32 or bf16) the bundle's export checked (serve.engines), timed at
+    `batch_size` rows. `limits` bound what one input may cost (serve.limits; safe defaults)."""
     path = Path(directory)
     manifest = read_manifest(path, verify=verify)
     config = config or SessionConfig(device=device, intra_op_threads=threads)
-    auto = variant == "auto"
-    if auto:  # fp16 only where it pays (GPU); on CPU onnxruntime runs fp16 graphs slower than fp32
-        variant = "fp16" if ("fp16" in manifest.variants and config.device != "cpu" and config.engine == "onnxruntime"
-                             and cuda_listed()) else "fp32"
-    if config.engine == "openvino":
-        from serve.openvino_engine import UNSUPPORTED_KINDS
+    config.check()
+    if batch_size < 1:
+        raise BundleError(f"batch_size={batch_size}: must be at least 1")
+    _require_variant(path, manifest, variant)
+    ort_config = dataclasses.replace(config, engine="onnxruntime")
+    release = config.releases_memory(manifest.modality)
+    gpu = config.engine != "openvino" and (config.device == "cuda" or (config.device == "auto" and cuda_listed()))
+    if gpu and variant == "bf16":
+        if config.device == "cuda" or config.engine == "onnxruntime":
+            raise BundleError("variant bf16 runs on OpenVINO's CPU plugin; use device='cpu' (or 'auto') and engine "
+                              "'openvino' or 'auto'")
+        gpu = False
+    choice = None
+    if gpu:
+        chosen = ("fp16" if "fp16" in manifest.variants else "fp32") if variant == "auto" else variant
+        model_file = _file_of(manifest, chosen)
+        choice = create_session(path / model_file, ort_config, manifest.files[model_file], float16=chosen == "fp16")
+        if choice.provider != CUDA and variant == "auto" and config.device == "auto":
+            choice = None  # CUDA listed but unusable: the CPU's choice below
+        else:
+            pair = Pair("onnxruntime", chosen)
+    if choice is None:
+        def open_pair(pair: Pair) -> SessionChoice:
+            model_file = _file_of(manifest, pair.variant)
+            if pair.engine == "openvino":
+                from serve.openvino_engine import HINTS, create_openvino_session
 
-        if manifest.postprocessing.kind in UNSUPPORTED_KINDS:
-            raise BundleError(f"engine 'openvino' cannot run {UNSUPPORTED_KINDS[manifest.postprocessing.kind]}; use "
-                              "engine 'onnxruntime'")
-    if config.engine == "openvino" and variant != "fp32":  # the variants' checks ran on onnxruntime
-        raise BundleError(f"engine 'openvino' runs the fp32 model; the {variant} variant was checked against torch "
-                          "on onnxruntime only (use engine 'onnxruntime' for it)")
-    if variant != "fp32" and variant not in manifest.variants:
-        raise BundleError(f"{path} has no {variant!r} variant; it has: fp32"
-                          + "".join(f", {v}" for v in manifest.variants))
-    model_file = manifest.model_file if variant == "fp32" else manifest.variants[variant]["file"]
-    choice = create_session(path / model_file, config, manifest.files[model_file], float16=variant == "fp16")
-    if auto and variant == "fp16" and choice.provider != CUDA:  # CUDA listed but unusable: fp32 on CPU
-        variant, model_file = "fp32", manifest.model_file
-        choice = create_session(path / model_file, config, manifest.files[model_file])
+                session, line = create_openvino_session(path / model_file, config.intra_op_threads, HINTS[pair.variant])
+                return SessionChoice(session, OPENVINO, line)
+            return create_session(path / model_file, ort_config, manifest.files[model_file],
+                                  float16=pair.variant == "fp16")
+
+        def run_of(opened: SessionChoice, feeds: dict[str, np.ndarray]):  # as the Predictor will run it
+            names, options = [output.name for output in manifest.outputs], run_options(release)
+            return lambda: opened.session.run(names, feeds, options)
+
+        length = manifest.inputs[0].shape[1] if manifest.modality == "text" else None
+        decided = choose(path, manifest, config.engine, variant, batch_size, config.intra_op_threads, open_pair,
+                         run_of, length if isinstance(length, int) else TIMING_TOKENS)
+        pair, choice = decided.pair, dataclasses.replace(decided.opened, line=f"{decided.opened.line}; {decided.line}")
+    model_file = _file_of(manifest, pair.variant)
     check_graph(manifest, choice.session, model_file)
-    if variant == "fp16" and choice.provider == CUDA:
+    if pair.variant == "fp16" and choice.provider == CUDA:
         checked = manifest.variants["fp16"].get("checked_on", ["CPUExecutionProvider"])
         note = ("checked against torch on CUDA at export" if CUDA in checked else
                 "checked against torch on onnxruntime's CPU provider only (exported without a GPU); re-export on a "
                 "CUDA machine to check it on CUDA kernels")
         choice = dataclasses.replace(choice, line=f"{choice.line}; fp16 {note}")
-    predictor = Predictor(path, manifest, choice, config.io_binding, variant, limits or DEFAULT_LIMITS,
-                          config.release_memory)
+    predictor = Predictor(path, manifest, choice, config.io_binding, pair.variant, limits or DEFAULT_LIMITS, release,
+                          trim_heap=config.release_memory is not False)
     log.info(predictor.provider_line)
     return predictor
+
+
+def _require_variant(path: Path, manifest: Manifest, variant: str) -> None:
+    """BundleError unless `variant` is auto, fp32 or bf16 (the fp32 file), or a file variant the bundle holds."""
+    if variant not in ("auto", "fp32", "bf16") and variant not in manifest.variants:
+        raise BundleError(f"{path} has no {variant!r} variant; it has: fp32"
+                          + "".join(f", {v}" for v in manifest.variants))
+
+
+def _file_of(manifest: Manifest, variant: str) -> str:
+    """The file a variant runs: bf16 computes the fp32 file in bf16."""
+    return manifest.model_file if variant in ("fp32", "bf16") else manifest.variants[variant]["file"]

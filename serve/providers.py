@@ -19,7 +19,8 @@ from serve.files import atomic_path, sha256_file, write_text_atomic
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
-ENGINES = ("onnxruntime", "openvino")  # openvino: serve.openvino_engine (the `openvino` extra), CPU only
+# openvino: serve.openvino_engine (the `openvino` extra), CPU only; auto: serve.engines chooses per bundle
+ENGINES = ("auto", "onnxruntime", "openvino")
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 OPTIMIZED_SUFFIX = ".optimized.onnx"
 IO_BINDING = ("auto", "on", "off")
@@ -36,7 +37,7 @@ class SessionConfig:
     whether to save the optimised graph next to the bundle and reuse it on the next load."""
 
     device: str = "auto"
-    engine: str = "onnxruntime"
+    engine: str = "auto"  # serve.load: the fastest pair the bundle's checks allow (serve.engines)
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
     optimization: str = "all"
@@ -49,8 +50,15 @@ class SessionConfig:
     io_binding: str = "auto"
     # After each run the CPU memory arena gives back what the run needed beyond what it holds in use
     # (onnxruntime's memory.enable_memory_arena_shrinkage): without it, one batch of 64 x 256 tokens
-    # keeps ~900 MB for the life of the process. No measurable cost at batches of 1-32 here.
-    release_memory: bool = True
+    # keeps ~900 MB for the life of the process. It costs what the next run then allocates again: +4 %
+    # at MiniLM batch 32, but +65 % at EfficientNet-Lite0 batch 8 and +9 % at resnet50 batch 8 (2 threads).
+    # None: text models only (their shapes change run to run); image models run the shapes their
+    # warm-up ran, and keep that plateau.
+    release_memory: bool | None = None
+
+    def releases_memory(self, modality: str) -> bool:
+        """Whether runs of a `modality` model give their arena memory back (release_memory, or its default)."""
+        return self.release_memory if self.release_memory is not None else modality == "text"
     # CUDA provider. The GPU to run on, and how cuDNN picks convolution algorithms: onnxruntime's default,
     # EXHAUSTIVE, times every algorithm on every new input shape (each micro-batch size, each detection or
     # segmentation image size: seconds of stall per new shape); HEURISTIC asks cuDNN's heuristics once.
@@ -214,20 +222,12 @@ def cuda_listed() -> bool:
 
 def create_session(model_path: Path, config: SessionConfig | None = None, model_sha256: str = "",
                    float16: bool = False) -> SessionChoice:
-    """An InferenceSession on CUDA if the config allows it and it works, else on CPU. `float16`: the
-    model computes in float16 (see FLOAT16_DISABLED_OPTIMIZERS)."""
+    """An onnxruntime InferenceSession on CUDA if the config allows it and it works, else on CPU (the engine
+    is chosen before: serve.load). `float16`: the model computes in float16 (see FLOAT16_DISABLED_OPTIMIZERS)."""
     import onnxruntime as ort
 
     config = config or SessionConfig()
     config.check()
-    if config.engine == "openvino":
-        from serve.openvino_engine import OPENVINO, create_openvino_session
-
-        if float16:
-            raise ProviderError("engine 'openvino' runs a bundle's fp32 file; its fp16 variant is checked on "
-                                "onnxruntime only")
-        session, line = create_openvino_session(model_path, config.intra_op_threads)
-        return SessionChoice(session, OPENVINO, line)
     ort.set_default_logger_severity(3)
     reason = f"CUDA: onnxruntime has no CUDAExecutionProvider; on a CUDA machine {GPU_INSTALL_FIX}"
     if config.device in ("auto", "cuda") and CUDA in ort.get_available_providers():

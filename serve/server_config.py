@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serve.engines import VARIANTS
 from serve.limits import Limits
 from serve.providers import SessionConfig
 
-VARIANTS = ("auto", "fp32", "fp16", "int8")  # serve.load's `variant`: a precision the bundle holds, or auto
+__all__ = ["MIB", "VARIANTS", "ServerConfig", "server_default"]
 MIB = 1024 * 1024
 
 

@@ -22,7 +22,7 @@ TEXTS = ["Dana lives in Berlin and works for Siemens.", "Where does Dana live?",
 def assert_openvino_matches_onnxruntime(bundle: Path) -> float:
     """The largest |difference| of any output between the two engines (asserted within EXPORT_ATOL)."""
     pytest.importorskip("openvino", reason="the `openvino` extra is not installed")
-    reference = serve.load(bundle, config=SessionConfig(device="cpu"))
+    reference = serve.load(bundle, config=SessionConfig(device="cpu", engine="onnxruntime"))
     openvino = serve.load(bundle, config=SessionConfig(device="cpu", engine="openvino"))
     assert "OpenVINO CPU" in openvino.provider_line and "precision f32" in openvino.provider_line
     manifest = reference.manifest

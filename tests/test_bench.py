@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 from export.bench import SCHEMA, bench
 from zoo_cli import main
 
 
+def _openvino_rows(*variants: str) -> list[str]:
+    """The OpenVINO rows zoo bench has here: none without the extra, bf16 only on a CPU that has it."""
+    if find_spec("openvino") is None:
+        return []
+    from serve.openvino_engine import bf16_hardware
+
+    return [f"openvino {v}" for v in variants if v != "bf16" or bf16_hardware()]
+
+
 def test_bench_reports_every_engine(bundles) -> None:
     report = bench(str(bundles["efficientnet_lite0"]), batches=(2,), threads=1, warmup=1, min_repeats=3, seconds=0.1)
     assert report["schema"] == SCHEMA and report["model"] == "efficientnet_lite0" and report["pretrained_weights"]
     engines = [r["engine"] for r in report["results"]]
-    assert engines == ["torch eager", "onnxruntime fp32", "openvino f32", "serve run (preprocessed)",
-                       "serve predict (raw input)"]
+    assert engines == ["torch eager", "onnxruntime fp32", *_openvino_rows("fp32", "bf16"), "serve run (preprocessed)",
+                       "serve run (onnxruntime fp32)", "serve predict (raw input)"]
+    # exported without --format openvino: auto may only take onnxruntime fp32, and serve's run is that
+    assert report["auto"] == [{"batch": 2, "choice": "onnxruntime fp32", "allowed": ["onnxruntime fp32"],
+                               "fastest_allowed": "onnxruntime fp32",
+                               "ratio_to_fastest_allowed": report["auto"][0]["ratio_to_fastest_allowed"]}]
     rows = {r["engine"]: r for r in report["results"]}
     assert rows["torch eager"]["ratio_to_torch"] == 1.0
     for row in report["results"]:
@@ -41,9 +55,13 @@ def test_bench_bad_arguments(capsys) -> None:
 def test_bench_measures_every_format_in_the_bundle(all_formats) -> None:
     report = bench(str(all_formats["efficientnet_lite0"]), batches=(2,), threads=1, warmup=1, min_repeats=3,
                    seconds=0.1)
+    check = report["auto"][0]
     assert [r["engine"] for r in report["results"]] == [
-        "torch eager", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8", "openvino f32",
-        "tensorflow savedmodel", "serve run (preprocessed)", "serve predict (raw input)"]
+        "torch eager", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8",
+        *_openvino_rows("fp32", "bf16", "int8"), "tensorflow savedmodel", "serve run (preprocessed)",
+        *[f"serve run ({pair})" for pair in check["allowed"]], "serve predict (raw input)"]
+    assert check["choice"] in check["allowed"] and check["fastest_allowed"] in check["allowed"]
+    assert set(check["allowed"]) >= {"onnxruntime fp32", *(["openvino fp32"] if _openvino_rows("fp32") else [])}
     text = bench(str(all_formats["all-minilm-l6-v2"]), batches=(1, 2), threads=1, warmup=1, min_repeats=3,
                  seconds=0.1)
     savedmodel = [(r["engine"], r["batch"]) for r in text["results"] if r["engine"].startswith("tensorflow")]

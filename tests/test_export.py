@@ -104,7 +104,8 @@ def test_fp16_variant_agrees_with_fp32(all_formats, name: str) -> None:
     assert fp16["checked_on"][0] == "CPUExecutionProvider"
     assert fp16["checked_on"] == ["CPUExecutionProvider"] or cuda_listed()
     assert (directory / "model.fp16.onnx").stat().st_size < 0.6 * (directory / "model.onnx").stat().st_size
-    full, half = serve.load(directory), serve.load(directory, variant="fp16")
+    full = serve.load(directory, config=serve.SessionConfig(engine="onnxruntime"))  # auto may take OpenVINO bf16
+    half = serve.load(directory, variant="fp16")
     inputs = [str(p) for p in (Path(__file__).parents[1] / "zoo" / "assets").glob("*.jpg")] \
         if name == "efficientnet_lite0" else ["a short text", "a somewhat longer sentence about fp16 models"]
     a, b = full.predict(inputs), half.predict(inputs)
@@ -213,9 +214,16 @@ def test_layout_copies_fall_back_to_copying_where_links_fail(tmp_path: Path, mon
     assert not (tmp_path / "copied.onnx").samefile(tmp_path / "model.onnx")
 
 
+def _bf16_hardware() -> bool:
+    from serve.openvino_engine import bf16_hardware
+
+    return bf16_hardware()
+
+
 def test_report_lists_every_format(all_formats) -> None:
     rows = json.loads((all_formats["efficientnet_lite0"] / "report.json").read_text())
-    assert [r["format"] for r in rows] == list(FORMAT_NAMES)
+    pairs = ["openvino bf16", "openvino int8"]  # the OpenVINO pairs the openvino format checked, after it
+    assert [r["format"] for r in rows] == [*FORMAT_NAMES, *pairs[0 if _bf16_hardware() else 1:]]
     assert all(r["status"] == "ok" for r in rows)
     markdown = (all_formats["efficientnet_lite0"] / "report.md").read_text()
     assert markdown.startswith("| format | file | size MB |") and "| onnx-fp16 | model.fp16.onnx |" in markdown
@@ -268,7 +276,8 @@ def test_static_shape_bundles_run_any_batch(all_formats, tmp_path: Path) -> None
     assert image.manifest.artifacts["savedmodel"]["inputs"][0]["shape"] == [2, 3, 224, 224]
     config = parse_triton_config((image.directory / "triton" / "efficientnet_lite0" / "config.pbtxt").read_text())
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [2, 3, 224, 224]
-    dynamic, fixed = serve.load(all_formats["efficientnet_lite0"]), serve.load(image.directory)
+    onnxruntime = serve.SessionConfig(engine="onnxruntime")  # the same numbers (auto may take OpenVINO's bf16)
+    dynamic, fixed = serve.load(all_formats["efficientnet_lite0"], config=onnxruntime), serve.load(image.directory)
     for batch in (photos[:1], photos):  # 1 and 3 inputs on a batch-2 model
         a = dynamic.run(dynamic.preprocess(batch))
         b = fixed.run(fixed.preprocess(batch))
@@ -278,7 +287,7 @@ def test_static_shape_bundles_run_any_batch(all_formats, tmp_path: Path) -> None
     text = export_bundle("all-minilm-l6-v2", tmp_path / "text", options=FormatOptions(static_shape=(2, 64)))
     assert [i.shape for i in text.manifest.inputs] == [[2, 64], [2, 64]]
     texts = ["a short text", "a much longer sentence about fixed shapes and padding", "ok"]
-    a = np.array([r["embedding"] for r in serve.load(all_formats["all-minilm-l6-v2"]).predict(texts)])
+    a = np.array([r["embedding"] for r in serve.load(all_formats["all-minilm-l6-v2"], config=onnxruntime).predict(texts)])
     b = np.array([r["embedding"] for r in serve.load(text.directory).predict(texts)])
     assert np.abs(a - b).max() < 1e-5  # padding to 64 with attention_mask 0 changes nothing
 

@@ -33,10 +33,14 @@ def test_threads_and_precision_are_set_not_left_to_the_plugin(bundles: dict[str,
 def test_what_openvino_does_not_run_is_refused(bundles: dict[str, Path], all_formats: dict[str, Path], capsys) -> None:
     with pytest.raises(ProviderError, match="engine 'openvino' runs on the CPU here"):
         serve.load(bundles["efficientnet_lite0"], config=SessionConfig(device="cuda", engine="openvino"))
-    with pytest.raises(BundleError, match="the int8 variant was checked against torch on onnxruntime only"):
+    with pytest.raises(BundleError, match="openvino bf16 cannot serve .*: not checked at export"):
+        serve.load(bundles["efficientnet_lite0"], config=SessionConfig(device="cpu", engine="openvino"), variant="bf16")
+    with pytest.raises(BundleError, match="openvino fp16 cannot serve .*: the fp16 variant was checked on onnxruntime"):
         serve.load(all_formats["efficientnet_lite0"], config=SessionConfig(device="cpu", engine="openvino"),
-                   variant="int8")
-    with pytest.raises(ProviderError, match="engine 'tensorrt' is not one of onnxruntime, openvino"):
+                   variant="fp16")
+    with pytest.raises(BundleError, match="onnxruntime bf16 cannot serve .*: onnxruntime has no bf16 CPU kernels"):
+        serve.load(all_formats["efficientnet_lite0"], config=SessionConfig(engine="onnxruntime"), variant="bf16")
+    with pytest.raises(ProviderError, match="engine 'tensorrt' is not one of auto, onnxruntime, openvino"):
         serve.load(bundles["efficientnet_lite0"], config=SessionConfig(engine="tensorrt"))
     photo = str(Path(__file__).resolve().parents[1] / "zoo" / "assets" / "flower.jpg")
     assert main(["predict", str(bundles["efficientnet_lite0"]), photo, "--engine", "openvino", "--json"]) == 0

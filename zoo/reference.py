@@ -60,13 +60,17 @@ class Comparison:
     # ties, and within `atol` an argmax can only flip where the top two logits are within 2 * atol.
     top1_required: bool = True
     agreement_name: str = "top-1 agreement"  # what top1_agreement counts (detections: matched detections)
+    # Judged by `cosine_floor`: the share of decisions that must also agree (bf16), where they are required.
+    min_agreement: float | None = None
 
     @property
     def ok(self) -> bool:
         if not math.isfinite(self.max_abs_diff):
             return False
         if self.cosine_floor is not None:
-            return self.min_cosine >= self.cosine_floor
+            agreement_ok = (self.min_agreement is None or self.top1_agreement is None or not self.top1_required
+                            or self.top1_agreement >= self.min_agreement)
+            return self.min_cosine >= self.cosine_floor and agreement_ok
         top1_ok = self.top1_agreement is None or self.top1_agreement >= 1.0 or not self.top1_required
         return self.max_abs_diff <= self.atol and top1_ok
 
@@ -76,7 +80,8 @@ class Comparison:
         top1 = ("" if share is None else f"  {self.agreement_name} {share:.0%}" if share in (0.0, 1.0)
                 else f"  {self.agreement_name} {share:.3%}")
         bound = (f"(atol {self.atol:g})" if self.cosine_floor is None
-                 else f"min cosine {self.min_cosine:.4f} (floor {self.cosine_floor:g})")
+                 else f"min cosine {self.min_cosine:.4f} (floor {self.cosine_floor:g}"
+                 + (f", {self.agreement_name} floor {self.min_agreement:.0%})" if self.min_agreement is not None else ")"))
         return f"{mark} {self.label}: max |diff| {self.max_abs_diff:.3g} {bound}{top1}"
 
 

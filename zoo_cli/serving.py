@@ -11,6 +11,13 @@ from serve.limits import DEFAULT_LIMITS
 from serve.providers import DEVICES as SESSION_DEVICES, ENGINES, SessionConfig
 from serve.server_config import MIB, VARIANTS, server_default
 
+PRECISION_HELP = ("What the model computes in: fp32, fp16 or int8 (files the bundle holds), bf16 (its fp32 file in "
+                  "bf16 on OpenVINO). auto: fp16 on a working CUDA session when the bundle has it; on the CPU the "
+                  "fastest of fp32 and bf16 among the pairs the bundle's export checked.")
+ENGINE_HELP = ("onnxruntime, or openvino (OpenVINO's CPU plugin, the `openvino` extra; bf16 and int8 only where the "
+               "bundle's export checked them: zoo export --format openvino). auto: time the allowed pairs at the "
+               "batch size, take the fastest, remember it next to the bundle.")
+
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -19,8 +26,8 @@ from serve.server_config import MIB, VARIANTS, server_default
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, one object per input.")
 @click.option("--device", type=click.Choice(SESSION_DEVICES), default=SessionConfig.device, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--variant", type=click.Choice(VARIANTS), default=server_default("variant"), show_default=True,
-              help="Precision to run; auto = fp16 on a working CUDA session when the bundle has it, else fp32.")
+@click.option("--variant", "--precision", "variant", type=click.Choice(VARIANTS), default=server_default("variant"),
+              show_default=True, help=PRECISION_HELP)
 @click.option("--masks", type=click.Path(file_okay=False, path_type=Path),
               help="Segmentation: write each mask here as NAME.png (class indices, shown in VOC colours).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=None,
@@ -30,7 +37,7 @@ from serve.server_config import MIB, VARIANTS, server_default
                    "token (default: the bundle's, first).")
 @click.option("--question", help="Question answering: the question, asked of each INPUT (the contexts).")
 @click.option("--engine", type=click.Choice(ENGINES), default=SessionConfig.engine, show_default=True,
-              help="openvino: OpenVINO's CPU plugin at f32 on the fp32 model (the `openvino` extra).")
+              help=ENGINE_HELP)
 def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, device: str, batch_size: int,
             variant: str, masks: Path | None, min_score: float | None, aggregation: str | None, question: str | None,
             engine: str) -> None:
@@ -39,7 +46,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
     from serve.kinds import kinds_taking
     from serve.segmentation import jsonable, mask_image
 
-    predictor = serve.load(bundle, config=SessionConfig(device=device, engine=engine), variant=variant)
+    predictor = serve.load(bundle, config=SessionConfig(device=device, engine=engine), variant=variant,
+                           batch_size=min(batch_size, len(inputs)))
     kind = predictor.kind
     for option, value, flag in (("masks", masks, "--masks"), ("question", question, "--question"),
                                 ("aggregation", aggregation, "--aggregation"), ("min_score", min_score, "--min-score")):
@@ -91,8 +99,8 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
 @click.option("--preprocess-workers", type=click.IntRange(min=1), default=server_default("preprocess_workers"),
               show_default=True,
               help="Threads that decode and tokenise, off the event loop (images decoded at once, at most).")
-@click.option("--variant", type=click.Choice(VARIANTS), default=server_default("variant"), show_default=True,
-              help="Precision to serve; auto = fp16 on a working CUDA session when the bundle has it, else fp32.")
+@click.option("--variant", "--precision", "variant", type=click.Choice(VARIANTS), default=server_default("variant"),
+              show_default=True, help=PRECISION_HELP)
 @click.option("--inference-timeout", type=click.FloatRange(min=0, min_open=True),
               default=server_default("inference_timeout_s"), show_default=True,
               help="Seconds a request's inference may take before it gets 504.")
@@ -100,7 +108,7 @@ def predict(bundle: Path, inputs: tuple[str, ...], top_k: int, as_json: bool, de
               show_default=True,
               help="Seconds a client may take to send its body before it gets 408.")
 @click.option("--engine", type=click.Choice(ENGINES), default=SessionConfig.engine, show_default=True,
-              help="openvino: OpenVINO's CPU plugin at f32 on the fp32 model (the `openvino` extra).")
+              help=ENGINE_HELP)
 def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | None, device: str,
                   threads: int | None, max_batch_size: int, max_wait_ms: float, max_body_mb: float, max_inputs: int,
                   max_image_pixels: int, max_aspect_ratio: float, max_text_chars: int, preprocess_workers: int,
@@ -125,7 +133,7 @@ def serve_command(bundle: Path, host: str, port: int, workers: int, name: str | 
                                  "or stop what uses it", param_hint="--port") from None
     # The whole bundle loads here first: a wrong folder, a modified or inconsistent bundle, a variant it does
     # not have: one line and exit 2, not a server that never becomes ready. One worker keeps this copy.
-    predictor = serve.load(bundle, config=session, variant=variant, limits=limits)
+    predictor = serve.load(bundle, config=session, variant=variant, limits=limits, batch_size=max_batch_size)
     config = ServerConfig(bundle=bundle, name=name, max_body_bytes=int(max_body_mb * MIB),
                           max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, variant=variant, session=session,
                           limits=limits, preprocess_workers=preprocess_workers,

@@ -39,6 +39,8 @@ FORMATS: dict[str, Format] = {fmt.name: fmt for fmt in (
     Format("tf-serving", "tf_serving", ("tf_serving",), needs=("savedmodel",),
            description="the SavedModel as tf_serving/NAME/1/, hard-linked where the filesystem allows"),
     Format("triton", "triton", ("triton",), description="triton/NAME/: export.variants.write_triton"),
+    Format("openvino", "openvino", ("openvino",),
+           description="OpenVINO IR in OpenVINO Model Server's layout, and the OpenVINO precisions serve may run"),
 )}
 FORMAT_NAMES = tuple(FORMATS)
 

@@ -18,7 +18,8 @@ from zoo.schema import ModelEntry
 from export.formats import FP16_FILE, FORMATS, FormatOptions, builder
 from export.parity import ParityCase, check_parity
 
-Built = tuple[dict, dict, list]  # (report row, its record in the manifest's artifacts, files written)
+# (report row, or rows: one per precision checked; its record in the manifest's artifacts; files written)
+Built = tuple[dict | list[dict], dict, list]
 
 
 def format_table(rows: list[dict]) -> list[str]:
@@ -41,7 +42,8 @@ def report_row(fmt: str, file: str, staging: Path, results=None, status: str = "
     top1, top1_on = (min(agreements), "parity cases") if agreements else (None, None)
     if held_out is not None and held_out.top1_agreement is not None:
         top1, top1_on = held_out.top1_agreement, held_out.label
-    size = sum(f.stat().st_size for f in (path, path.with_name(path.name + ".data")) if f.is_file())
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else path.with_name(path.name + ".data")  # IR / ONNX
+    size = sum(f.stat().st_size for f in (path, weights) if f.is_file())
     return {"format": fmt, "file": file, "size_mb": size / 1e6,
             "max_abs_diff": max((c.max_abs_diff for c in results), default=None),
             "min_cosine": min((c.min_cosine for c in results), default=None),
@@ -78,7 +80,7 @@ def derived_formats(formats: Sequence[str], context: DerivedContext, rows: list[
                 target = context.staging / name
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
             row, record, written = report_row(fmt.name, fmt.outputs[0], context.staging, status=f"failed: {exc}"), None, []
-        rows.append(row)
+        rows += row if isinstance(row, list) else [row]
         files += written
         if record is not None:
             artifacts[fmt.name] = record
@@ -95,12 +97,18 @@ def cpu_session(path: Path):
 
 
 def checked(context: DerivedContext, path: Path, atol: float | None, cosine_floor: float | None = None,
-             cases: list[ParityCase] | None = None, extra: Sequence[Comparison] = ()) -> list[Comparison]:
-    """The parity cases through the file at `path` against torch; ExportError naming each failing case."""
-    results = check_parity(context.torch_model, cpu_session(path), context.entry,
-                           context.cases if cases is None else cases, atol, context.output_name, cosine_floor)
-    results += extra
+            cases: list[ParityCase] | None = None, extra: Sequence[Comparison] = (), session=None) -> list[Comparison]:
+    """The parity cases through the file at `path` (on `session`, by default onnxruntime's CPU provider) against
+    torch; ExportError naming each failing case."""
+    results = compared(context, session or cpu_session(path), atol, cosine_floor, cases, extra)
     failing = [c.line() for c in results if not c.ok]
     if failing:
         raise ExportError("; ".join(failing))
     return results
+
+
+def compared(context: DerivedContext, session, atol: float | None, cosine_floor: float | None = None,
+             cases: list[ParityCase] | None = None, extra: Sequence[Comparison] = ()) -> list[Comparison]:
+    """The parity cases (or `cases`) through `session` against torch, and `extra` comparisons, each judged."""
+    return check_parity(context.torch_model, session, context.entry, context.cases if cases is None else cases,
+                        atol, context.output_name, cosine_floor) + list(extra)
