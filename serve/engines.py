@@ -216,7 +216,7 @@ def choose(directory: Path, manifest: Manifest, engine: str, variant: str, batch
     reasons = {pair: judge(manifest, pair) for pair in asked}
     allowed = [pair for pair, reason in reasons.items() if reason is None]
     if not allowed:
-        raise BundleError(f"no engine can serve {variant} for {directory}: "
+        raise BundleError(f"no pair of engine {engine!r} and precision {variant!r} can serve {directory}: "
                           + "; ".join(f"{p}: {r}" for p, r in reasons.items()))
     skipped = "; ".join(f"{p}: {r}" for p, r in reasons.items() if r)
     for pair, reason in reasons.items():

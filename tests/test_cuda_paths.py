@@ -223,7 +223,16 @@ def test_a_missing_cuda_library_is_named_with_the_fix() -> None:
 
 def test_persistent_workers_give_the_batches_of_a_fresh_or_resumed_run(tmp_path: Path) -> None:
     """One training loader per run, its workers kept between epochs: epoch 1's augmented batches equal
-    those of a loader made for epoch 1 alone (a resumed run) and of one without worker processes."""
+    those of a loader made for epoch 1 alone (a resumed run) and of one without worker processes. In a
+    fresh interpreter: its loaders fork, and a test worker that has run OpenVINO (other files' tests; its
+    oneTBB threads do not survive fork) died forking them, twice in full runs."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_cuda_paths import "
+            f"persistent_worker_batches_agree as check; from pathlib import Path; check(Path({str(tmp_path)!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def persistent_worker_batches_agree(tmp_path: Path) -> None:
     from zoo.data import load_dataset
     from zoo.loaders import EpochLoader, ImageExamples, image_collate, make_loader, train_image_transform
     from zoo.registry import get_model
