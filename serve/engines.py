@@ -101,9 +101,10 @@ def candidates(engine: str, variant: str) -> list[Pair]:
             if (e, v) != ("onnxruntime", "bf16") or (engine, variant) == ("onnxruntime", "bf16")]
 
 
-def timing_feeds(manifest: Manifest, batch: int, text_length: int) -> dict[str, np.ndarray]:
-    """Inputs of the bundle's largest shapes a request makes at `batch` rows: images at the model's size
-    (a named height/width: the side segmentation resizes to, else 480), texts of `text_length` tokens."""
+def synthetic_feeds(manifest: Manifest, batch: int, text_length: int) -> dict[str, np.ndarray]:
+    """Inputs (ones) of `batch` rows at the shapes the bundle runs: images at the model's size (a named
+    height/width: the square segmentation resizes to, else a 480-pixel side for detectors), texts of
+    `text_length` tokens (or the model's fixed length)."""
     feeds = {}
     for spec in manifest.inputs:
         if manifest.modality == "text":
@@ -232,7 +233,7 @@ def choose(directory: Path, manifest: Manifest, engine: str, variant: str, batch
                                                  f"{batch}, decided {decision.get('decided')} on this CPU and these "
                                                  f"versions){skipped_note}")
     opened = {pair: open_pair(pair) for pair in allowed}
-    feeds = timing_feeds(manifest, batch, text_length)
+    feeds = synthetic_feeds(manifest, batch, text_length)
     medians = time_runs({pair: run_of(opened[pair], feeds) for pair in allowed})
     chosen = min(allowed, key=lambda p: medians[p])  # ties: the earlier, simpler pair
     saved = save_decision(directory, key, chosen, medians, batch)

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from serve.engines import TIMING_TOKENS, Pair, choose
+from serve.engines import Pair, choose, synthetic_feeds
 from serve.errors import BundleError, InputError
 from serve.kinds import Options, OutputKind, kinds
 from serve.lengths import length_runs
@@ -58,8 +58,6 @@ class Predictor:
     def __init__(self, directory: Path, manifest: Manifest, choice: SessionChoice, io_binding: str = "auto",
                  variant: str = "fp32", limits: Limits = DEFAULT_LIMITS, release_memory: bool = True,
                  trim_heap: bool = True):
-        import onnxruntime as ort
-
         self.directory = directory
         self.manifest = manifest
         self.limits = limits
@@ -191,14 +189,7 @@ class Predictor:
         """One run at the largest shapes this predictor will serve (`batch_size` rows; text at its
         longest sequence), so the first requests are not slow and onnxruntime's memory arena has
         reached its plateau before traffic arrives."""
-        feeds = {}
-        for spec in self.manifest.inputs:
-            if self.manifest.modality == "text":
-                shape = [batch_size, spec.shape[1] if isinstance(spec.shape[1], int) else self._text.max_length]
-            else:  # a named height/width: the square segmentation resizes to; a 480x640 photo for detectors
-                side = self.manifest.preprocessing.resize or 480
-                shape = [batch_size, *(d if isinstance(d, int) else side for d in spec.shape[1:])]
-            feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
+        feeds = synthetic_feeds(self.manifest, batch_size, self._text.max_length if self._text else 0)
         if self.kind.one_image_per_run:
             feeds = {name: array[:1] for name, array in feeds.items()}
         self.kind.raw(feeds)
@@ -357,9 +348,8 @@ def load(directory: str | Path, device: str = "auto", threads: int | None = None
             names, options = [output.name for output in manifest.outputs], run_options(release)
             return lambda: opened.session.run(names, feeds, options)
 
-        length = manifest.inputs[0].shape[1] if manifest.modality == "text" else None
         decided = choose(path, manifest, config.engine, variant, batch_size, config.intra_op_threads, open_pair,
-                         run_of, length if isinstance(length, int) else TIMING_TOKENS)
+                         run_of)
         pair, choice = decided.pair, dataclasses.replace(decided.opened, line=f"{decided.opened.line}; {decided.line}")
     model_file = _file_of(manifest, pair.variant)
     check_graph(manifest, choice.session, model_file)
