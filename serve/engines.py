@@ -232,15 +232,29 @@ def choose(directory: Path, manifest: Manifest, engine: str, variant: str, batch
         return Choice(chosen, open_pair(chosen), f"auto: {chosen} (p50 {_times(decision['p50_ms'], chosen)} at batch "
                                                  f"{batch}, decided {decision.get('decided')} on this CPU and these "
                                                  f"versions){skipped_note}")
-    opened = {pair: open_pair(pair) for pair in allowed}
     feeds = synthetic_feeds(manifest, batch, text_length)
-    medians = time_runs({pair: run_of(opened[pair], feeds) for pair in allowed})
-    chosen = min(allowed, key=lambda p: medians[p])  # ties: the earlier, simpler pair
+    opened, runs, broken = {}, {}, {}
+    for pair in allowed:  # each opened and run once: a pair that cannot load or run here leaves the others
+        try:
+            opened[pair] = open_pair(pair)
+            runs[pair] = run_of(opened[pair], feeds)
+            runs[pair]()
+        except Exception as exc:  # the engine's own error types; reported in the line, not raised
+            broken[pair] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log.warning("serve: engine auto skips %s, which failed here: %s", pair, broken[pair])
+            opened.pop(pair, None)
+            runs.pop(pair, None)
+    if not runs:
+        raise BundleError(f"every pair allowed for {directory} failed here: "
+                          + "; ".join(f"{p}: {r}" for p, r in broken.items()))
+    medians = time_runs(runs)
+    chosen = min(runs, key=lambda p: medians[p])  # ties: the earlier, simpler pair
     saved = save_decision(directory, key, chosen, medians, batch)
+    broken_note = "".join(f"; {p} failed here ({r})" for p, r in broken.items())
     return Choice(chosen, opened[chosen], f"auto: {chosen} (p50 {_times({str(p): m for p, m in medians.items()}, chosen)} "
                                           f"at batch {batch}, timed now; "
                                           + ("saved" if saved else "not saved: bundle folder not writable")
-                                          + f"){skipped_note}")
+                                          + f"){skipped_note}{broken_note}")
 
 
 def _times(p50_ms: dict[str, float], chosen: Pair) -> str:

@@ -171,3 +171,17 @@ def test_candidates_cover_the_request() -> None:
     assert engines.candidates("onnxruntime", "auto") == [Pair("onnxruntime", "fp32")]
     assert engines.candidates("auto", "int8") == [Pair("onnxruntime", "int8"), Pair("openvino", "int8")]
     assert engines.candidates("onnxruntime", "bf16") == [Pair("onnxruntime", "bf16")]  # to be refused by name
+
+
+def test_a_pair_that_fails_to_load_here_leaves_the_others(all_formats, tmp_path: Path, monkeypatch) -> None:
+    """OpenVINO failing on this machine (here: made to fail compiling) is skipped with its error in the line;
+    onnxruntime serves."""
+    import serve.openvino_engine as openvino_engine
+
+    def broken(*args, **kwargs):
+        raise BundleError("OpenVINO could not load model.onnx: Check 'shape' failed")
+
+    monkeypatch.setattr(openvino_engine, "create_openvino_session", broken)
+    predictor = serve.load(_copy(all_formats["efficientnet_lite0"], tmp_path))
+    assert (predictor.engine, predictor.variant) == ("onnxruntime", "fp32")
+    assert "openvino fp32 failed here (BundleError: OpenVINO could not load model.onnx" in predictor.provider_line
