@@ -61,7 +61,7 @@ class _Sessions:
         self.bundle, self.entry = bundle, entry
         self.manifest = read_manifest(bundle)
         self.predictors: dict[int, serve.Predictor] = {}
-        self._pinned: dict[str, serve.Predictor] | None = None
+        self.pinned = _pinned(bundle, self.manifest, self.config)
         options = session_options(self.config)
         self.raw = {name: ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"],
                                                disabled_optimizers=disabled_optimizers("fp16" in name))
@@ -78,20 +78,6 @@ class _Sessions:
         if batch not in self.predictors:
             self.predictors[batch] = serve.load(self.bundle, config=self.config, batch_size=batch)
         return self.predictors[batch]
-
-    def pinned(self) -> dict[str, Any]:
-        """serve's predictor on each pair auto may choose (fp32 and bf16 the bundle's gates allow), by pair."""
-        import dataclasses
-
-        import serve
-        from serve.engines import AUTO_VARIANTS, candidates, refusal
-
-        if self._pinned is None:
-            allowed = [pair for pair in candidates("auto", "auto") if pair.variant in AUTO_VARIANTS
-                       and refusal(self.manifest, pair) is None]
-            self._pinned = {str(pair): serve.load(self.bundle, config=dataclasses.replace(self.config, engine=pair.engine),
-                                                  variant=pair.variant) for pair in allowed}
-        return self._pinned
 
     def engines(self, batch: int, torch_model: torch.nn.Module) -> dict[str, Callable[[], Any]]:
         """One callable per engine, all on the same batch."""
@@ -115,7 +101,7 @@ class _Sessions:
         if self.savedmodel is not None:
             engines.update(self.savedmodel(feeds))
         engines["serve run (preprocessed)"] = lambda: predictor.run(feeds)
-        for pair, pinned in self.pinned().items():
+        for pair, pinned in self.pinned.items():
             engines[f"serve run ({pair})"] = lambda pinned=pinned: pinned.run(feeds)
         engines["serve predict (raw input)"] = lambda: predictor.predict(raw_inputs, batch_size=batch)
         if self.optimum is not None:
@@ -138,6 +124,17 @@ def _openvino(bundle: Path, manifest: Manifest, threads: int) -> dict[str, Any]:
              **({"int8": manifest.variants["int8"]["file"]} if "int8" in manifest.variants else {})}
     return {f"openvino {variant}": create_openvino_session(bundle / file, threads, HINTS[variant])[0]
             for variant, file in files.items()}
+
+
+def _pinned(bundle: Path, manifest: Manifest, config) -> dict[str, Any]:
+    """serve's predictor on each pair auto may choose (fp32 and bf16 the bundle's gates allow), by pair."""
+    import dataclasses
+
+    import serve
+    from serve.engines import candidates, refusal
+
+    return {str(pair): serve.load(bundle, config=dataclasses.replace(config, engine=pair.engine), variant=pair.variant)
+            for pair in candidates("auto", "auto") if refusal(manifest, pair) is None}
 
 
 def auto_check(report_rows: list[Row], choices: dict[int, str]) -> list[dict[str, Any]]:

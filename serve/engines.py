@@ -53,8 +53,10 @@ class Pair:
         return f"{self.engine} {self.variant}"
 
 
-def refusal(manifest: Manifest, pair: Pair) -> str | None:
-    """None when `pair` passed its gate at this bundle's export and can run here; else why it may not."""
+def refusal(manifest: Manifest, pair: Pair, by_name: bool = False) -> str | None:
+    """None when `pair` passed its gate at this bundle's export and can run here; else why it may not.
+    `by_name`: the pair was asked for explicitly, and OpenVINO fp32 also runs on a bundle exported without
+    its check."""
     if pair.engine == "onnxruntime":
         if pair.variant == "bf16":
             return "onnxruntime has no bf16 CPU kernels; bf16 runs on engine 'openvino'"
@@ -71,6 +73,8 @@ def refusal(manifest: Manifest, pair: Pair) -> str | None:
         return "the fp16 variant was checked on onnxruntime only"
     checked = manifest.artifacts.get("openvino", {}).get("pairs", {}).get(pair.variant)
     if checked is None:
+        if by_name and pair.variant == "fp32":
+            return None
         return ("not checked at export (re-export with --format openvino"
                 + (" --format onnx-int8)" if pair.variant == "int8" else ")"))
     if not checked.get("ok"):
@@ -82,14 +86,6 @@ def refusal(manifest: Manifest, pair: Pair) -> str | None:
         if not bf16_hardware():
             return "this CPU has no bf16 instructions (OpenVINO would run f32, not what passed)"
     return None
-
-
-def explicit_allowed(manifest: Manifest, pair: Pair) -> str | None:
-    """`refusal` for a pair asked for by name: OpenVINO fp32 also runs on a bundle exported without its check."""
-    reason = refusal(manifest, pair)
-    if reason and reason.startswith("not checked") and pair == Pair("openvino", "fp32"):
-        return None
-    return reason
 
 
 def candidates(engine: str, variant: str) -> list[Pair]:
@@ -209,21 +205,20 @@ def choose(directory: Path, manifest: Manifest, engine: str, variant: str, batch
     session; `run_of(opened, feeds)` is a call that runs it once. BundleError when no pair is allowed."""
     asked = candidates(engine, variant)
     if len(asked) == 1:
-        reason = explicit_allowed(manifest, asked[0])
+        reason = refusal(manifest, asked[0], by_name=True)
         if reason:
             raise BundleError(f"{asked[0]} cannot serve {directory}: {reason}")
         return Choice(asked[0], open_pair(asked[0]), f"{asked[0]} as asked")
-    judge = refusal if engine == "auto" else explicit_allowed  # an engine named: its fp32 as asked by name
-    reasons = {pair: judge(manifest, pair) for pair in asked}
+    # an engine named: its fp32 counts as asked for by name
+    reasons = {pair: refusal(manifest, pair, by_name=engine != "auto") for pair in asked}
     allowed = [pair for pair, reason in reasons.items() if reason is None]
     if not allowed:
         raise BundleError(f"no pair of engine {engine!r} and precision {variant!r} can serve {directory}: "
                           + "; ".join(f"{p}: {r}" for p, r in reasons.items()))
-    skipped = "; ".join(f"{p}: {r}" for p, r in reasons.items() if r)
-    for pair, reason in reasons.items():
-        if reason:
-            log.info("serve: engine auto skips %s: %s", pair, reason)
-    skipped_note = f"; skipped {', '.join(str(p) for p, r in reasons.items() if r)}" if skipped else ""
+    skipped = [pair for pair in asked if reasons[pair]]
+    for pair in skipped:
+        log.info("serve: engine auto skips %s: %s", pair, reasons[pair])
+    skipped_note = f"; skipped {', '.join(map(str, skipped))}" if skipped else ""
     if len(allowed) == 1:
         return Choice(allowed[0], open_pair(allowed[0]), f"auto: {allowed[0]}, the only pair allowed{skipped_note}")
     key = decision_key(directory, allowed, batch, threads)

@@ -9,6 +9,7 @@ concurrent calls share the compiled model safely without paying for a new reques
 
 from __future__ import annotations
 
+import functools
 import queue
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ def openvino_version() -> str | None:
     return openvino.__version__.split("-")[0]
 
 
+@functools.cache
 def bf16_hardware() -> bool:
     """This CPU computes bf16 natively (AVX512_BF16 or AMX, as OpenVINO's CPU plugin reports it); elsewhere the
     plugin runs a bf16 hint at f32."""

@@ -55,15 +55,15 @@ class SessionConfig:
     # None: text models only (their shapes change run to run); image models run the shapes their
     # warm-up ran, and keep that plateau.
     release_memory: bool | None = None
-
-    def releases_memory(self, modality: str) -> bool:
-        """Whether runs of a `modality` model give their arena memory back (release_memory, or its default)."""
-        return self.release_memory if self.release_memory is not None else modality == "text"
     # CUDA provider. The GPU to run on, and how cuDNN picks convolution algorithms: onnxruntime's default,
     # EXHAUSTIVE, times every algorithm on every new input shape (each micro-batch size, each detection or
     # segmentation image size: seconds of stall per new shape); HEURISTIC asks cuDNN's heuristics once.
     cuda_device_id: int = 0
     cudnn_conv_algo_search: str = "HEURISTIC"
+
+    def releases_memory(self, modality: str) -> bool:
+        """Whether runs of a `modality` model give their arena memory back (release_memory, or its default)."""
+        return self.release_memory if self.release_memory is not None else modality == "text"
 
     def check(self) -> None:
         if self.io_binding not in IO_BINDING:

@@ -92,7 +92,8 @@ def build(context: DerivedContext) -> Built:
     fp32 += [replace(c, label=f"{c.label} (IR)") for c in checked(context, xml, atol, session=_session(xml, "fp32"))]
     pairs = {"fp32": _record(fp32, f"max |diff| <= {atol:g}")}
     rows = [report_row("openvino", str(xml.relative_to(staging)), staging, fp32)]
-    if bf16_hardware():
+    has_bf16 = bf16_hardware()
+    if has_bf16:
         bf16, held_out = _bf16_results(context)
         pairs["bf16"] = _record(bf16, f"min cosine >= {BF16_MIN_COSINE:g}, decisions agree on >= "
                                       f"{BF16_MIN_AGREEMENT:.0%}")
@@ -107,6 +108,6 @@ def build(context: DerivedContext) -> Built:
         rows.append(report_row("openvino int8", INT8_FILE, staging, int8, held_out=held_out,
                                status=_status(pairs["int8"])))
     record = {"repository": REPOSITORY, "model_name": name, "version": 1, "file": str(xml.relative_to(staging)),
-              "openvino": openvino_version(), "bf16_hardware": bf16_hardware(), "pairs": pairs}
+              "openvino": openvino_version(), "bf16_hardware": has_bf16, "pairs": pairs}
     written = [f"{REPOSITORY}/config.json", str(xml.relative_to(staging)), str(xml.with_suffix(".bin").relative_to(staging))]
     return rows, record, written
