@@ -4,7 +4,8 @@ Never imports torch, tensorflow, zoo or export: the bundle's manifest is the who
 """
 
 from serve.errors import BundleError, InputError, ProviderError, ServeError
-from serve.predictor import Predictor, load
+from serve.loading import load
+from serve.predictor import Predictor
 from serve.providers import SessionConfig
 
 __all__ = ["BundleError", "InputError", "Predictor", "ProviderError", "ServeError", "SessionConfig", "load"]

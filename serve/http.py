@@ -37,7 +37,8 @@ from serve.errors import LimitError, ServeError
 from serve.entities import AGGREGATIONS
 from serve.kinds import kinds_taking
 from serve.limits import Limits
-from serve.predictor import Predictor, load
+from serve.loading import load
+from serve.predictor import Predictor
 from serve.providers import SessionConfig
 from serve.protocol import DATATYPES, HttpError, infer_inputs, parse_json, tensor_metadata
 from serve.segmentation import jsonable

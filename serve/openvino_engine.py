@@ -26,7 +26,7 @@ PRECISIONS = tuple(sorted(set(HINTS.values())))
 # Bundle kinds (postprocessing.kind) OpenVINO cannot run, and why: serve.load refuses them, zoo bench skips them.
 UNSUPPORTED_KINDS = {"detection": "detectors: OpenVINO 2026.4's CPU plugin fails on their data-dependent Resize "
                                   "(it asks for petabytes)"}
-# OpenVINO's element type names -> onnxruntime's, which the manifest check reads (serve.predictor.check_graph)
+# OpenVINO's element type names -> onnxruntime's, which the manifest check reads (serve.loading.check_graph)
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)",
           "u8": "tensor(uint8)", "i8": "tensor(int8)", "boolean": "tensor(bool)"}
 

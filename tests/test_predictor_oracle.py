@@ -21,7 +21,8 @@ from serve.limits import Limits
 from serve.files import sha256_file
 from serve.manifest import parse_manifest
 from serve.activations import softmax
-from serve.predictor import Predictor, _batches, check_graph
+from serve.loading import check_graph
+from serve.predictor import Predictor, _batches
 from serve.qa import question_and_context
 from serve.providers import SessionChoice
 
@@ -451,19 +452,19 @@ def test_auto_variant_takes_fp16_only_on_a_working_cuda_session(tmp_path: Path, 
     """serve.load's variant choice, with onnxruntime-gpu "installed" (cuda_listed) and every session on
     CPU: auto tries fp16, sees CUDA unusable and falls back to fp32; device cpu never tries; an explicit
     fp16 is kept. Each session gets the config, the file's digest and the float16 flag of its variant."""
-    import serve.predictor as predictor_module
+    import serve.loading as loading
 
     fp16 = bundle(tmp_path / "b", {"fp16": {"file": "model.fp16.onnx"}})
     digests = json.loads((fp16 / "manifest.json").read_text())["files"]
     calls = []
-    real = predictor_module.create_session
+    real = loading.create_session
 
     def recording(path, config, sha256, float16=False):
         calls.append((Path(path).name, config.device, config.intra_op_threads, sha256, float16))
         return real(path, config, sha256, float16=float16)
 
-    monkeypatch.setattr(predictor_module, "create_session", recording)
-    monkeypatch.setattr(predictor_module, "cuda_listed", lambda: True)
+    monkeypatch.setattr(loading, "create_session", recording)
+    monkeypatch.setattr(loading, "cuda_listed", lambda: True)
     loaded = serve.load(fp16, threads=2)
     assert loaded.variant == "fp32" and "threads 2/default" in loaded.provider_line
     assert calls == [("model.fp16.onnx", "auto", 2, digests["model.fp16.onnx"], True),
@@ -475,7 +476,7 @@ def test_auto_variant_takes_fp16_only_on_a_working_cuda_session(tmp_path: Path, 
     assert serve.load(fp16, variant="fp16").variant == "fp16"  # asked for: no fallback
     assert calls == [("model.fp16.onnx", "auto", None, digests["model.fp16.onnx"], True)]
     calls.clear()
-    monkeypatch.setattr(predictor_module, "cuda_listed", lambda: False)
+    monkeypatch.setattr(loading, "cuda_listed", lambda: False)
     assert serve.load(fp16).variant == "fp32" and [c[0] for c in calls] == ["model.onnx"]
 
 
