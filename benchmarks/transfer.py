@@ -303,6 +303,15 @@ def metric_name(rows: list[dict], data: str) -> str:
     return METRIC_NAMES[next(r["modality"] for r in rows if r["data"] == data)]
 
 
+def seeds_of(rows: list[dict], data: str, n: int) -> int:
+    """The most seeds any method has at (data, n): a cell with fewer is marked in the table and the plot."""
+    counts = {}
+    for r in rows:
+        if (r["data"], r["per_class"]) == (data, n):
+            counts[r["method"]] = counts.get(r["method"], 0) + 1
+    return max(counts.values(), default=0)
+
+
 def table(rows: list[dict]) -> list[str]:
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     lines = ["| data | per class | metric | " + " | ".join(methods) + " | seeds |",
@@ -311,7 +320,7 @@ def table(rows: list[dict]) -> list[str]:
         for n in sorted({r["per_class"] for r in rows if r["data"] == name}):
             cells = []
             runs = {m: [r for r in rows if (r["data"], r["per_class"], r["method"]) == (name, n, m)] for m in methods}
-            seeds = max(len(found) for found in runs.values())
+            seeds = seeds_of(rows, name, n)
             for method in methods:
                 found = runs[method]
                 values = [metric_of(r) for r in found]
@@ -334,15 +343,18 @@ def plot(rows: list[dict], path: Path) -> None:
 
     names = [d for d in DATASETS if any(r["data"] == d for r in rows)]
     colours = {method: f"C{index}" for index, method in enumerate(METHODS)}  # one colour per method everywhere
-    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.9), squeeze=False)
+    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
     for axis, name in zip(axes[0], names):
         for method in METHODS:
             points = sorted({r["per_class"] for r in rows if (r["data"], r["method"]) == (name, method)})
             if not points:
                 continue
-            means = [statistics.mean(metric_of(r) for r in rows if (r["data"], r["method"], r["per_class"]) == (name, method, n))
-                     for n in points]
-            axis.plot(points, means, "o-", label=method, color=colours[method])
+            runs = [[metric_of(r) for r in rows if (r["data"], r["method"], r["per_class"]) == (name, method, n)]
+                    for n in points]
+            axis.plot(points, [statistics.mean(values) for values in runs], "-", label=method, color=colours[method])
+            for n, values in zip(points, runs):  # hollow: fewer seeds than the row's (other seeds, not comparable)
+                full = len(values) >= seeds_of(rows, name, n)
+                axis.plot([n], [statistics.mean(values)], "o", color=colours[method], markerfacecolor=None if full else "white")
         sizes = sorted({r["per_class"] for r in rows if r["data"] == name})
         axis.set_xscale("log")
         axis.xaxis.set_major_locator(FixedLocator(sizes))
@@ -353,8 +365,9 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.set_ylabel(metric_name(rows, name))
     present = [m for m in METHODS if any(r["method"] == m for r in rows)]
     figure.legend([plt.Line2D([], [], color=colours[m], marker="o") for m in present], present,
-                  loc="lower center", ncol=len(present), fontsize=9)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+                  loc="lower center", ncol=len(present), fontsize=9,
+                  title="hollow point: fewer seeds than the other methods at that size", title_fontsize=8)
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
