@@ -54,6 +54,11 @@ class FormatOptions:
     # text. Text SavedModels are always fixed-shape: this, or 1 x max_length.
     static_shape: tuple[int, ...] | None = None
 
+    @property
+    def batch(self) -> int:
+        """The rows one run of an exported model takes in its checks: the static batch, or 1."""
+        return self.static_shape[0] if self.static_shape else 1
+
 
 def with_needs(formats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """`formats` and every format they are made from, in FORMATS order."""

@@ -21,10 +21,9 @@ def held_out_comparison(context: DerivedContext, session, cosine_floor: float) -
     from export.calibration import held_out_images
 
     images, label = held_out_images(context.entry.input, context.options.calibration)
-    batch = context.options.static_shape[0] if context.options.static_shape else 1
     with torch.inference_mode():
         expected = context.torch_model(images).float().numpy()
-    chunks = at_static_shape([ParityCase("", {"x": images})], (batch,))
+    chunks = at_static_shape([ParityCase("", {"x": images})], (context.options.batch,))
     actual = np.concatenate([session.run([context.output_name], {context.inputs[0].name: c.inputs["x"].numpy()})[0]
                              for c in chunks])[:len(images)]
     return compare_outputs(context.entry, label, actual, expected, None, cosine_floor)
@@ -46,9 +45,8 @@ def build(context: DerivedContext) -> Built:
 
     entry, target = context.entry, context.staging / INT8_FILE
     if entry.modality == "image":
-        batch = context.options.static_shape[0] if context.options.static_shape else 1
-        quantize_static_int8(context.staging / ONNX_FILE, target,
-                             calibration_images(entry.input, context.options.calibration).numpy(), batch)
+        images = calibration_images(entry.input, context.options.calibration).numpy()
+        quantize_static_int8(context.staging / ONNX_FILE, target, images, context.options.batch)
         method = ("static QDQ, per-channel int8 weights, uint8 activations (MinMax), calibrated on "
                   + (str(context.options.calibration) if context.options.calibration else "the default photo set"))
     else:
