@@ -126,14 +126,18 @@ def compare_outputs(entry: ModelEntry, label: str, actual: np.ndarray, expected:
     return implementation(get_task(entry.task)).compare(label, actual, expected, atol, cosine_floor, scale)
 
 
-def compare_detections(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, scale: float) -> Comparison:
+def compare_detections(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, scale: float,
+                       served: float = 0.0) -> Comparison:
     """Two sets of detections (rows x1 y1 x2 y2 score label, boxes in pixels of an image whose longer side
     is `scale`), matched greedily: each expected detection, best score first, to the closest unmatched one
     of the same label, a pair when boxes (divided by `scale`: a fraction of the image) and score are within
     `atol`. max |diff| is over the pairs. A detection left without a partner is excused when its score is
     within `atol` of the lowest one kept (it sits at the cut, the per-image cap or the score threshold, and
-    may fall on either side); the agreement is the share of detections paired or excused. Order is not
-    compared: equal scores may come in any order."""
+    may fall on either side), and so is one scoring below `served`, the score from which serve returns
+    detections by default: a two-stage detector also cuts its proposals (the RPN keeps its top n), and a
+    proposal at that cut can add or drop a low-scoring detection that no output shows at a cut. The
+    agreement is the share of detections paired or excused. Order is not compared: equal scores may come
+    in any order."""
     actual = np.asarray(actual, dtype=np.float64).reshape(-1, 6)
     expected = np.asarray(expected, dtype=np.float64).reshape(-1, 6)
     used = np.zeros(len(actual), dtype=bool)
@@ -153,14 +157,18 @@ def compare_detections(label: str, actual: np.ndarray, expected: np.ndarray, ato
         worst = math.inf
     lonely = np.concatenate([np.array(unpaired), actual[~used, 4]])
     cut = min(expected[:, 4].min(initial=np.inf), actual[:, 4].min(initial=np.inf)) + (atol or 0.0)
-    wrong = int(np.sum(lonely > cut))
+    at_cut = lonely <= cut
+    unserved = ~at_cut & (lonely < served)
+    wrong = int(np.sum(~at_cut & ~unserved))
     total = max(len(actual), len(expected))
     agreement = 1.0 - wrong / total if total else 1.0
     note = f"{len(expected)} detections"
     if len(actual) != len(expected):
         note += f", {len(actual)} in the export"
-    if len(lonely) > wrong:
-        note += f", {len(lonely) - wrong} unpaired at the score cut"
+    if at_cut.any():
+        note += f", {int(at_cut.sum())} unpaired at the score cut"
+    if unserved.any():
+        note += f", {int(unserved.sum())} unpaired below the served score {served:g}"
     distinct = len(np.unique(np.round(expected[:, 4], 5)))
     if wrong and distinct < 0.9 * len(expected):
         # An undertrained model scores many boxes alike: which of the ties survive NMS is arbitrary.

@@ -90,8 +90,9 @@ def summary(dataset: Dataset) -> dict[str, Any]:
 def compare(label: str, actual: np.ndarray, expected: np.ndarray, atol: float | None, cosine_floor: float | None = None,
             scale: float | None = None) -> Comparison:
     """Rows of x1 y1 x2 y2 score label, compared as sets of detections, boxes relative to the image's
-    longer side `scale` (zoo.reference.compare_detections)."""
-    return compare_detections(label, actual, expected, atol, scale or 1.0)
+    longer side `scale` (zoo.reference.compare_detections); every detection serve returns by default
+    (DEFAULT_MIN_SCORE) must have its partner."""
+    return compare_detections(label, actual, expected, atol, scale or 1.0, served=DEFAULT_MIN_SCORE)
 
 
 def bundle_postprocessing(entry: ModelEntry) -> Postprocessing:
