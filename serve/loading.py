@@ -94,9 +94,7 @@ def _cuda_session(path: Path, manifest: Manifest, config: SessionConfig, variant
                               "'openvino' or 'auto'")
         return None
     chosen = ("fp16" if "fp16" in manifest.variants else "fp32") if variant == "auto" else variant
-    model_file = _file_of(manifest, chosen)
-    choice = create_session(path / model_file, dataclasses.replace(config, engine="onnxruntime"),
-                            manifest.files[model_file], float16=chosen == "fp16")
+    choice = _onnxruntime_session(path, manifest, config, chosen)
     if choice.provider != CUDA and variant == "auto" and config.device == "auto":
         return None  # CUDA listed but unusable: the CPU's choice
     return Pair("onnxruntime", chosen), choice
@@ -106,14 +104,13 @@ def _cpu_choice(path: Path, manifest: Manifest, config: SessionConfig, variant: 
                 ) -> tuple[Pair, SessionChoice]:
     """The CPU pair serve.engines chooses (timed at `batch_size` rows when more than one may run), opened."""
     def open_pair(pair: Pair) -> SessionChoice:
-        model_file = _file_of(manifest, pair.variant)
         if pair.engine == "openvino":
             from serve.openvino_engine import HINTS, create_openvino_session
 
-            session, line = create_openvino_session(path / model_file, config.intra_op_threads, HINTS[pair.variant])
+            session, line = create_openvino_session(path / _file_of(manifest, pair.variant), config.intra_op_threads,
+                                                    HINTS[pair.variant])
             return SessionChoice(session, OPENVINO, line)
-        return create_session(path / model_file, dataclasses.replace(config, engine="onnxruntime"),
-                              manifest.files[model_file], float16=pair.variant == "fp16")
+        return _onnxruntime_session(path, manifest, config, pair.variant)
 
     def run_of(opened: SessionChoice, feeds: dict[str, np.ndarray]):  # as the Predictor will run it
         names, options = [output.name for output in manifest.outputs], run_options(release)
@@ -121,6 +118,13 @@ def _cpu_choice(path: Path, manifest: Manifest, config: SessionConfig, variant: 
 
     decided = choose(path, manifest, config.engine, variant, batch_size, config.intra_op_threads, open_pair, run_of)
     return decided.pair, dataclasses.replace(decided.opened, line=f"{decided.opened.line}; {decided.line}")
+
+
+def _onnxruntime_session(path: Path, manifest: Manifest, config: SessionConfig, variant: str) -> SessionChoice:
+    """The onnxruntime session of `variant`'s file, checked against its digest (serve.providers)."""
+    model_file = _file_of(manifest, variant)
+    return create_session(path / model_file, dataclasses.replace(config, engine="onnxruntime"),
+                          manifest.files[model_file], float16=variant == "fp16")
 
 
 def _require_variant(path: Path, manifest: Manifest, variant: str) -> None:
