@@ -33,7 +33,7 @@ from zoo.errors import InputError
 from zoo.preprocess import image_pixels
 from zoo.reference import compare_detections
 from zoo.registry import REGISTRY_ENV, get_model
-from zoo.tasks.detection import DEFAULT_MIN_SCORE
+from zoo.tasks.detection import compare
 from zoo.tolerances import DETECTION_ATOL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,8 +257,7 @@ def test_exported_detections_match_torch_on_photos_of_any_size(run_and_bundle, c
         with torch.inference_mode():
             expected = detection_rows(*model(pixels))
         actual = np.array([[*d["box"], d["score"], d["index"]] for d in found["detections"]]).reshape(-1, 6)
-        comparison = compare_detections(photo, actual, expected, DETECTION_ATOL, max(pixels.shape[-2:]),
-                                        served=DEFAULT_MIN_SCORE)  # as the export judged it
+        comparison = compare(photo, actual, expected, DETECTION_ATOL, scale=max(pixels.shape[-2:]))  # as export judges
         assert comparison.ok and len(expected) > 10, comparison.line()
         width, height = found["size"]
         assert (pixels.shape[-1], pixels.shape[-2]) == (width, height)

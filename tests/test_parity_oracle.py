@@ -176,7 +176,6 @@ def test_detection_labels_must_match_and_the_score_cut_excuses() -> None:
     assert compare_detections("case", nan, expected, atol=0.01, scale=100.0).max_abs_diff == math.inf
 
 
-
 def test_a_detection_below_the_served_score_may_be_unpaired_one_above_it_not() -> None:
     """A proposal cut inside a two-stage detector can add a low-scoring detection on one side only: excused
     below `served` (serve's default score), counted against the agreement from it up."""
@@ -188,6 +187,7 @@ def test_a_detection_below_the_served_score_may_be_unpaired_one_above_it_not() -
     missing = expected[[1]]  # the 0.9 detection gone from the export: served, so wrong whatever `served` is
     assert not compare_detections("case", missing, expected, atol=0.01, scale=100.0, served=0.5).ok
     assert compare_detections("case", missing, expected, atol=0.01, scale=100.0, served=0.95).ok
+
 
 def test_no_detections_on_either_side_agree() -> None:
     empty = np.zeros((0, 6))
