@@ -21,6 +21,8 @@ Methods:
 - zoo: `zoo.finetune(MODEL, DATA, OUT)`, nothing else set (the default recipe, zoo.recipe);
 - zoo-probe: `--probe` (the head fitted on frozen features only);
 - zoo-pairs: `--pairs on` (SetFit's contrastive stage before the probe, then fine-tuning; text only);
+- zoo-setfit: `--probe --pairs on` (SetFit's two stages in zoo, no fine-tuning: checks zoo.pairs against
+  the setfit package on the same splits; text only);
 - previous: `zoo finetune`'s defaults before this recipe (PREVIOUS_DEFAULTS);
 - scratch: the default recipe (as `zoo`) from random initialisation: what the pretrained weights are worth;
 - sklearn-probe: the pretrained model's pooled features + scikit-learn LogisticRegression() defaults;
@@ -56,7 +58,8 @@ from typing import Callable
 import numpy as np
 
 TEXT_MODEL, IMAGE_MODEL = "all-minilm-l6-v2", "efficientnet_lite0"
-METHODS = ("zoo", "zoo-probe", "zoo-pairs", "previous", "scratch", "sklearn-probe", "classical", "setfit")
+METHODS = ("zoo", "zoo-probe", "zoo-pairs", "zoo-setfit", "previous", "scratch", "sklearn-probe", "classical", "setfit")
+TEXT_ONLY = ("zoo-pairs", "zoo-setfit", "setfit")
 # `zoo finetune`'s defaults before the recipe (what the issue measured): 3 epochs of full fine-tuning from a
 # random head, AdamW 1e-3, ImageNet-style crops, BatchNorm statistics updated, the best epoch kept.
 PREVIOUS_DEFAULTS = {"epochs": 3, "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 0.0, "patience": 0,
@@ -280,6 +283,8 @@ def run_method(method: str, data: Data, indices: np.ndarray, seed: int, root: Pa
         return zoo_method(data, indices, seed, root, probe_only=True)
     if method == "zoo-pairs":
         return zoo_method(data, indices, seed, root, pairs="on")
+    if method == "zoo-setfit":
+        return zoo_method(data, indices, seed, root, probe_only=True, pairs="on")
     if method == "scratch":
         return zoo_method(data, indices, seed, root, pretrained=False)
     if method == "previous":
@@ -410,7 +415,7 @@ def main() -> int:
             for seed in range(args.seeds):
                 indices = data.pool(n, seed)
                 for method in args.methods:
-                    if (name, n, seed, method) in done or (method in ("setfit", "zoo-pairs") and data.modality != "text"):
+                    if (name, n, seed, method) in done or (method in TEXT_ONLY and data.modality != "text"):
                         continue
                     with tempfile.TemporaryDirectory() as tmp:
                         start = time.perf_counter()

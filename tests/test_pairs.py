@@ -16,6 +16,7 @@ from torch import nn
 
 from zoo.data import Dataset, Example
 from zoo.pairs import BATCH, ITERATIONS, MAX_PAIRS, sample_pairs, train_pairs
+from zoo.probe import FIXED_C
 from zoo.errors import InputError
 from zoo.recipe import resolve
 from zoo.registry import get_model
@@ -162,4 +163,6 @@ def test_setfit_recipe_runs_on_real_weights_and_records_the_stage(tmp_path: Path
     assert card["pairs"]["pairs"] == 2 * ITERATIONS * 8 and card["pairs"]["steps"] == 20
     assert card["pairs"]["last_loss"] < card["pairs"]["first_loss"]
     assert "pairs = on: given" in card["choices"]
+    # no C search on features trained on these very labels: SetFit's fixed C, no out-of-fold accuracy
+    assert card["probe"]["C"] == FIXED_C and card["probe"]["cv_accuracy"] is None
     assert result.best_metrics["accuracy"] == 1.0  # 4 held-out reviews, plainly worded

@@ -223,13 +223,17 @@ class Trainer:
                 with atomic_path(cache) as tmp:
                     save_file({"features": features, "labels": labels,
                                "fingerprint": torch.tensor(list(fingerprint.encode()), dtype=torch.uint8)}, str(tmp))
-        self.probe = fit_probe(features, labels, head.out_features, seed=self.config.seed)
+        trained_on_labels = bool(self.pairs_info and self.pairs_info["steps"])  # zoo.probe.FIXED_C: no search
+        folds = 0 if trained_on_labels else FOLDS
+        self.probe = fit_probe(features, labels, head.out_features, folds=folds, seed=self.config.seed)
         self.probe_info = {"C": self.probe.C, "train_loss": self.probe.train_loss, "examples": len(features),
                            "cv_accuracy": self.probe.cv_accuracy}
         load_probe(head, self.probe)
         accuracy = "" if self.probe.cv_accuracy is None else f", out-of-fold accuracy {self.probe.cv_accuracy:.3f}"
+        how = ("fixed: the features were trained on these labels, cross-validation would measure memory"
+               if trained_on_labels else f"cross-validated log loss, up to {FOLDS} folds")
         self.log(f"linear probe on {len(features)} x {features.shape[1]} frozen features: C={self.probe.C:g} "
-                 f"(cross-validated log loss, up to {FOLDS} folds){accuracy}, {time.perf_counter() - start:.1f}s")
+                 f"({how}){accuracy}, {time.perf_counter() - start:.1f}s")
 
     def probe_leaves_nothing(self) -> bool:
         """`--after-probe gated` and a probe without out-of-fold errors (zoo.recipe.fine_tuning_has_room): the
