@@ -22,7 +22,7 @@ C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 FOLDS = 5
 # The head on features that were trained on the same labels (zoo.pairs): cross-validation there measures
 # memory, not generalisation (out-of-fold accuracy 0.95-1.0 after the pairs where the backbone's was
-# 0.58-0.62: rotten tomatoes, 25 per class, seeds 5-8), and it chose the weakest regularisation (C = 100,
+# 0.58-0.62: rotten tomatoes, 25 per class, seeds 5-9), and it chose the weakest regularisation (C = 100,
 # a saturated head). SetFit's head has scikit-learn's default C instead, without a search.
 FIXED_C = 1.0
 
