@@ -127,7 +127,7 @@ def test_the_recipe_leaves_pairs_off_says_why_and_keeps_them_when_asked() -> Non
     minilm = get_model("all-minilm-l6-v2")
     auto, lines = resolve(FinetuneConfig(), minilm, _text_dataset(8))
     assert auto.pairs == "off" and auto.after_probe == "gated"
-    assert any(line.startswith("pairs = off: measured (benchmarks/transfer.py") for line in lines)
+    assert any(line.startswith("pairs = off: not measured on every text row yet (benchmarks/transfer.py") for line in lines)
     bert, lines = resolve(FinetuneConfig(), get_model("bert-base-uncased"), _text_dataset(8))
     assert bert.pairs == "off" and any("not trained for cosine similarity" in line for line in lines)
     asked, lines = resolve(FinetuneConfig(pairs="on"), minilm, _text_dataset(8))

@@ -6,9 +6,11 @@ gave is kept and reported as given.
 For classifiers (measured in benchmarks/transfer.py):
 - linear probe, then fine-tuning (LP-FT): the head is first fitted on the frozen backbone's features
   (zoo.probe), then everything trains at the card's learning rate (CNNs and transformers differ);
-- no contrastive pair stage (zoo.pairs, SetFit's) before the probe: on rotten tomatoes at 10 and 25 per
-  class it did not beat LP-FT alone and doubled the time; with --pairs on, fine-tuning follows the probe
-  without the gate below (the pair-trained features saw every training label);
+- no contrastive pair stage (zoo.pairs, SetFit's) before the probe, yet: since its probe takes SetFit's
+  fixed C (zoo.probe.FIXED_C) it measured ahead of LP-FT alone (rotten tomatoes 10 and 25 per class, drug
+  reviews 25 per class on one seed), at 1.2-3.6x the time, but it has not been run on every text row; with
+  --pairs on, fine-tuning follows the probe without the gate below (the pair-trained features saw every
+  training label);
 - a budget in optimizer steps rather than epochs: small data sets get more epochs, large ones fewer;
   warm-up over the first tenth, cosine decay to zero, no early stopping;
 - fine-tuning runs unless the probe made no error in cross-validation on the training split (faces:
@@ -95,9 +97,8 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
         choose("pairs", "off", f"{entry.id} is not trained for cosine similarity ({entry.task}): the pair loss "
                                "assumes the cosine of two embeddings already means something")
     else:
-        choose("pairs", "off", "measured (benchmarks/transfer.py, rotten tomatoes, 10 and 25 per class): pairs before "
-                               "LP-FT 0.639 / 0.695 against LP-FT's 0.637 / 0.699, at twice the time; --pairs on "
-                               "to try (--probe --pairs on is SetFit)")
+        choose("pairs", "off", "not measured on every text row yet (benchmarks/transfer.py: ahead of LP-FT alone "
+                               "where measured, at 1.2-3.6x the time); --pairs on to try (--probe --pairs on is SetFit)")
     pairs = values.get("pairs", config.pairs)
     if head_init == "probe" and not config.probe_only and pairs == "on":
         choose("after_probe", "finetune", "fine-tune after the probe: the pairs trained on every training example, so "
