@@ -275,20 +275,16 @@ def setfit(data: Data, indices: np.ndarray, seed: int, root: Path) -> np.ndarray
     return np.asarray(model.predict([data.items[i] for i in data.test]))
 
 
+# zoo's methods: the options each passes to zoo.finetune (the module docstring says what each measures)
+ZOO_OPTIONS = {"zoo": {}, "zoo-probe": {"probe_only": True}, "zoo-pairs": {"pairs": "on"},
+               "zoo-setfit": {"probe_only": True, "pairs": "on"}, "scratch": {"pretrained": False},
+               "previous": PREVIOUS_DEFAULTS}
+
+
 def run_method(method: str, data: Data, indices: np.ndarray, seed: int, root: Path) -> tuple[np.ndarray, dict]:
     """Test-set predictions of `method`, and facts about the run for its row (zoo's methods only)."""
-    if method == "zoo":
-        return zoo_method(data, indices, seed, root)
-    if method == "zoo-probe":
-        return zoo_method(data, indices, seed, root, probe_only=True)
-    if method == "zoo-pairs":
-        return zoo_method(data, indices, seed, root, pairs="on")
-    if method == "zoo-setfit":
-        return zoo_method(data, indices, seed, root, probe_only=True, pairs="on")
-    if method == "scratch":
-        return zoo_method(data, indices, seed, root, pretrained=False)
-    if method == "previous":
-        return zoo_method(data, indices, seed, root, **PREVIOUS_DEFAULTS)
+    if method in ZOO_OPTIONS:
+        return zoo_method(data, indices, seed, root, **ZOO_OPTIONS[method])
     baseline = {"sklearn-probe": sklearn_probe, "classical": classical, "setfit": setfit}[method]
     return baseline(data, indices, seed, root), {}
 
