@@ -118,9 +118,9 @@ def test_the_stage_pulls_classes_apart_and_is_deterministic_for_a_seed() -> None
     assert torch.equal(weights[0], weights[1])
 
 
-def _text_dataset(per_class: int) -> Dataset:
+def _text_dataset(per_class: int, split: str = "given") -> Dataset:
     train = [Example(f"text {i}", i % 2) for i in range(2 * per_class)]
-    return Dataset("text-classification", "text", ["neg", "pos"], train, train[:2], "data", "given")
+    return Dataset("text-classification", "text", ["neg", "pos"], train, train[:2], "data", split)
 
 
 def test_the_recipe_leaves_pairs_off_says_why_and_keeps_them_when_asked() -> None:
@@ -135,6 +135,22 @@ def test_the_recipe_leaves_pairs_off_says_why_and_keeps_them_when_asked() -> Non
     assert asked.after_probe == "finetune"  # the pair features saw every label: no out-of-fold gate
     setfit, _ = resolve(FinetuneConfig(probe_only=True, pairs="on"), minilm, _text_dataset(8))
     assert setfit.pairs == "on" and setfit.freeze == "head"
+
+
+def test_with_pairs_on_zoos_own_split_trains_in_one_pass_on_everything() -> None:
+    """Nothing for a validation pass to decide with pairs on: refit direct, and the step budget counts
+    every example (the held-out ones train too); a given split stays held out; without pairs, refit on."""
+    minilm, own = get_model("all-minilm-l6-v2"), "stratified seed=0 fraction=0.2"
+    # 48 + 2 examples at batch 16: 4 steps per epoch with the 2 held-out ones in, 3 without
+    direct, lines = resolve(FinetuneConfig(pairs="on", batch_size=16), minilm, _text_dataset(24, own))
+    assert direct.refit == "direct" and direct.epochs == 20
+    assert any(line.startswith("refit = direct: one pass on all 50 examples") for line in lines)
+    assert any("(50 training examples, batch 16)" in line for line in lines)
+    assert resolve(FinetuneConfig(pairs="on", probe_only=True), minilm, _text_dataset(24, own))[0].refit == "direct"
+    plain = resolve(FinetuneConfig(pairs="off", batch_size=16), minilm, _text_dataset(24, own))[0]
+    assert plain.refit == "on" and plain.epochs == 27
+    assert resolve(FinetuneConfig(pairs="on"), minilm, _text_dataset(24))[0].refit == "off"  # a given split
+    assert resolve(FinetuneConfig(pairs="on", refit="on"), minilm, _text_dataset(24, own))[0].refit == "on"
     image = Dataset("image-classification", "image", ["a", "b"], [Example("x.png", i % 2) for i in range(8)], [], "data", "given")
     assert resolve(FinetuneConfig(), get_model("efficientnet_lite0"), image)[0].pairs == "off"
     with pytest.raises(InputError, match="--pairs on trains a text encoder for classification; efficientnet_lite0"):
@@ -166,3 +182,42 @@ def test_setfit_recipe_runs_on_real_weights_and_records_the_stage(tmp_path: Path
     # no C search on features trained on these very labels: SetFit's fixed C, no out-of-fold accuracy
     assert card["probe"]["C"] == FIXED_C and card["probe"]["cv_accuracy"] is None
     assert result.best_metrics["accuracy"] == 1.0  # 4 held-out reviews, plainly worded
+
+
+def test_one_direct_pass_gives_the_model_of_a_refit_without_its_first_pass(tmp_path: Path, capsys) -> None:
+    """`--refit direct` (the default with --pairs on) trains what `--refit on` trains in its second pass, the
+    same weights to the bit, without the first pass: the pair stage runs once. Compared on SetFit (`--probe
+    --pairs on`), which a refit always runs again (fine-tuning is re-run only when the first pass selects it,
+    and 2 held-out texts can select the probe). Through the command line, which says there are no
+    validation metrics rather than printing an empty list."""
+    from safetensors.torch import load_file
+
+    from zoo_cli import main
+
+    texts = {"pos": ["a wonderful, moving film", "brilliant acting and a clever plot", "I loved every minute",
+                     "a delight from start to finish", "funny, warm and beautifully shot"],
+             "neg": ["a dull, boring mess", "terrible acting and a stupid plot", "I hated every minute",
+                     "a waste of two hours", "tedious, ugly and badly shot"]}
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for label, rows in texts.items() for t in rows))
+    twice = finetune("all-minilm-l6-v2", data, tmp_path / "on", refit="on", probe_only=True, pairs="on", quiet=True)
+    assert twice.best_metrics and len(twice.refit_history) == 1
+    code = main(["finetune", "all-minilm-l6-v2", "--data", str(data), "--out", str(tmp_path / "direct"), "--probe",
+                 "--pairs", "on", "--quiet"])
+    assert code == 0 and "no validation split, so no validation metrics" in capsys.readouterr().out
+    card = json.loads((tmp_path / "direct" / "card.json").read_text())
+    assert card["hyperparameters"]["refit"] == "direct" and card["best_metrics"] == {} and card["best_epoch"] == 0
+    assert card["data"]["val"] == {} and card["data"]["train"] == {"neg": 5, "pos": 5}
+    assert card["pairs"]["pairs"] == 2 * ITERATIONS * 10  # the pair stage saw all ten texts, once
+    stored = json.loads((tmp_path / "direct" / "run.json").read_text())["data"]
+    assert stored["val_items"] == [] and stored["split"].startswith("none")
+    once = load_file(str(tmp_path / "direct" / "model.safetensors"))
+    refitted = load_file(str(tmp_path / "on" / "model.safetensors"))
+    assert once.keys() == refitted.keys() and all(torch.equal(once[k], refitted[k]) for k in once)
+    assert not (tmp_path / "direct" / "refit").exists()
+    # with fine-tuning: the probe, then every epoch, none evaluated, the last one kept
+    tuned = finetune("all-minilm-l6-v2", data, tmp_path / "tuned", pairs="on", epochs=2, batch_size=4, quiet=True)
+    assert [row["epoch"] for row in tuned.history] == [0, 1, 2] and all(r["val_loss"] is None for r in tuned.history)
+    assert tuned.best_epoch == 2 and tuned.best_metrics == {}
+    tuned_weights = load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    assert not all(torch.equal(tuned_weights[k], once[k]) for k in once)  # fine-tuning moved them

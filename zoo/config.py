@@ -17,7 +17,7 @@ SCHEDULES = ("cosine", "constant")
 HEAD_KINDS = ("multiclass", "binary")  # what --head chooses; a task's own head follows from --task (zoo.tasks)
 TASK_HEADS = tuple(task.head for task in TASKS.values() if task.head)
 AUGMENTATIONS = ("none", "light", "trivial", "imagenet")  # zoo.loaders.train_image_transform
-REFIT = ("auto", "on", "off")
+REFIT = ("auto", "on", "off", "direct")
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("auto", "bf16", "fp16", "off")
 HEAD_INITS = ("auto", "probe", "random")
@@ -62,6 +62,7 @@ class FinetuneConfig:
     augment: str = "auto"  # images: none | light | imagenet | trivial (zoo.loaders.train_image_transform)
     select: str = "auto"  # the weights kept: last (the final epoch's, or the probe's if it validated better) | best
     refit: str = "auto"  # on: once selection is done, train the selected procedure again on train + val | off
+    # | direct: no selection pass, one pass on train + val (nothing to select, e.g. --pairs on)
     batchnorm: str = "auto"  # frozen (running statistics kept, eval mode) | train
     workers: int | None = None  # DataLoader worker processes; None: resolved per device (zoo.runtime.default_workers)
     device: str = "auto"

@@ -22,7 +22,9 @@ For classifiers (measured in benchmarks/transfer.py):
 - BatchNorm running statistics stay frozen; no augmentation (crops and flips cost accuracy within this
   budget);
 - when zoo split the validation examples off small data itself, the chosen procedure is run again on
-  train + val (refit): at 10 examples per class the held-out fifth is a fifth of the evidence.
+  train + val (refit): at 10 examples per class the held-out fifth is a fifth of the evidence; with
+  --pairs on there is nothing for a validation pass to decide, and the one pass trains on all examples
+  (refit direct: the procedure a refit runs, without the first pass and its pair stage).
 """
 
 from __future__ import annotations
@@ -129,18 +131,7 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
     else:
         choose("batchnorm", "frozen", "running statistics kept from pretraining; small batches of new data would "
                                       "move them away from what evaluation uses")
-    examples = len(dataset.train)
-    steps_per_epoch = max(1, math.ceil(math.ceil(examples / config.batch_size) / config.accumulate))
-    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
-    choose("epochs", epochs, f"~{TARGET_STEPS} optimizer steps at {steps_per_epoch} per epoch ({examples} training "
-                             f"examples, batch {config.batch_size}), within {MIN_EPOCHS}..{MAX_EPOCHS} epochs")
-    epochs = values.get("epochs", config.epochs)
-    choose("warmup_epochs", round(WARMUP_FRACTION * epochs, 2), f"the first {WARMUP_FRACTION:.0%} of the steps")
-    choose("select", "last", "the final weights of the schedule, or the probe's if it validated better by more "
-                             "than the split's noise (a 95 % margin): picking the best of many epochs on a "
-                             "small validation split picks its noise")
-    choose("patience", 0, "no early stopping: the schedule runs to its end")
-    total = examples + len(dataset.val)
+    total = len(dataset.train) + len(dataset.val)
     if dataset.split == "given":
         choose("refit", "off", "the data came with its own validation split; it stays held out")
     elif not linear_head:
@@ -148,8 +139,29 @@ def resolve(config: FinetuneConfig, entry: ModelEntry, dataset: Dataset) -> tupl
     elif total > REFIT_MAX_EXAMPLES:
         choose("refit", "off", f"{total} examples: the held-out fifth costs little accuracy at this size, and a "
                                "second pass would double the time")
+    elif pairs == "on":
+        decides = ("the probe is the result" if config.probe_only else "fine-tuning follows the probe, which is kept "
+                   "only if it validates better by more than the noise of a few held-out examples")
+        choose("refit", "direct", f"one pass on all {total} examples: with --pairs on a validation pass would "
+                                  f"decide nothing ({decides}) and would run the pair stage twice; no validation "
+                                  "metrics (give the data a split column or a val/ folder for them)")
     else:
         choose("refit", "on", f"the {len(dataset.val)} validation examples were split off the data to decide "
                               "between the probe and fine-tuning; once decided, that procedure runs again on all "
                               f"{total} examples (the reported metrics stay the validation's)")
+    direct = values.get("refit", config.refit) == "direct"
+    examples = len(dataset.train) + (len(dataset.val) if direct else 0)  # the examples the fine-tuning pass sees
+    steps_per_epoch = max(1, math.ceil(math.ceil(examples / config.batch_size) / config.accumulate))
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+    choose("epochs", epochs, f"~{TARGET_STEPS} optimizer steps at {steps_per_epoch} per epoch ({examples} training "
+                             f"examples, batch {config.batch_size}), within {MIN_EPOCHS}..{MAX_EPOCHS} epochs")
+    epochs = values.get("epochs", config.epochs)
+    choose("warmup_epochs", round(WARMUP_FRACTION * epochs, 2), f"the first {WARMUP_FRACTION:.0%} of the steps")
+    if direct:
+        choose("select", "last", "the final weights of the schedule: no validation split to select on")
+    else:
+        choose("select", "last", "the final weights of the schedule, or the probe's if it validated better by more "
+                                 "than the split's noise (a 95 % margin): picking the best of many epochs on a "
+                                 "small validation split picks its noise")
+    choose("patience", 0, "no early stopping: the schedule runs to its end")
     return dataclasses.replace(config, **values), choices

@@ -135,6 +135,8 @@ def _finetune(entry: ModelEntry, dataset: Dataset, config: FinetuneConfig, runti
         choices = [*choices, f"workers {config.workers} (DataLoader processes; --workers)"]
     if not dry_run and not resume:  # rank 0 alone: concurrent deletes under --overwrite, and a slow rank
         on_main(runtime, lambda: prepare_run_dir(out_dir, resume=False, overwrite=overwrite))  # seeing run.json
+    if config.refit == "direct":  # one pass on everything; `fingerprint` stays the split data's (--resume checks it)
+        dataset = _merged(dataset, "none: every example trains (--refit direct)")
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if runtime.is_main else (lambda message: None)
     trainer = Trainer(entry, dataset, config, runtime, quiet, log)
     if not resume:  # after every check: a user mistake stays a one-line error
@@ -151,13 +153,18 @@ def _finetune(entry: ModelEntry, dataset: Dataset, config: FinetuneConfig, runti
     return result
 
 
+def _merged(dataset: Dataset, split: str) -> Dataset:
+    """`dataset` with its validation examples moved into training."""
+    return dataclasses.replace(dataset, train=dataset.train + dataset.val, val=[], split=split)
+
+
 def _refit(first: FinetuneResult, entry: ModelEntry, dataset: Dataset, config: FinetuneConfig, runtime: Runtime,
            out: Path, fingerprint: str, table, choices: list[str], quiet: bool, log) -> FinetuneResult:
     """The selected procedure (the probe alone, or probe + fine-tuning for the same epochs) again, from the
     pretrained weights with the same seed, on train + val: the validation split decided, then trains too.
     Its pass lives in OUT/refit/ (restarted from scratch by --resume: it is deterministic); its weights
     are the run's model."""
-    merged = dataclasses.replace(dataset, train=dataset.train + dataset.val, val=[])
+    merged = _merged(dataset, dataset.split)
     probe_only = config.probe_only or first.best_epoch == 0
     second_config = dataclasses.replace(config, probe_only=probe_only, freeze="head" if probe_only else config.freeze,
                                         after_probe="finetune")  # decided by the first pass

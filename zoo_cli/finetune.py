@@ -54,13 +54,14 @@ from zoo import config
                    "cross-validation on the training examples; finetune: always.")
 @click.option("--pairs", type=click.Choice(config.PAIRS), default=config.default("pairs"), show_default=True,
               help="on: contrastive pair training of the text encoder before the probe (SetFit's first stage; "
-                   "off by default: measured no better than LP-FT); --probe --pairs on is SetFit.")
+                   "off by default until measured on every text benchmark row); --probe --pairs on is SetFit.")
 @click.option("--augment", type=click.Choice(config.AUGMENTS), default=config.default("augment"),
               show_default=True, help="Image augmentation: none (auto); light = random crops >= half the image + flips; "
                                       "trivial adds TrivialAugmentWide; imagenet crops down to 8 percent.")
 @click.option("--refit", type=click.Choice(config.REFIT), default=config.default("refit"), show_default=True,
               help="on (auto when zoo split the validation set off the data): once selection is done, train the "
-                   "selected procedure again on train + val.")
+                   "selected procedure again on train + val; direct (auto with --pairs on): one pass on train + "
+                   "val, no selection, no validation metrics; off: the validation split stays held out.")
 @click.option("--select", type=click.Choice(config.SELECT), default=config.default("select"), show_default=True,
               help="Weights kept: last (auto) = the final epoch's, or the probe's if it validated better; best = "
                    "the epoch with the best validation --metric.")
@@ -98,6 +99,10 @@ def finetune(name: str, data: Path, out: Path | None, scratch: bool, resume: boo
                               pretrained=not scratch, **options)
     if dry_run:
         click.echo("\n".join(describe_trainable(result.trainable)))
+        return
+    if not result.best_metrics:  # --refit direct: nothing was held out
+        click.echo(f"{result.run_dir}: trained to epoch {result.best_epoch} on every example; no validation "
+                   "split, so no validation metrics")
         return
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
     click.echo(f"{result.run_dir}: best epoch {result.best_epoch}: {metrics}")
